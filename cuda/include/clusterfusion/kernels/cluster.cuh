@@ -1,0 +1,40 @@
+// Thread-block cluster primitives: rank, distributed shared memory stores, the split cluster barrier.
+#pragma once
+#include <cstdint>
+
+#include "clusterfusion/kernels/tma.cuh"
+
+namespace clusterfusion::kernels {
+
+__device__ __forceinline__ uint32_t cluster_rank() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+  return r;
+}
+__device__ __forceinline__ uint32_t cluster_size() {
+  uint32_t n;
+  asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(n));
+  return n;
+}
+
+// Stores `value` at the same shared-memory offset as `local` inside block `rank` of this cluster.
+__device__ __forceinline__ void dsmem_store(const float* local, uint32_t rank, float value) {
+  uint32_t remote;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(smem_addr(local)), "r"(rank));
+  asm volatile("st.shared::cluster.f32 [%0], %1;" ::"r"(remote), "f"(value) : "memory");
+}
+
+// Split barrier over all threads of the cluster: arrive publishes this thread's earlier (shared and
+// distributed shared) writes, wait returns once every thread of the cluster has arrived.
+__device__ __forceinline__ void cluster_arrive() {
+  asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+}
+__device__ __forceinline__ void cluster_wait() {
+  asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+__device__ __forceinline__ void cluster_sync() {
+  cluster_arrive();
+  cluster_wait();
+}
+
+}  // namespace clusterfusion::kernels

@@ -1,0 +1,168 @@
+// Attention of one new token over one head's KV cache, split across the blocks of a cluster
+// (flash-decoding): each block takes a contiguous chunk of positions, computes its softmax partials
+// (max m, sum l, unnormalised output o), and rank 0 combines them in rank order through distributed
+// shared memory, so the result does not depend on timing.
+#pragma once
+#include <cuda_fp16.h>
+
+#include "clusterfusion/kernels/block_reduce.cuh"
+#include "clusterfusion/kernels/cluster.cuh"
+#include "clusterfusion/kernels/neox_layer_params.hpp"
+
+namespace clusterfusion::kernels {
+
+template <int kHeadDim>
+struct DecodeAttention {
+  static_assert(kHeadDim % 8 == 0, "head_dim must be a multiple of 8 (16-byte vectors)");
+  // A cache row is kVecs 16-byte vectors: a thread owns one vector of one position, kGroups positions side
+  // by side, kUnroll loads in flight per thread. Head dims like 80 (10 vectors) leave a few threads idle.
+  static constexpr int kVecs = kHeadDim / 8;
+  static constexpr int kGroups = kThreads / kVecs;
+  static constexpr int kUnroll = 4;
+  static constexpr int kTile = kGroups * kUnroll;
+  static_assert(kTile * kVecs <= kThreads * 8, "score partials must fit the partials buffer");
+
+  // Rotates the first rotary_dims of q and k (NeoX rotate-half) at `position` and scales q by 1/sqrt(d).
+  // Angles in double: position * base^(-2i/r) stays exact to float rounding up to any cache length.
+  __device__ static void rotary(float* q, float* k, int position, int rotary_dims, float base) {
+    const int half_dims = rotary_dims / 2;
+    for (int i = threadIdx.x; i < half_dims; i += blockDim.x) {
+      const double theta = position * pow(double(base), -2.0 * i / rotary_dims);
+      const float c = float(cos(theta)), s = float(sin(theta));
+      const float q0 = q[i], q1 = q[i + half_dims], k0 = k[i], k1 = k[i + half_dims];
+      q[i] = q0 * c - q1 * s;
+      q[i + half_dims] = q1 * c + q0 * s;
+      k[i] = k0 * c - k1 * s;
+      k[i + half_dims] = k1 * c + k0 * s;
+    }
+    __syncthreads();
+    const float scale = rsqrtf(float(kHeadDim));
+    for (int i = threadIdx.x; i < kHeadDim; i += blockDim.x) q[i] *= scale;
+    __syncthreads();
+  }
+
+  // Loads vector `vec` of position t as 8 floats: from the cache, or from shared memory for the new token.
+  __device__ static void load_row_vec(const __half* cache, const float* fresh, int t, int position, int vec,
+                                      float (&out)[8]) {
+    if (t == position) {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) out[e] = fresh[vec * 8 + e];
+      return;
+    }
+    uint4 raw;
+    asm volatile("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(raw.x), "=r"(raw.y), "=r"(raw.z), "=r"(raw.w)
+                 : "l"(cache + std::size_t(t) * kHeadDim + vec * 8));
+    const __half2* h = reinterpret_cast<const __half2*>(&raw);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const float2 f = __half22float2(h[e]);
+      out[2 * e] = f.x;
+      out[2 * e + 1] = f.y;
+    }
+  }
+
+  // This block's softmax partials over positions [t0, t1) of 0..position. q is rotated and scaled; k_new and
+  // v_new are the new token's key and value. Writes (m, l, o[kHeadDim]) into rank 0's `combine` slot.
+  __device__ static void partial(const float* q, const float* k_new, const float* v_new, const __half* k_cache,
+                                 const __half* v_cache, int position, int t0, int t1, float* scores,
+                                 float* partials, float* combine, float* scratch) {
+    const int vec = threadIdx.x % kVecs, group = threadIdx.x / kVecs;
+    const bool active = group < kGroups;
+    float qv[8];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) qv[e] = q[vec * 8 + e];
+
+    // Scores: per tile, each thread dots its vectors, then one thread per position sums them in order.
+    for (int base = t0; base < t1; base += kTile) {
+      float kv[kUnroll][8];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int t = base + group + u * kGroups;
+        if (active && t < t1) load_row_vec(k_cache, k_new, t, position, vec, kv[u]);
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int t = base + group + u * kGroups;
+        if (active && t < t1) {
+          float d = 0.f;
+#pragma unroll
+          for (int e = 0; e < 8; ++e) d = fmaf(qv[e], kv[u][e], d);
+          partials[(u * kGroups + group) * kVecs + vec] = d;
+        }
+      }
+      __syncthreads();
+      for (int i = threadIdx.x; i < kTile && base + i < t1; i += blockDim.x) {
+        const float* p = partials + i * kVecs;  // i = u * kGroups + group: position base + i
+        float s = 0.f;
+        for (int v = 0; v < kVecs; ++v) s += p[v];
+        scores[base + i - t0] = s;
+      }
+      __syncthreads();
+    }
+    float m = -INFINITY;
+    for (int i = threadIdx.x; i < t1 - t0; i += blockDim.x) m = fmaxf(m, scores[i]);
+    m = block_max(m, scratch);
+    float l = 0.f;
+    for (int i = threadIdx.x; i < t1 - t0; i += blockDim.x) {
+      const float p = __expf(scores[i] - m);
+      scores[i] = p;
+      l += p;
+    }
+    l = block_sum(l, scratch);  // its barriers also publish the probabilities
+
+    // Values: each thread accumulates its vector over its positions, then the groups are summed in order.
+    float o[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    for (int base = t0; base < t1; base += kTile) {
+      float vv[kUnroll][8];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int t = base + group + u * kGroups;
+        if (active && t < t1) load_row_vec(v_cache, v_new, t, position, vec, vv[u]);
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int t = base + group + u * kGroups;
+        if (active && t < t1) {
+          const float p = scores[t - t0];
+#pragma unroll
+          for (int e = 0; e < 8; ++e) o[e] = fmaf(p, vv[u][e], o[e]);
+        }
+      }
+    }
+    if (active) {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) partials[(group * kVecs + vec) * 8 + e] = o[e];
+    }
+    __syncthreads();
+    float* slot = combine + cluster_rank() * (kHeadDim + 2);
+    for (int e = threadIdx.x; e < kHeadDim; e += blockDim.x) {
+      float s = 0.f;
+      for (int g = 0; g < kGroups; ++g) s += partials[g * kHeadDim + e];
+      dsmem_store(slot + 2 + e, 0, s);
+    }
+    if (threadIdx.x == 0) {
+      dsmem_store(slot, 0, m);
+      dsmem_store(slot + 1, 0, l);
+    }
+  }
+
+  // On rank 0, after a cluster barrier: merges the cluster's partials in rank order into out[kHeadDim].
+  __device__ static void combine_partials(const float* combine, int ranks, float* out) {
+    for (int e = threadIdx.x; e < kHeadDim; e += blockDim.x) {
+      float m = -INFINITY;
+      for (int r = 0; r < ranks; ++r) m = fmaxf(m, combine[r * (kHeadDim + 2)]);
+      float l = 0.f, o = 0.f;
+      for (int r = 0; r < ranks; ++r) {
+        const float* slot = combine + r * (kHeadDim + 2);
+        if (slot[1] == 0.f) continue;  // a rank with no positions
+        const float w = __expf(slot[0] - m);
+        l = fmaf(slot[1], w, l);
+        o = fmaf(slot[2 + e], w, o);
+      }
+      out[e] = o / l;
+    }
+  }
+};
+
+}  // namespace clusterfusion::kernels

@@ -1,0 +1,69 @@
+// What the fused GPT-NeoX layer kernels receive (one __grid_constant__ struct) and how they lay out their
+// shared memory. Plain C++: shared by the host launcher and the device code.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include <cuda.h>
+#include <cuda_fp16.h>
+
+namespace clusterfusion::kernels {
+
+// A TMA box is 4 weight rows by 256 columns (2 KB): one box row is one 512-byte run of a weight row.
+constexpr int kBoxRows = 4;
+constexpr int kBoxCols = 256;
+constexpr int kBoxBytes = kBoxRows * kBoxCols * 2;
+constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * 32;
+constexpr int kStages = 6;  // boxes in flight per warp: 8 warps x 6 x 2 KB = 96 KB per SM
+
+struct NeoXLayerParams {
+  CUtensorMap w_qkv;   // [3*hidden, hidden]
+  CUtensorMap w_o;     // [hidden, hidden]
+  CUtensorMap w_up;    // [ffn, hidden]
+  CUtensorMap w_down;  // [hidden, ffn]
+  const __half *x, *ln1_w, *ln1_b, *ln2_w, *ln2_b, *b_qkv, *b_o, *b_up, *b_down;
+  __half* k_cache;  // this layer: [heads][max_seq][head_dim]
+  __half* v_cache;
+  __half* out;
+  float* attn;     // [hidden]
+  float* mlp_act;  // [ffn]
+  unsigned* grid_barrier;
+  int position;
+  int hidden, heads, ffn, max_seq, rotary_dims;
+  float rotary_base, eps;
+};
+
+__host__ __device__ constexpr std::size_t align_up(std::size_t n, std::size_t a) { return (n + a - 1) / a * a; }
+
+// Shared memory of one block. The weight ring and its barriers come first and are common to both phases, so
+// the cooperative kernel keeps streaming across the grid barrier; the phase-specific vectors follow.
+struct SmemLayout {
+  static constexpr std::size_t kRingBytes = std::size_t(kWarps) * kStages * kBoxBytes;
+  static constexpr std::size_t kBarriers = kRingBytes;
+  static constexpr std::size_t kJobLists = kBarriers + align_up(kWarps * kStages * 8, 128);
+  static constexpr std::size_t kScratch = kJobLists + 512;     // 32 floats for block reductions
+  static constexpr std::size_t kVectors = kScratch + 128;      // phase-specific float vectors start here
+
+  // Phase A: LN1(x), LN2(x), the head's q|k|v, scores of this block's positions, reduction partials, and
+  // the cluster's softmax partials (m, l, o) gathered on rank 0.
+  std::size_t a1, a2, qkv, scores, partials, combine, phase_a_end;
+  // Phase B: the attention output and the MLP activation.
+  std::size_t o, g, phase_b_end;
+
+  __host__ __device__ SmemLayout(int hidden, int ffn, int head_dim, int max_seq, int cluster) {
+    const int chunk = (max_seq + cluster - 1) / cluster;
+    a1 = kVectors;
+    a2 = a1 + align_up(hidden * 4, 16);
+    qkv = a2 + align_up(hidden * 4, 16);
+    scores = qkv + align_up(3 * head_dim * 4, 16);
+    partials = scores + align_up(chunk * 4, 16);
+    combine = partials + align_up(kThreads * 8 * 4, 16);
+    phase_a_end = combine + align_up(cluster * (head_dim + 2) * 4, 16);
+    o = kVectors;
+    g = o + align_up(hidden * 4, 16);
+    phase_b_end = g + align_up(ffn * 4, 16);
+  }
+};
+
+}  // namespace clusterfusion::kernels
