@@ -1,0 +1,160 @@
+// Times the fused GPT-NeoX layer (split and cooperative) against a streaming-read kernel, in one process,
+// for kernel work without Python: `layer_timing pythia-2.8b 512 [iters]`. Weights are rotated over enough
+// layers that L2 (50 MB) cannot serve them; each layer is timed inside a CUDA graph of all rotated layers.
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include <cuda_fp16.h>
+
+#include "clusterfusion/cuda_check.hpp"
+#include "clusterfusion/kv_cache.hpp"
+#include "clusterfusion/neox_layer.hpp"
+
+namespace cf = clusterfusion;
+
+namespace {
+
+// Pseudo-random N(0, ~std)-ish values from a hash: weights must not be zeros (zeros can run faster).
+__global__ void fill_random(__half* data, std::size_t n, uint32_t seed, float scale) {
+  for (std::size_t i = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; i < n; i += std::size_t(gridDim.x) * blockDim.x) {
+    uint32_t h = uint32_t(i) * 2654435761u ^ seed;
+    h ^= h >> 16; h *= 0x85ebca6bu; h ^= h >> 13; h *= 0xc2b2ae35u; h ^= h >> 16;
+    data[i] = __float2half((float(h & 0xffff) / 65536.f - 0.5f) * 3.46f * scale);
+  }
+}
+
+__global__ void read_sum(const uint4* data, std::size_t n, float* out) {
+  float acc = 0.f;
+  for (std::size_t i = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; i < n; i += std::size_t(gridDim.x) * blockDim.x) {
+    const uint4 v = data[i];
+    acc += __uint_as_float(v.x ^ v.y ^ v.z ^ v.w);
+  }
+  if (acc == 1.2345f) *out = acc;  // keeps the loads alive without a reduction
+}
+
+struct DeviceHalf {
+  __half* ptr = nullptr;
+  std::vector<int64_t> shape;
+  DeviceHalf(std::vector<int64_t> s, float scale, uint32_t seed) : shape(std::move(s)) {
+    std::size_t n = 1;
+    for (auto d : shape) n *= d;
+    CF_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&ptr), n * sizeof(__half)));
+    fill_random<<<1024, 256>>>(ptr, n, seed, scale);
+    CF_CHECK_LAUNCH("fill_random");
+  }
+  DeviceHalf(const DeviceHalf&) = delete;
+  DeviceHalf(DeviceHalf&& o) noexcept : ptr(o.ptr), shape(std::move(o.shape)) { o.ptr = nullptr; }
+  ~DeviceHalf() { cudaFree(ptr); }
+  cf::TensorView view() const { return cf::TensorView(ptr, shape, cf::DType::Float16); }
+};
+
+struct Layer {
+  std::vector<DeviceHalf> t;  // ln1_w ln1_b ln2_w ln2_b w_qkv b_qkv w_o b_o w_up b_up w_down b_down
+  Layer(const cf::ModelConfig& c, uint32_t seed) {
+    const int64_t h = c.hidden, f = c.ffn;
+    const std::vector<std::pair<std::vector<int64_t>, float>> specs = {
+        {{h}, 1.f}, {{h}, .05f}, {{h}, 1.f}, {{h}, .05f}, {{3 * h, h}, .02f}, {{3 * h}, .02f},
+        {{h, h}, .02f}, {{h}, .02f}, {{f, h}, .02f}, {{f}, .02f}, {{h, f}, .02f}, {{h}, .02f}};
+    for (std::size_t i = 0; i < specs.size(); ++i) t.emplace_back(specs[i].first, specs[i].second, seed * 16 + i);
+  }
+  cf::LayerWeights views() const {
+    return {t[0].view(), t[1].view(), t[2].view(), t[3].view(), t[4].view(), t[5].view(),
+            t[6].view(), t[7].view(), t[8].view(), t[9].view(), t[10].view(), t[11].view()};
+  }
+  std::size_t bytes() const {
+    std::size_t b = 0;
+    for (const auto& d : t) {
+      std::size_t n = 2;
+      for (auto s : d.shape) n *= s;
+      b += n;
+    }
+    return b;
+  }
+};
+
+float time_graph_ms(cudaGraphExec_t exec, cudaStream_t stream, int iters) {
+  cudaEvent_t a, b;
+  CF_CUDA_CHECK(cudaEventCreate(&a));
+  CF_CUDA_CHECK(cudaEventCreate(&b));
+  std::vector<float> ms;
+  for (int i = 0; i < iters; ++i) {
+    CF_CUDA_CHECK(cudaEventRecord(a, stream));
+    CF_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+    CF_CUDA_CHECK(cudaEventRecord(b, stream));
+    CF_CUDA_CHECK(cudaEventSynchronize(b));
+    float t = 0;
+    CF_CUDA_CHECK(cudaEventElapsedTime(&t, a, b));
+    ms.push_back(t);
+  }
+  std::sort(ms.begin(), ms.end());
+  CF_CUDA_CHECK(cudaEventDestroy(a));
+  CF_CUDA_CHECK(cudaEventDestroy(b));
+  return ms[ms.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::string model = argc > 1 ? argv[1] : "pythia-2.8b";
+  const int ctx = argc > 2 ? std::atoi(argv[2]) : 512;
+  const int iters = argc > 3 ? std::atoi(argv[3]) : 30;
+  cf::ModelConfig config = cf::pythia_config(model);
+  // Rotate over >= 1.2 GB of weights so that each layer comes from HBM.
+  const int rotate = std::max(4, int(1.2e9 / (12.0 * config.hidden * config.hidden * 2 + 1)));
+  config.layers = rotate;
+  const int max_seq = std::max(ctx + 1, 2048);
+  cudaStream_t stream;
+  CF_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+
+  // Streaming-read bandwidth over 2 GiB.
+  const std::size_t read_bytes = std::size_t(2) << 30;
+  DeviceHalf big({int64_t(read_bytes / 2)}, 1.f, 7);
+  float* sink;
+  CF_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&sink), sizeof(float)));
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  CF_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+  read_sum<<<132 * 8, 512, 0, stream>>>(reinterpret_cast<const uint4*>(big.ptr), read_bytes / 16, sink);
+  CF_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+  CF_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  time_graph_ms(exec, stream, 3);
+  const double read_bw = read_bytes / (time_graph_ms(exec, stream, 10) * 1e-3);
+  std::printf("streaming read: %.3f TB/s\n", read_bw / 1e12);
+
+  std::vector<Layer> layers;
+  std::vector<cf::NeoXLayer*> fused;
+  for (int l = 0; l < rotate; ++l) layers.emplace_back(config, 1000 + l);
+  for (int l = 0; l < rotate; ++l) fused.push_back(new cf::NeoXLayer(config, layers[l].views(), max_seq));
+  cf::KVCache cache(config, max_seq);
+  for (int l = 0; l < rotate; ++l) {
+    fill_random<<<1024, 256>>>(cache.keys(l), cache.layer_elems(), 77 + l, 1.f);
+    fill_random<<<1024, 256>>>(cache.values(l), cache.layer_elems(), 99 + l, 1.f);
+  }
+  DeviceHalf x({config.hidden}, 1.f, 5), out({config.hidden}, 1.f, 6);
+  float *attn, *act;
+  CF_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&attn), config.hidden * sizeof(float)));
+  CF_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&act), config.ffn * sizeof(float)));
+  CF_CUDA_CHECK(cudaDeviceSynchronize());
+  const std::size_t bytes = layers[0].bytes() + std::size_t(2) * ctx * config.hidden * 2;
+  std::printf("%s ctx %d: %d layers rotated, %.1f MB per layer, cluster %d x %d heads\n", model.c_str(), ctx, rotate,
+              bytes / 1e6, fused[0]->plan().cluster_size, config.heads);
+  for (const cf::LayerMode mode : {cf::LayerMode::Split, cf::LayerMode::Cooperative}) {
+    cache.set_length(ctx);
+    CF_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+    for (int l = 0; l < rotate; ++l) {
+      cache.set_length(ctx);
+      fused[l]->forward(cache, l, cf::LayerIO{x.ptr, out.ptr, attn, act}, ctx, mode, stream);
+    }
+    CF_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+    CF_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    time_graph_ms(exec, stream, 3);
+    const double us = time_graph_ms(exec, stream, iters) * 1e3 / rotate;
+    std::printf("  %-12s %8.2f us/layer  %6.1f%% of streaming read\n", cf::layer_mode_name(mode), us,
+                100.0 * bytes / (us * 1e-6) / read_bw);
+  }
+  for (auto* f : fused) delete f;
+  return 0;
+}
