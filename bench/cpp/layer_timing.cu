@@ -142,6 +142,10 @@ int main(int argc, char** argv) {
   std::printf("%s ctx %d: %d layers rotated, %.1f MB per layer, cluster %d x %d heads\n", model.c_str(), ctx, rotate,
               bytes / 1e6, fused[0]->plan().cluster_size, config.heads);
   for (const cf::LayerMode mode : {cf::LayerMode::Split, cf::LayerMode::Cooperative}) {
+    if (mode == cf::LayerMode::Cooperative && !fused[0]->plan().cooperative_supported) {
+      std::printf("  %-12s not supported: the grid does not fit on the device at once\n", cf::layer_mode_name(mode));
+      continue;
+    }
     cache.set_length(ctx);
     CF_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
     for (int l = 0; l < rotate; ++l) {

@@ -32,7 +32,8 @@ void KVCacheIndex::check_append(int position) const {
   if (position >= max_seq_) throw std::out_of_range(at + " is past max_seq " + std::to_string(max_seq_));
   // Writing past length would leave a gap of never-written positions that attention would read.
   if (position > length_) {
-    const std::string held = length_ == 0 ? "the cache is empty" : "positions 0.." + std::to_string(length_ - 1) + " hold data";
+    const std::string held =
+        length_ == 0 ? "the cache is empty" : "positions 0.." + std::to_string(length_ - 1) + " hold data";
     throw std::out_of_range(at + " is past length " + std::to_string(length_) + " (" + held +
                             "; the next position to write is " + std::to_string(length_) + ")");
   }

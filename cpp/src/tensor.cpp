@@ -59,7 +59,9 @@ void check_tensor(const TensorView& view, const char* name, std::initializer_lis
   if (view.shape != want) {
     fail(name, "shape " + format_shape(want.data(), want.size()), "shape " + view.shape_str());
   }
-  if (view.dtype != dtype) fail(name, std::string("dtype ") + dtype_name(dtype), std::string("dtype ") + dtype_name(view.dtype));
+  if (view.dtype != dtype) {
+    fail(name, std::string("dtype ") + dtype_name(dtype), std::string("dtype ") + dtype_name(view.dtype));
+  }
   const auto address = reinterpret_cast<std::uintptr_t>(view.data);
   if (align > 1 && address % align != 0) {
     std::ostringstream got;

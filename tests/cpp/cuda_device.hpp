@@ -21,7 +21,10 @@ inline std::string no_cuda_device_reason() {
 
 }  // namespace cf_test
 
-#define CF_REQUIRE_CUDA_DEVICE()                                            \
-  do {                                                                      \
-    if (const std::string reason = ::cf_test::no_cuda_device_reason(); !reason.empty()) GTEST_SKIP() << reason; \
+// GTEST_SKIP returns from the test body, so this must be used in the test itself, not in a helper.
+#define CF_REQUIRE_CUDA_DEVICE()                                                      \
+  do {                                                                                \
+    if (const std::string reason = ::cf_test::no_cuda_device_reason(); !reason.empty()) { \
+      GTEST_SKIP() << reason;                                                         \
+    }                                                                                 \
   } while (0)

@@ -61,5 +61,7 @@ TEST(CheckLaunch, ReportsAndClearsTheLastError) {
   EXPECT_EQ(msg.rfind("neox_phase_a failed at " __FILE__ ":", 0), 0u) << msg;
   // cudaGetLastError resets an ordinary error, so the next check passes. Without a driver the runtime's
   // initialization failure is sticky: every check keeps failing, which is the truth.
-  if (cf_test::no_cuda_device_reason().empty()) EXPECT_NO_THROW(CF_CHECK_LAUNCH("neox_phase_b"));
+  if (cf_test::no_cuda_device_reason().empty()) {
+    EXPECT_NO_THROW(CF_CHECK_LAUNCH("neox_phase_b"));
+  }
 }

@@ -27,7 +27,8 @@ std::string message(const void* data, int64_t rows, int64_t cols, int box_rows, 
 }  // namespace
 
 TEST(TensorMapArguments, Data) {
-  EXPECT_EQ(message(nullptr, 64, 64, 16, 64), "make_matrix_tensor_map: data: expected a non-null device pointer, got nullptr");
+  EXPECT_EQ(message(nullptr, 64, 64, 16, 64),
+            "make_matrix_tensor_map: data: expected a non-null device pointer, got nullptr");
   const std::string msg = message(aligned_address(8), 64, 64, 16, 64);
   EXPECT_EQ(msg.rfind("make_matrix_tensor_map: data: expected a 16-byte aligned address, got 0x", 0), 0u) << msg;
 }
