@@ -79,31 +79,48 @@ LayerLaunchPlan plan_neox_layer(const ModelConfig& c, int max_seq) {
                              std::to_string(prop.minor));
 
   return CF_DISPATCH_HEAD_DIM(c.head_dim, D, [&] {
+    // One block per SM. Pick the cluster size N and cluster count C with the most blocks C*N such that every
+    // head gets a cluster (C >= heads) and all C clusters are resident at once (the cooperative grid barrier
+    // needs it; the split kernels then also run in one wave). Clusters beyond the heads stream W_up and
+    // phase B only. Ties go to the larger N, which spreads each head's attention over more blocks.
+    const std::size_t limit = prop.sharedMemPerBlockOptin;
     LayerLaunchPlan plan;
     plan.threads = kThreads;
-    // As many blocks per head as fit one per SM, up to the portable cluster size, but never more blocks than
-    // the head has 4-row units of q|k|v.
-    int cluster = int(std::min<std::size_t>(kMaxClusterSize, std::max(1, prop.multiProcessorCount / c.heads)));
-    cluster = std::min(cluster, 3 * D / kBoxRows);
-    for (; cluster > 1; --cluster) {
-      if (c.heads * cluster <= prop.multiProcessorCount) break;
+    for (int n = int(kMaxClusterSize); n >= 1; --n) {
+      if (n > 3 * D / kBoxRows) continue;
+      const SmemLayout layout(c.hidden, c.ffn, D, max_seq, n);
+      const std::size_t smem = std::max(layout.phase_a_end, layout.phase_b_end);
+      if (smem > limit) continue;
+      const int clusters = std::min(max_active_clusters<D>(n, smem), prop.multiProcessorCount / n);
+      if (clusters < c.heads || clusters * n <= plan.blocks) continue;
+      plan.cluster_size = n;
+      plan.clusters = clusters;
+      plan.blocks = clusters * n;
+      plan.smem_phase_a = layout.phase_a_end;
+      plan.smem_phase_b = layout.phase_b_end;
+      plan.smem_cooperative = smem;
+      plan.cooperative_supported = true;
     }
-    plan.cluster_size = cluster;
-    plan.blocks = c.heads * cluster;
-    const SmemLayout layout(c.hidden, c.ffn, D, max_seq, cluster);
-    plan.smem_phase_a = layout.phase_a_end;
-    plan.smem_phase_b = layout.phase_b_end;
-    plan.smem_cooperative = std::max(layout.phase_a_end, layout.phase_b_end);
-    const std::size_t limit = prop.sharedMemPerBlockOptin;
-    if (plan.smem_phase_a > limit)
-      throw std::invalid_argument("max_seq: " + std::to_string(max_seq) + " needs " +
-                                  std::to_string(plan.smem_phase_a) + " bytes of shared memory per block, over the " +
-                                  std::to_string(limit) + " available");
-    if (plan.smem_phase_b > limit)
-      throw std::invalid_argument("ModelConfig.ffn: " + std::to_string(c.ffn) + " needs " +
-                                  std::to_string(plan.smem_phase_b) + " bytes of shared memory per block, over the " +
-                                  std::to_string(limit) + " available");
-    plan.cooperative_supported = max_active_clusters<D>(cluster, plan.smem_cooperative) >= c.heads;
+    if (plan.blocks == 0) {
+      const SmemLayout layout(c.hidden, c.ffn, D, max_seq, 1);
+      if (layout.phase_a_end > limit)
+        throw std::invalid_argument("max_seq: " + std::to_string(max_seq) + " needs " +
+                                    std::to_string(layout.phase_a_end) +
+                                    " bytes of shared memory per block, over the " + std::to_string(limit) +
+                                    " available");
+      if (layout.phase_b_end > limit)
+        throw std::invalid_argument("ModelConfig.ffn: " + std::to_string(c.ffn) + " needs " +
+                                    std::to_string(layout.phase_b_end) +
+                                    " bytes of shared memory per block, over the " + std::to_string(limit) +
+                                    " available");
+      // More heads than resident clusters: the split kernels still run (in waves), the cooperative one cannot.
+      plan.cluster_size = 1;
+      plan.clusters = c.heads;
+      plan.blocks = c.heads;
+      plan.smem_phase_a = layout.phase_a_end;
+      plan.smem_phase_b = layout.phase_b_end;
+      plan.smem_cooperative = std::max(layout.phase_a_end, layout.phase_b_end);
+    }
     return plan;
   });
 }

@@ -139,8 +139,9 @@ int main(int argc, char** argv) {
   CF_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&act), config.ffn * sizeof(float)));
   CF_CUDA_CHECK(cudaDeviceSynchronize());
   const std::size_t bytes = layers[0].bytes() + std::size_t(2) * ctx * config.hidden * 2;
-  std::printf("%s ctx %d: %d layers rotated, %.1f MB per layer, cluster %d x %d heads\n", model.c_str(), ctx, rotate,
-              bytes / 1e6, fused[0]->plan().cluster_size, config.heads);
+  const cf::LayerLaunchPlan& plan = fused[0]->plan();
+  std::printf("%s ctx %d: %d layers rotated, %.1f MB per layer, %d clusters of %d blocks for %d heads\n",
+              model.c_str(), ctx, rotate, bytes / 1e6, plan.clusters, plan.cluster_size, config.heads);
   for (const cf::LayerMode mode : {cf::LayerMode::Split, cf::LayerMode::Cooperative}) {
     if (mode == cf::LayerMode::Cooperative && !fused[0]->plan().cooperative_supported) {
       std::printf("  %-12s not supported: the grid does not fit on the device at once\n", cf::layer_mode_name(mode));
@@ -158,6 +159,34 @@ int main(int argc, char** argv) {
     const double us = time_graph_ms(exec, stream, iters) * 1e3 / rotate;
     std::printf("  %-12s %8.2f us/layer  %6.1f%% of streaming read\n", cf::layer_mode_name(mode), us,
                 100.0 * bytes / (us * 1e-6) / read_bw);
+  }
+  // Where the time goes inside one cooperative layer: per-block global-timer stamps at each stage.
+  if (plan.cooperative_supported) {
+    const char* marks[] = {"start", "normed", "qkv", "up", "head ready", "attention", "phase B", "end"};
+    unsigned long long* timeline;
+    const std::size_t stamps = std::size_t(plan.blocks) * 8;
+    CF_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&timeline), stamps * sizeof(unsigned long long)));
+    CF_CUDA_CHECK(cudaMemset(timeline, 0, stamps * sizeof(unsigned long long)));
+    for (int l = 0; l < rotate; ++l) {
+      cache.set_length(ctx);
+      fused[l]->forward(cache, l, cf::LayerIO{x.ptr, out.ptr, attn, act, l == rotate - 1 ? timeline : nullptr}, ctx,
+                        cf::LayerMode::Cooperative, stream);
+    }
+    CF_CUDA_CHECK(cudaStreamSynchronize(stream));
+    std::vector<unsigned long long> t(stamps);
+    CF_CUDA_CHECK(cudaMemcpy(t.data(), timeline, stamps * sizeof(unsigned long long), cudaMemcpyDeviceToHost));
+    unsigned long long t0 = ~0ull;
+    for (int b = 0; b < plan.blocks; ++b) t0 = std::min(t0, t[b * 8]);
+    std::printf("  cooperative timeline (us since the first block started: min / median / max over blocks that reach it)\n");
+    for (int m = 0; m < 8; ++m) {
+      std::vector<double> v;
+      for (int b = 0; b < plan.blocks; ++b)
+        if (t[b * 8 + m] != 0) v.push_back((t[b * 8 + m] - t0) * 1e-3);
+      if (v.empty()) continue;
+      std::sort(v.begin(), v.end());
+      std::printf("    %-11s %7.2f %7.2f %7.2f  (%zu blocks)\n", marks[m], v.front(), v[v.size() / 2], v.back(), v.size());
+    }
+    CF_CUDA_CHECK(cudaFree(timeline));
   }
   for (auto* f : fused) delete f;
   return 0;

@@ -98,6 +98,7 @@ kernels::NeoXLayerParams make_params(const ModelConfig& c, const LayerWeights& w
   p.attn = io.attn;
   p.mlp_act = io.mlp_act;
   p.grid_barrier = grid_barrier;
+  p.timeline = io.timeline;
   p.position = position;
   p.hidden = c.hidden;
   p.heads = c.heads;

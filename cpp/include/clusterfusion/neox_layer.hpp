@@ -21,12 +21,15 @@ struct LayerIO {
   void* out = nullptr;      // [hidden] float16: x + attention + MLP
   float* attn = nullptr;    // [hidden] float32: concatenated per-head attention outputs (before W_o)
   float* mlp_act = nullptr; // [ffn] float32: GELU(W_up LN2(x) + b_up)
+  // Optional, for kernel tuning: 8 global-timer stamps (ns) per block of the plan, at the stages of the layer.
+  unsigned long long* timeline = nullptr;
 };
 
 // How the kernels are laid out on the device for one config (computed once, from the device's properties).
 struct LayerLaunchPlan {
-  int cluster_size = 0;  // blocks per attention head
-  int blocks = 0;        // heads * cluster_size
+  int cluster_size = 0;  // blocks per cluster; cluster c < heads computes attention head c
+  int clusters = 0;      // >= heads; the rest stream MLP and output rows only
+  int blocks = 0;        // clusters * cluster_size, at most one per SM
   int threads = 0;
   std::size_t smem_phase_a = 0, smem_phase_b = 0, smem_cooperative = 0;
   bool cooperative_supported = false;

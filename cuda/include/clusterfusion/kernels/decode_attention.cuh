@@ -18,7 +18,7 @@ struct DecodeAttention {
   // by side, kUnroll loads in flight per thread. Head dims like 80 (10 vectors) leave a few threads idle.
   static constexpr int kVecs = kHeadDim / 8;
   static constexpr int kGroups = kThreads / kVecs;
-  static constexpr int kUnroll = 4;
+  static constexpr int kUnroll = 8;
   static constexpr int kTile = kGroups * kUnroll;
   static_assert(kTile * kVecs <= kThreads * 8, "score partials must fit the partials buffer");
 
@@ -41,18 +41,22 @@ struct DecodeAttention {
     __syncthreads();
   }
 
-  // Loads vector `vec` of position t as 8 floats: from the cache, or from shared memory for the new token.
-  __device__ static void load_row_vec(const __half* cache, const float* fresh, int t, int position, int vec,
-                                      float (&out)[8]) {
+  // Vector `vec` of cache row t: 16 bytes through the read-only path (the cache is not written while read).
+  __device__ static uint4 load_vec(const __half* cache, int t, int vec) {
+    uint4 raw;
+    asm volatile("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(raw.x), "=r"(raw.y), "=r"(raw.z), "=r"(raw.w)
+                 : "l"(cache + std::size_t(t) * kHeadDim + vec * 8));
+    return raw;
+  }
+
+  // Vector `vec` of position t as 8 floats: the loaded cache vector, or the new token's (not yet in the cache).
+  __device__ static void row_vec(uint4 raw, const float* fresh, int t, int position, int vec, float (&out)[8]) {
     if (t == position) {
 #pragma unroll
       for (int e = 0; e < 8; ++e) out[e] = fresh[vec * 8 + e];
       return;
     }
-    uint4 raw;
-    asm volatile("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(raw.x), "=r"(raw.y), "=r"(raw.z), "=r"(raw.w)
-                 : "l"(cache + std::size_t(t) * kHeadDim + vec * 8));
     const __half2* h = reinterpret_cast<const __half2*>(&raw);
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
@@ -75,19 +79,21 @@ struct DecodeAttention {
 
     // Scores: per tile, each thread dots its vectors, then one thread per position sums them in order.
     for (int base = t0; base < t1; base += kTile) {
-      float kv[kUnroll][8];
+      uint4 raw[kUnroll];
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         const int t = base + group + u * kGroups;
-        if (active && t < t1) load_row_vec(k_cache, k_new, t, position, vec, kv[u]);
+        if (active && t < t1 && t != position) raw[u] = load_vec(k_cache, t, vec);
       }
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         const int t = base + group + u * kGroups;
         if (active && t < t1) {
+          float kv[8];
+          row_vec(raw[u], k_new, t, position, vec, kv);
           float d = 0.f;
 #pragma unroll
-          for (int e = 0; e < 8; ++e) d = fmaf(qv[e], kv[u][e], d);
+          for (int e = 0; e < 8; ++e) d = fmaf(qv[e], kv[e], d);
           partials[(u * kGroups + group) * kVecs + vec] = d;
         }
       }
@@ -114,19 +120,21 @@ struct DecodeAttention {
     // Values: each thread accumulates its vector over its positions, then the groups are summed in order.
     float o[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
     for (int base = t0; base < t1; base += kTile) {
-      float vv[kUnroll][8];
+      uint4 raw[kUnroll];
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         const int t = base + group + u * kGroups;
-        if (active && t < t1) load_row_vec(v_cache, v_new, t, position, vec, vv[u]);
+        if (active && t < t1 && t != position) raw[u] = load_vec(v_cache, t, vec);
       }
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         const int t = base + group + u * kGroups;
         if (active && t < t1) {
+          float vv[8];
+          row_vec(raw[u], v_new, t, position, vec, vv);
           const float p = scores[t - t0];
 #pragma unroll
-          for (int e = 0; e < 8; ++e) o[e] = fmaf(p, vv[u][e], o[e]);
+          for (int e = 0; e < 8; ++e) o[e] = fmaf(p, vv[e], o[e]);
         }
       }
     }

@@ -19,34 +19,87 @@
 namespace clusterfusion::kernels {
 
 // Splits `units` work units over `parts` as evenly as possible; part i gets [begin(i), begin(i+1)).
-__device__ __forceinline__ int split_begin(int units, int parts, int i) {
-  return static_cast<int>((static_cast<long long>(units) * i) / parts);
+__device__ __forceinline__ long long split_begin(long long units, long long parts, long long i) {
+  return units * i / parts;
 }
 
 enum JobListId { kQkvJobs = 0, kUpJobs = 1, kOutJobs = 2 };
 
-// Thread 0 writes the job lists of this block: phase A's (qkv, up) and, for the cooperative kernel or the
-// phase B kernel, phase B's. Lists a kernel does not run get zero jobs.
+// Where a block is in the layer, stamped into p.timeline when set (see bench/cpp/layer_timing.cu).
+enum TimelineMark {
+  kMarkStart, kMarkNormed, kMarkQkv, kMarkUp, kMarkHeadReady, kMarkAttention, kMarkPhaseB, kMarkEnd
+};
+__device__ __forceinline__ void stamp(const NeoXLayerParams& p, TimelineMark mark) {
+  if (p.timeline == nullptr || threadIdx.x != 0) return;
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  p.timeline[blockIdx.x * kTimelineMarks + mark] = t;
+}
+
+// The grid is `clusters` clusters of `ranks` blocks; cluster c < heads serves attention head c. Every block
+// streams about the same number of phase-A bytes: head blocks carry their q|k|v rows and KV-cache chunk, and
+// W_up rows fill each block up to the average (at least a quarter of it, so no block's share vanishes).
+struct PhaseAShare {
+  int qkv_units;   // 4-row units of the head's q|k|v rows, and where they start
+  int qkv_first;
+  int up_first;    // 4-row units of W_up
+  int up_units;
+};
+
+template <int kHeadDim>
+__device__ __forceinline__ PhaseAShare phase_a_share(const NeoXLayerParams& p, int block) {
+  const int ranks = cluster_size(), blocks = gridDim.x, lane = threadIdx.x % 32;
+  const long long head_units = 3 * kHeadDim / kBoxRows, up_units = p.ffn / kBoxRows;
+  const long long unit_bytes = 2LL * kBoxRows * p.hidden, positions = p.position + 1;
+  auto qkv_units = [&](int b) {
+    return b / ranks < p.heads ? split_begin(head_units, ranks, b % ranks + 1) - split_begin(head_units, ranks, b % ranks)
+                               : 0LL;
+  };
+  auto cost = [&](int b) {
+    if (b / ranks >= p.heads) return 0LL;
+    const long long chunk = split_begin(positions, ranks, b % ranks + 1) - split_begin(positions, ranks, b % ranks);
+    return qkv_units(b) * unit_bytes + chunk * kHeadDim * 4;  // K and V, float16
+  };
+  const long long total = p.heads * (head_units * unit_bytes + positions * kHeadDim * 4) + up_units * unit_bytes;
+  const long long avg = total / blocks;
+  auto spare = [&](int b) { return max(avg / 4, avg - cost(b)); };
+  long long before = 0, all = 0;  // spare bytes of the blocks before `block`, and of all blocks
+  for (int b = lane; b < blocks; b += 32) {
+    const long long s = spare(b);
+    all += s;
+    if (b < block) before += s;
+  }
+  before = warp_sum_ll(before);
+  all = warp_sum_ll(all);
+  PhaseAShare share;
+  share.qkv_units = int(qkv_units(block));
+  share.qkv_first = int(block / ranks * head_units + split_begin(head_units, ranks, block % ranks));
+  share.up_first = int(up_units * before / all);
+  share.up_units = int(up_units * (before + spare(block)) / all) - share.up_first;
+  return share;
+}
+
+// Warp 0 writes the job lists of this block: phase A's (qkv, up) and phase B's. Lists a kernel does not run
+// get zero jobs.
+template <int kHeadDim>
 __device__ __forceinline__ void build_job_lists(const NeoXLayerParams& p, const SmemLayout& L, unsigned char* smem,
-                                                int head_dim, bool phase_a, bool phase_b) {
+                                                bool phase_a, bool phase_b) {
   auto* lists = reinterpret_cast<JobList*>(smem + SmemLayout::kJobLists);
-  if (threadIdx.x == 0) {
+  if (threadIdx.x < 32) {
     const int blocks = gridDim.x, block = blockIdx.x;
-    const int ranks = cluster_size(), rank = cluster_rank(), head = block / ranks;
-    const int head_units = 3 * head_dim / kBoxRows;
-    const int q0 = split_begin(head_units, ranks, rank), q1 = split_begin(head_units, ranks, rank + 1);
-    lists[kQkvJobs] = JobList{head * 3 * head_dim + q0 * kBoxRows, phase_a ? q1 - q0 : 0, 0, 1,
-                              {{&p.w_qkv, reinterpret_cast<float*>(smem + L.a1), p.hidden / kBoxCols}, {}}};
-    const int up_units = p.ffn / kBoxRows;
-    const int u0 = split_begin(up_units, blocks, block), u1 = split_begin(up_units, blocks, block + 1);
-    lists[kUpJobs] = JobList{u0 * kBoxRows, phase_a ? u1 - u0 : 0, 0, 1,
-                             {{&p.w_up, reinterpret_cast<float*>(smem + L.a2), p.hidden / kBoxCols}, {}}};
-    const int out_units = p.hidden / kBoxRows;
-    const int o0 = split_begin(out_units, blocks, block), o1 = split_begin(out_units, blocks, block + 1);
-    lists[kOutJobs] = JobList{o0 * kBoxRows, phase_b ? o1 - o0 : 0, 0, 2,
-                              {{&p.w_o, reinterpret_cast<float*>(smem + L.o), p.hidden / kBoxCols},
-                               {&p.w_down, reinterpret_cast<float*>(smem + L.g), p.ffn / kBoxCols}}};
-    chain_job_lists(lists, kMaxJobLists);
+    const PhaseAShare share = phase_a ? phase_a_share<kHeadDim>(p, block) : PhaseAShare{0, 0, 0, 0};
+    if (threadIdx.x == 0) {
+      lists[kQkvJobs] = JobList{share.qkv_first * kBoxRows, share.qkv_units, 1, 0, 1,
+                                {{&p.w_qkv, reinterpret_cast<float*>(smem + L.a1), p.hidden / kBoxCols}, {}}};
+      lists[kUpJobs] = JobList{share.up_first * kBoxRows, share.up_units, 1, 0, 1,
+                               {{&p.w_up, reinterpret_cast<float*>(smem + L.a2), p.hidden / kBoxCols}, {}}};
+      const int out_units = p.hidden / kBoxRows;
+      const int o0 = int(split_begin(out_units, blocks, block)), o1 = int(split_begin(out_units, blocks, block + 1));
+      lists[kOutJobs] = JobList{o0 * kBoxRows, phase_b ? o1 - o0 : 0, 1, 0, 2,
+                                {{&p.w_o, reinterpret_cast<float*>(smem + L.o), p.hidden / kBoxCols},
+                                 {&p.w_down, reinterpret_cast<float*>(smem + L.g), p.ffn / kBoxCols}}};
+      finish_job_lists(lists, kMaxJobLists);
+    }
   }
   __syncthreads();
 }
@@ -60,27 +113,26 @@ __device__ __forceinline__ void phase_a(const NeoXLayerParams& p, const SmemLayo
   float* qkv = reinterpret_cast<float*>(smem + L.qkv);
   float* scratch = reinterpret_cast<float*>(smem + SmemLayout::kScratch);
   const int ranks = cluster_size(), rank = cluster_rank(), head = blockIdx.x / ranks;
-  const int lane = threadIdx.x % 32;
 
   cluster_arrive();  // this block has started: others may write its shared memory once all have
   layer_norm_pair(p.x, p.ln1_w, p.ln1_b, p.ln2_w, p.ln2_b, p.hidden, p.eps, a1, a2, scratch);
   cluster_wait();
+  stamp(p, kMarkNormed);
 
   // q|k|v rows of this head: every block of the cluster gets every row.
   stream.run(kQkvJobs, [&](int row, float sum) {
-    if (lane < kBoxRows) {
-      const int r = row + lane;
-      const float value = sum + __half2float(p.b_qkv[r]);
-      const float* local = qkv + (r - head * 3 * kHeadDim);
-      for (int dst = 0; dst < ranks; ++dst) dsmem_store(local, dst, value);
-    }
+    const float value = sum + __half2float(p.b_qkv[row]);
+    const float* local = qkv + (row - head * 3 * kHeadDim);
+    for (int dst = 0; dst < ranks; ++dst) dsmem_store(local, dst, value);
   });
+  stamp(p, kMarkQkv);
   cluster_arrive();
 
-  stream.run(kUpJobs, [&](int row, float sum) {
-    if (lane < kBoxRows) p.mlp_act[row + lane] = gelu_erf(sum + __half2float(p.b_up[row + lane]));
-  });
+  stream.run(kUpJobs, [&](int row, float sum) { p.mlp_act[row] = gelu_erf(sum + __half2float(p.b_up[row])); });
+  stamp(p, kMarkUp);
   cluster_wait();  // the head's q|k|v is complete in every block
+  stamp(p, kMarkHeadReady);
+  if (head >= p.heads) return;  // a cluster with no head: its share of W_up was its whole phase A
 
   float* q = qkv;
   float* k = qkv + kHeadDim;
@@ -102,6 +154,7 @@ __device__ __forceinline__ void phase_a(const NeoXLayerParams& p, const SmemLayo
                      combine, scratch);
   cluster_sync();  // every rank's partials are on rank 0; no shared memory is touched remotely after this
   if (rank == 0) Attention::combine_partials(combine, ranks, p.attn + head * kHeadDim);
+  stamp(p, kMarkAttention);
 }
 
 // Phase B after its inputs (attn, mlp_act) are complete in global memory.
@@ -115,13 +168,10 @@ __device__ __forceinline__ void phase_b(const NeoXLayerParams& p, const SmemLayo
   for (int i = threadIdx.x; i < p.ffn / 4; i += blockDim.x)
     reinterpret_cast<float4*>(g)[i] = __ldcg(reinterpret_cast<const float4*>(p.mlp_act) + i);
   __syncthreads();
-  const int lane = threadIdx.x % 32;
+  stamp(p, kMarkPhaseB);
   stream.run(kOutJobs, [&](int row, float sum) {
-    if (lane < kBoxRows) {
-      const int r = row + lane;
-      const float bias = __half2float(p.b_o[r]) + __half2float(p.b_down[r]);
-      p.out[r] = __float2half_rn(__half2float(p.x[r]) + (sum + bias));
-    }
+    const float bias = __half2float(p.b_o[row]) + __half2float(p.b_down[row]);
+    p.out[row] = __float2half_rn(__half2float(p.x[row]) + (sum + bias));
   });
 }
 
@@ -130,13 +180,15 @@ template <int kHeadDim, bool kPhaseA, bool kPhaseB>
 __global__ void __launch_bounds__(kThreads, 1) neox_layer_kernel(const __grid_constant__ NeoXLayerParams p) {
   extern __shared__ __align__(128) unsigned char smem[];
   const SmemLayout layout(p.hidden, p.ffn, kHeadDim, p.max_seq, cluster_size());
-  build_job_lists(p, layout, smem, kHeadDim, kPhaseA, kPhaseB);
+  build_job_lists<kHeadDim>(p, layout, smem, kPhaseA, kPhaseB);
   WarpStream stream(smem, reinterpret_cast<const JobList*>(smem + SmemLayout::kJobLists), kMaxJobLists);
   stream.prime();
+  stamp(p, kMarkStart);
   if constexpr (kPhaseA) phase_a<kHeadDim>(p, layout, smem, stream);
   // In the cooperative kernel phase B's first weight boxes are already in flight across this barrier.
   if constexpr (kPhaseA && kPhaseB) grid_barrier(p.grid_barrier);
   if constexpr (kPhaseB) phase_b(p, layout, smem, stream);
+  stamp(p, kMarkEnd);
 }
 
 }  // namespace clusterfusion::kernels

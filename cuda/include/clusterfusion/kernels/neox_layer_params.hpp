@@ -16,6 +16,8 @@ constexpr int kBoxBytes = kBoxRows * kBoxCols * 2;
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
 constexpr int kStages = 6;  // boxes in flight per warp: 8 warps x 6 x 2 KB = 96 KB per SM
+constexpr int kMaxItems = 512;
+constexpr int kTimelineMarks = 8;  // work items (job chunks) of one job list in one block
 
 struct NeoXLayerParams {
   CUtensorMap w_qkv;   // [3*hidden, hidden]
@@ -29,6 +31,7 @@ struct NeoXLayerParams {
   float* attn;     // [hidden]
   float* mlp_act;  // [ffn]
   unsigned* grid_barrier;
+  unsigned long long* timeline;  // optional: kTimelineMarks global-timer stamps per block (kernel tuning)
   int position;
   int hidden, heads, ffn, max_seq, rotary_dims;
   float rotary_base, eps;
@@ -43,7 +46,8 @@ struct SmemLayout {
   static constexpr std::size_t kBarriers = kRingBytes;
   static constexpr std::size_t kJobLists = kBarriers + align_up(kWarps * kStages * 8, 128);
   static constexpr std::size_t kScratch = kJobLists + 512;     // 32 floats for block reductions
-  static constexpr std::size_t kVectors = kScratch + 128;      // phase-specific float vectors start here
+  static constexpr std::size_t kItemPartials = kScratch + 128;  // 4 row sums per work item
+  static constexpr std::size_t kVectors = kItemPartials + kMaxItems * 4 * 4;  // phase-specific vectors
 
   // Phase A: LN1(x), LN2(x), the head's q|k|v, scores of this block's positions, reduction partials, and
   // the cluster's softmax partials (m, l, o) gathered on rank 0.

@@ -1,8 +1,12 @@
-// Per-warp weight streaming: each warp owns a ring of kStages TMA boxes in shared memory and computes
-// output-stationary dot products of 4 weight rows (one box row each) against float vectors in shared memory.
-// A warp is its own producer and consumer, so the ring needs one mbarrier per slot and no block-wide sync;
-// the producer runs kStages boxes ahead across job lists, so weights of the next phase are already in flight
-// while the block waits on a cluster or grid barrier.
+// Per-warp weight streaming: each warp owns a ring of kStages TMA boxes in shared memory and accumulates dot
+// products of 4 weight rows (one box row each) against float vectors in shared memory.
+//
+// Work is a list of jobs (4 output rows each) cut along K into `chunks` items, so that a block's items split
+// evenly over its warps even when it has fewer jobs than warps. Items go to warps round-robin; each item's 4
+// partial sums land in shared memory, and once the list is done they are added in chunk order (deterministic)
+// and handed to the epilogue. A warp is its own producer and consumer, so the ring needs one mbarrier per slot
+// and no block-wide sync; the producer runs kStages boxes ahead across lists, so the next list's (or phase's)
+// weights are already in flight while the block waits on a cluster or grid barrier.
 #pragma once
 #include <cuda_fp16.h>
 
@@ -19,30 +23,55 @@ struct Segment {
   int boxes;
 };
 
-// Jobs row0 + 4j for j in [0, jobs): each job produces 4 output rows as the sum over its segments.
-// Job j goes to warp (first_warp + j) % kWarps, so consecutive lists keep the warps balanced.
+// Jobs row0 + 4j for j in [0, jobs), each the sum over its segments; item i is chunk i % chunks of job
+// i / chunks and goes to warp (first_warp + i) % kWarps.
 struct JobList {
   int row0;
   int jobs;
+  int chunks;
   int first_warp;
   int segments;
   Segment seg[2];
+
+  __device__ int items() const { return jobs * chunks; }
+  __device__ int boxes() const { return seg[0].boxes + (segments > 1 ? seg[1].boxes : 0); }
+  // Boxes [chunk_begin(c), chunk_begin(c + 1)) of a job belong to chunk c.
+  __device__ int chunk_begin(int c) const { return (boxes() * c) / chunks; }
 };
 constexpr int kMaxJobLists = 3;
 
-// Sets up the lists in shared memory (thread 0), chaining first_warp from list to list.
-__device__ __forceinline__ void chain_job_lists(JobList* lists, int count) {
+__device__ __forceinline__ int gcd(int a, int b) {
+  while (b != 0) {
+    const int t = a % b;
+    a = b;
+    b = t;
+  }
+  return a;
+}
+
+// Thread 0, after filling row0/jobs/segments of every list: picks each list's chunk count (enough items for
+// every warp to get the same number, within the partials buffer) and chains first_warp from list to list.
+__device__ __forceinline__ void finish_job_lists(JobList* lists, int count) {
   int warp = 0;
   for (int l = 0; l < count; ++l) {
-    lists[l].first_warp = warp;
-    warp = (warp + lists[l].jobs) % kWarps;
+    JobList& list = lists[l];
+    int chunks = list.jobs > 0 ? kWarps / gcd(list.jobs, kWarps) : 1;
+    chunks = min(chunks, list.boxes());
+    while (chunks > 1 && list.jobs * chunks > kMaxItems) --chunks;
+    list.chunks = chunks;
+    list.first_warp = warp;
+    warp = (warp + list.items()) % kWarps;
   }
 }
 
 class WarpStream {
  public:
   __device__ WarpStream(unsigned char* smem, const JobList* lists, int list_count)
-      : lists_(lists), list_count_(list_count), warp_(threadIdx.x / 32), lane_(threadIdx.x % 32) {
+      : lists_(lists),
+        list_count_(list_count),
+        partials_(reinterpret_cast<float*>(smem + SmemLayout::kItemPartials)),
+        warp_(threadIdx.x / 32),
+        lane_(threadIdx.x % 32) {
     ring_ = smem + std::size_t(warp_) * kStages * kBoxBytes;
     bars_ = reinterpret_cast<MBarrier*>(smem + SmemLayout::kBarriers) + warp_ * kStages;
     if (lane_ == 0) {
@@ -60,37 +89,42 @@ class WarpStream {
     for (int s = 0; s < kStages; ++s) issue();
   }
 
-  // Runs this warp's jobs of list `l` (which must be the list the consumer has reached), calling
-  // epilogue(row, sum) once per job on every lane: lanes 0..3 hold the sums of rows row..row+3 (lane l has
-  // row + l), the other lanes repeat them.
+  // Runs list `l` (the list the consumer has reached) on the whole block, then calls epilogue(row, value)
+  // once per output row, from one thread each. Starts and ends with every thread of the block in step.
   template <class Epilogue>
   __device__ void run(int l, Epilogue&& epilogue) {
     const JobList& list = lists_[l];
-    for (int j = first_job(list); j < list.jobs; j += kWarps) {
+    for (int i = first_item(list); i < list.items(); i += kWarps) {
+      const int chunk = i % list.chunks;
       float acc[kBoxRows] = {0.f, 0.f, 0.f, 0.f};
-      for (int s = 0; s < list.segments; ++s) {
-        const Segment seg = list.seg[s];
-        for (int b = 0; b < seg.boxes; ++b) {
-          const int slot = consumed_ % kStages;
-          bars_[slot].wait((consumed_ / kStages) & 1);
-          accumulate_box(ring_ + slot * kBoxBytes, seg.vec + b * kBoxCols, acc);
-          __syncwarp();  // every lane has read the slot before it is refilled
-          ++consumed_;
-          issue();
-        }
+      for (int k = list.chunk_begin(chunk), end = list.chunk_begin(chunk + 1); k < end; ++k) {
+        const bool first = k < list.seg[0].boxes;
+        const float* vec = first ? list.seg[0].vec + k * kBoxCols : list.seg[1].vec + (k - list.seg[0].boxes) * kBoxCols;
+        const int slot = consumed_ % kStages;
+        bars_[slot].wait((consumed_ / kStages) & 1);
+        accumulate_box(ring_ + slot * kBoxBytes, vec, acc);
+        __syncwarp();  // every lane has read the slot before it is refilled
+        ++consumed_;
+        issue();
       }
-      float mine = 0.f;
 #pragma unroll
       for (int r = 0; r < kBoxRows; ++r) {
         const float sum = warp_sum(acc[r]);
-        if ((lane_ % kBoxRows) == r) mine = sum;
+        if (lane_ == r) partials_[i * kBoxRows + r] = sum;
       }
-      epilogue(list.row0 + j * kBoxRows, mine);
     }
+    __syncthreads();
+    for (int t = threadIdx.x; t < list.jobs * kBoxRows; t += blockDim.x) {
+      const int job = t / kBoxRows, r = t % kBoxRows;
+      float value = 0.f;
+      for (int c = 0; c < list.chunks; ++c) value += partials_[(job * list.chunks + c) * kBoxRows + r];
+      epilogue(list.row0 + t, value);
+    }
+    __syncthreads();  // the partials buffer is free for the next list
   }
 
  private:
-  __device__ int first_job(const JobList& list) const { return (warp_ - list.first_warp + kWarps) % kWarps; }
+  __device__ int first_item(const JobList& list) const { return (warp_ - list.first_warp + kWarps) % kWarps; }
 
   // Lane l takes columns 8l..8l+7 of each of the 4 box rows: 16-byte shared loads, conflict-free.
   __device__ void accumulate_box(const unsigned char* box, const float* vec, float (&acc)[kBoxRows]) const {
@@ -116,43 +150,48 @@ class WarpStream {
     }
   }
 
-  // Moves the producer cursor to the first job of this warp in the next non-empty list (or past the end).
+  // Moves the producer cursor to this warp's first item in the next list that has one (or past the end).
   __device__ void next_list() {
     for (++list_; list_ < list_count_; ++list_) {
-      job_ = first_job(lists_[list_]);
-      if (job_ < lists_[list_].jobs) break;
+      item_ = first_item(lists_[list_]);
+      if (item_ < lists_[list_].items()) {
+        box_ = lists_[list_].chunk_begin(item_ % lists_[list_].chunks);
+        return;
+      }
     }
-    seg_ = 0;
-    box_ = 0;
   }
 
   // Issues the producer's next box (if any) into the next slot and advances the cursor.
   __device__ void issue() {
     if (list_ >= list_count_) return;
     const JobList& list = lists_[list_];
-    const Segment& seg = list.seg[seg_];
+    const int job = item_ / list.chunks, chunk = item_ % list.chunks;
+    const bool first = box_ < list.seg[0].boxes;
+    const CUtensorMap* map = first ? list.seg[0].map : list.seg[1].map;
+    const int col = (first ? box_ : box_ - list.seg[0].boxes) * kBoxCols;
     const int slot = issued_ % kStages;
     if (lane_ == 0) {
       bars_[slot].arrive_expect_tx(kBoxBytes);
-      tma_load_2d(ring_ + slot * kBoxBytes, seg.map, &bars_[slot], box_ * kBoxCols, list.row0 + job_ * kBoxRows,
-                  policy_);
+      tma_load_2d(ring_ + slot * kBoxBytes, map, &bars_[slot], col, list.row0 + job * kBoxRows, policy_);
     }
     ++issued_;
-    if (++box_ < seg.boxes) return;
-    box_ = 0;
-    if (++seg_ < list.segments) return;
-    seg_ = 0;
-    job_ += kWarps;
-    if (job_ >= list.jobs) next_list();
+    if (++box_ < list.chunk_begin(chunk + 1)) return;
+    item_ += kWarps;
+    if (item_ < list.items()) {
+      box_ = list.chunk_begin(item_ % list.chunks);
+    } else {
+      next_list();
+    }
   }
 
   const JobList* lists_;
   int list_count_;
+  float* partials_;
   int warp_, lane_;
   unsigned char* ring_;
   MBarrier* bars_;
   uint64_t policy_;
-  int list_ = 0, job_ = 0, seg_ = 0, box_ = 0;  // producer cursor
+  int list_ = 0, item_ = 0, box_ = 0;  // producer cursor: list, item, box within the item's job
   unsigned issued_ = 0, consumed_ = 0;
 };
 
