@@ -10,6 +10,8 @@ CudaError::CudaError(const std::string& call, const char* file, int line, const 
 
 void check_cuda(cudaError_t status, const char* call, const char* file, int line) {
   if (status == cudaSuccess) return;
+  // Clear CUDA's "last error" so a framework sharing the context (torch) does not report ours as its own.
+  cudaGetLastError();
   throw CudaError(call, file, line, std::string(cudaGetErrorName(status)) + ": " + cudaGetErrorString(status));
 }
 

@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# The one GPU script, run from the repository root on the GPU machine: CMake build (with the Python module and
+# ptxas resource usage), ctest, pytest, compute-sanitizer (memcheck, racecheck, synccheck) on
+# bench/sanitize_layer.py, then bench/bench_layer.py. A failing step is recorded and the next one still runs;
+# each step is killed at its time limit so the whole run fits CF_BUDGET_S (default 540 s). Prints each step's
+# status and the benchmark table last; logs, JUnit XML and the benchmark JSON go to $OUT.
+#
+# Environment: OUT (default ./gpu_out), PYTHON (default python3), CF_SKIP_SANITIZER=1, CF_BENCH_ARGS="..."
+# (extra bench_layer.py flags, e.g. "--quick"), CF_BUDGET_S.
+set -euo pipefail
+
+OUT=${OUT:-$PWD/gpu_out}
+# One interpreter for the extension, pytest and the benchmark (pyenv shims and venvs hide the real one).
+PYTHON=$("${PYTHON:-python3}" -c 'import sys; print(sys.executable)')
+BUILD=build-gpu
+BUDGET=${CF_BUDGET_S:-540}
+BENCH_RESERVE=150  # seconds kept for the benchmark when the sanitizer runs long
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+# nvcc and compute-sanitizer's usual home, when it is not on PATH already.
+if ! command -v nvcc >/dev/null && [[ -x /usr/local/cuda/bin/nvcc ]]; then
+  export PATH="/usr/local/cuda/bin:$PATH"
+fi
+
+names=()
+results=()
+durations=()
+
+# record NAME STATUS SECONDS
+record() {
+  names+=("$1")
+  results+=("$2")
+  durations+=("$3")
+}
+
+# step NAME LOG CAP_SECONDS RESERVE_SECONDS COMMAND...: runs COMMAND (output appended to LOG) for at most
+# CAP seconds, and never into the last RESERVE seconds of the budget.
+step() {
+  local name=$1 log=$2 cap=$3 reserve=$4 start=$SECONDS rc=0
+  shift 4
+  local limit=$((BUDGET - SECONDS - reserve))
+  ((limit > cap)) && limit=$cap
+  if ((limit < 10)); then
+    echo "=== $name: skipped, time budget spent"
+    record "$name" "skipped (time budget)" 0
+    return 0
+  fi
+  echo "=== $name ($(date +%T), limit ${limit}s, log $log)"
+  echo "=== $name: $*" >>"$log"
+  local first_line
+  first_line=$(wc -l <"$log")
+  timeout --kill-after=15 "$limit" "$@" >>"$log" 2>&1 || rc=$?
+  local status=pass
+  if ((rc == 124 || rc == 137)); then
+    status="FAIL (timeout ${limit}s)"
+  elif ((rc != 0)); then
+    status="FAIL (exit $rc)"
+  fi
+  record "$name" "$status" $((SECONDS - start))
+  if ((rc != 0)); then
+    echo "--- $name: $status; its last lines in $log:"
+    tail -n "+$first_line" "$log" | tail -n 30
+  fi
+}
+
+nvidia-smi -L || true
+"$PYTHON" -c 'import sys, torch, transformers; print("python", sys.version.split()[0], "torch", torch.__version__,
+"cuda", torch.version.cuda, "transformers", transformers.__version__)' || true
+
+: >"$OUT/build.log"
+step configure "$OUT/build.log" 120 0 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+  -DCLUSTERFUSION_BUILD_PYTHON=ON -DCLUSTERFUSION_PTXAS_VERBOSE=ON -DPython_EXECUTABLE="$PYTHON"
+if [[ ${results[0]} == pass ]]; then
+  # -k 0: build every target that can be built, so one broken file leaves the rest testable.
+  step build "$OUT/build.log" 420 0 cmake --build "$BUILD" -j16 -- -k 0
+
+  : >"$OUT/ctest.log"
+  step ctest "$OUT/ctest.log" 240 0 ctest --test-dir "$BUILD" --output-on-failure --timeout 200
+
+  : >"$OUT/pytest.log"
+  step pytest "$OUT/pytest.log" 300 0 env PYTHONPATH="$BUILD/python" "$PYTHON" -m pytest tests/python -rs \
+    -p no:cacheprovider --junitxml="$OUT/pytest.xml"
+
+  : >"$OUT/sanitizer.log"
+  if [[ ${CF_SKIP_SANITIZER:-0} == 1 ]]; then
+    record sanitizer "skipped (CF_SKIP_SANITIZER=1)" 0
+  else
+    # Instrument only the library's kernels (torch's own would multiply the run time), where the tool can.
+    only_ours=()
+    sanitizer_help=$(compute-sanitizer --help 2>/dev/null || true)
+    if [[ $sanitizer_help == *"--kernel-name "* ]]; then
+      only_ours=(--kernel-name kns=neox_layer)
+    fi
+    for tool in memcheck racecheck synccheck; do
+      # Without torch's caching allocator every tensor is its own allocation, so memcheck sees its bounds.
+      step "sanitizer $tool" "$OUT/sanitizer.log" 150 "$BENCH_RESERVE" env CF_SANITIZER=1 \
+        PYTORCH_NO_CUDA_MEMORY_CACHING=1 PYTHONPATH="$BUILD/python" compute-sanitizer --tool "$tool" --error-exitcode 1 \
+        ${only_ours[@]+"${only_ours[@]}"} "$PYTHON" bench/sanitize_layer.py
+    done
+  fi
+
+  : >"$OUT/bench.log"
+  # shellcheck disable=SC2086  # CF_BENCH_ARGS is a list of flags
+  step bench "$OUT/bench.log" 300 0 env PYTHONPATH="$BUILD/python" "$PYTHON" bench/bench_layer.py --out "$OUT" \
+    ${CF_BENCH_ARGS:-}
+else
+  for name in build ctest pytest sanitizer bench; do record "$name" "skipped (configure failed)" 0; done
+fi
+
+echo
+echo "=== summary ($SECONDS s in all; logs in $OUT)"
+failed=0
+for i in "${!names[@]}"; do
+  printf '%-20s %-28s %5ss\n' "${names[$i]}" "${results[$i]}" "${durations[$i]}"
+  [[ ${results[$i]} == FAIL* ]] && failed=1
+done
+if [[ -s $OUT/bench.log ]]; then
+  echo
+  sed -n '/^wrote /,$p' "$OUT/bench.log"
+fi
+exit "$failed"

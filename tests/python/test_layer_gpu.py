@@ -1,0 +1,406 @@
+"""clusterfusion.NeoXLayer on the GPU: against the float64 reference and against transformers' own float16
+GPTNeoXLayer, its two phases alone, run-to-run determinism, a 4096-position cache, and bad input.
+
+Every test is marked `gpu` (skipped without a CUDA device). Layers get random weights at realistic scales;
+the KV cache gets a random past (N(0, 1)) in positions < p, written through its DLPack views.
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+from transformers import DynamicCache, GPTNeoXConfig  # noqa: E402
+from transformers.models.gpt_neox import modeling_gpt_neox as hf_neox  # noqa: E402
+
+pytestmark = pytest.mark.gpu
+
+SHAPES = {
+    "pythia-2.8b": dict(hidden_size=2560, num_attention_heads=32, intermediate_size=10240, vocab_size=50304),
+    "pythia-6.9b": dict(hidden_size=4096, num_attention_heads=32, intermediate_size=16384, vocab_size=50432),
+}
+MAX_SEQ = 2048
+POSITIONS = [0, 1, 2, 63, 64, 65, 127, 128, 511, 1000, 2047]
+MODES = ["split", "cooperative"]
+REL_TOL = 2e-3
+HF_FACTOR = 1.5  # never worse than this many times transformers' own float16 error
+
+
+@pytest.fixture(scope="module")
+def cf():
+    """The package, imported only once a test runs: it needs the compiled extension, which a machine without a
+    GPU build may lack (the tests skip there before this runs)."""
+    import clusterfusion
+
+    return clusterfusion
+
+
+def hf_config(shape):
+    config = GPTNeoXConfig(
+        **SHAPES[shape], num_hidden_layers=1, rotary_pct=0.25, rotary_emb_base=10000, layer_norm_eps=1e-5,
+        use_parallel_residual=True, hidden_act="gelu", tie_word_embeddings=False, max_position_embeddings=2048,
+    )
+    config._attn_implementation = "sdpa"  # what from_pretrained picks on a CUDA machine
+    return config
+
+
+@torch.no_grad()
+def random_hf_layer(config, generator):
+    """A float16 CUDA GPTNeoXLayer: linear weights and biases N(0, 0.02), LayerNorm weights N(1, 0.1) and
+    biases N(0, 0.05)."""
+    with torch.device("meta"):  # skip transformers' own initialisation: every parameter is drawn below
+        layer = hf_neox.GPTNeoXLayer(config, layer_idx=0).half()
+    layer = layer.to_empty(device="cuda").eval()
+    for name, param in layer.named_parameters():
+        if "layernorm" in name:
+            mean, std = (1.0, 0.1) if name.endswith("weight") else (0.0, 0.05)
+        else:
+            mean, std = 0.0, 0.02
+        param.normal_(mean, std, generator=generator)
+    return layer
+
+
+class Setup:
+    """One layer of a model shape: the transformers layer, the fused layer on the same memory, its float64
+    weights, and a KV cache of MAX_SEQ positions."""
+
+    def __init__(self, cf, ref, shape):
+        # Its own seed (CF_TEST_SEED replays it), as module-scoped draws would otherwise depend on test order.
+        self.seed = int(os.environ.get("CF_TEST_SEED") or int.from_bytes(os.urandom(4), "little"))
+        generator = torch.Generator(device="cuda").manual_seed(self.seed)
+        self.shape = shape
+        self.hf_config = hf_config(shape)
+        self.ref_cfg = ref.RefConfig.from_transformers(self.hf_config)
+        self.config = cf.config_from_transformers(self.hf_config)
+        self.hf_layer = random_hf_layer(self.hf_config, generator)
+        self.rotary = hf_neox.GPTNeoXRotaryEmbedding(self.hf_config).to("cuda")
+        self.ref_weights = ref.layer_weights_from_transformers(self.hf_layer)
+        self.layer = cf.FusedNeoXLayer.from_transformers(self.hf_layer, self.config, MAX_SEQ).kernel
+        self.cache = cf.KVCache(self.config, MAX_SEQ)
+
+    def __repr__(self):
+        return f"{self.shape} (setup seed {self.seed})"
+
+
+@pytest.fixture(scope="module")
+def setup(request, cf, ref):
+    """Parametrized indirectly with a shape name; built once per module and shape."""
+    return Setup(cf, ref, request.param)
+
+
+def stream():
+    return torch.cuda.current_stream().cuda_stream
+
+
+def cache_views(cache, layer=0):
+    return torch.from_dlpack(cache.keys(layer)), torch.from_dlpack(cache.values(layer))
+
+
+def fill_past(cache, position):
+    """Random keys and values N(0, 1) in positions < position of layer 0; the cache then holds exactly those."""
+    keys, values = cache_views(cache)
+    keys[:, :position].normal_()
+    values[:, :position].normal_()
+    cache.length = position
+    return keys[:, :position].clone(), values[:, :position].clone()
+
+
+def nan_buffers(config):
+    """out, attn, mlp_act poisoned with NaN, so an element a kernel leaves unwritten cannot pass."""
+    nan = float("nan")
+    return (torch.full((config.hidden,), nan, dtype=torch.float16, device="cuda"),
+            torch.full((config.hidden,), nan, dtype=torch.float32, device="cuda"),
+            torch.full((config.ffn,), nan, dtype=torch.float32, device="cuda"))
+
+
+def random_x(config):
+    return torch.randn(config.hidden, device="cuda").half()
+
+
+def run_forward(layer, cache, x, position, mode):
+    out, attn, mlp_act = nan_buffers(layer.config)
+    layer.forward(cache, 0, x, out, attn, mlp_act, position, mode=mode, stream=stream())
+    torch.cuda.synchronize()
+    for name, tensor in (("out", out), ("attn", attn), ("mlp_act", mlp_act)):
+        assert torch.isfinite(tensor).all(), f"{mode}: {name} has non-finite elements"
+    return out, attn, mlp_act
+
+
+def appended_kv(cache, position):
+    keys, values = cache_views(cache)
+    return keys[:, position].clone(), values[:, position].clone()
+
+
+def f64(tensor):
+    return tensor.detach().double().cpu().numpy()
+
+
+def rel_err(actual, expected):
+    """‖actual − expected‖ / ‖expected‖ over all elements (float64)."""
+    actual, expected = np.asarray(actual, dtype=np.float64), np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    return float(np.linalg.norm(actual - expected) / np.linalg.norm(expected))
+
+
+def reference_step(ref, s, x, past_k, past_v, position):
+    return ref.neox_layer(s.ref_cfg, s.ref_weights, f64(x), f64(past_k), f64(past_v), position)
+
+
+@torch.no_grad()
+def transformers_step(s, x, past_k, past_v, position):
+    """transformers' own float16 GPTNeoXLayer for one token over a DynamicCache holding the same past:
+    (out [hidden], k, v [heads, head_dim] as it appends them)."""
+    hf_cache = DynamicCache(config=s.hf_config)
+    if position > 0:
+        hf_cache.update(past_k[None], past_v[None], layer_idx=0)
+    hidden = x.reshape(1, 1, -1)
+    position_ids = torch.tensor([[position]], device="cuda")
+    cos_sin = s.rotary(hidden, position_ids)  # float32 angles, cast to float16, as GPTNeoXModel does
+    out = s.hf_layer(hidden, layer_past=hf_cache, use_cache=True, position_ids=position_ids,
+                     position_embeddings=cos_sin)
+    keys, values = hf_cache.layers[0].keys, hf_cache.layers[0].values  # [1, heads, position + 1, head_dim]
+    assert keys.shape[2] == position + 1
+    return out.reshape(-1), keys[0, :, position], values[0, :, position]
+
+
+def errors_vs_reference(expected, x, out, k, v):
+    """Relative errors of the layer's update out − x and of the appended k and v."""
+    x64 = f64(x)
+    return dict(out=rel_err(f64(out) - x64, expected["out"] - x64), k=rel_err(f64(k), expected["k"]),
+                v=rel_err(f64(v), expected["v"]))
+
+
+def check_step(ref, s, layer, cache, position):
+    """Both modes at `position` against the float64 reference (≤ REL_TOL) and against transformers' float16
+    layer on the same inputs (≤ HF_FACTOR times its error)."""
+    past_k, past_v = fill_past(cache, position)
+    x = random_x(s.config)
+    expected = reference_step(ref, s, x, past_k, past_v, position)
+    hf_errors = errors_vs_reference(expected, x, *transformers_step(s, x, past_k, past_v, position))
+    for mode in MODES:
+        out, _, _ = run_forward(layer, cache, x, position, mode)
+        assert cache.length == position + 1
+        errors = errors_vs_reference(expected, x, out, *appended_kv(cache, position))
+        for name, err in errors.items():
+            context = f"{s} position {position} {mode} {name}: {err:.3g} (transformers float16: {hf_errors[name]:.3g})"
+            assert err <= REL_TOL, context
+            assert err <= HF_FACTOR * hf_errors[name], context
+
+
+@pytest.mark.parametrize("position", POSITIONS)
+@pytest.mark.parametrize("setup", list(SHAPES), indirect=True)
+def test_layer_matches_reference_within_transformers_error(ref, setup, position):
+    check_step(ref, setup, setup.layer, setup.cache, position)
+
+
+@pytest.mark.parametrize("position", [1, 1000])
+@pytest.mark.parametrize("setup", list(SHAPES), indirect=True)
+def test_phases_alone_match_reference_and_forward(ref, setup, position):
+    """attention_mlp_up's attn and mlp_act against the reference and bit for bit what forward leaves in them;
+    mlp_down_residual then gives forward's out bit for bit."""
+    s, layer, cache = setup, setup.layer, setup.cache
+    past_k, past_v = fill_past(cache, position)
+    x = random_x(s.config)
+    expected = reference_step(ref, s, x, past_k, past_v, position)
+    forward_out, forward_attn, forward_mlp_act = run_forward(layer, cache, x, position, "split")
+
+    out, attn, mlp_act = nan_buffers(s.config)
+    layer.attention_mlp_up(cache, 0, x, attn, mlp_act, position, stream=stream())
+    torch.cuda.synchronize()
+    assert torch.isfinite(attn).all() and torch.isfinite(mlp_act).all()
+    assert cache.length == position + 1
+    assert rel_err(f64(attn), expected["attn"]) <= REL_TOL, s
+    assert rel_err(f64(mlp_act), expected["mlp_act"]) <= REL_TOL, s
+    assert torch.equal(attn, forward_attn) and torch.equal(mlp_act, forward_mlp_act), f"{s}: phase A alone differs"
+
+    layer.mlp_down_residual(x, out, attn, mlp_act, stream=stream())
+    torch.cuda.synchronize()
+    assert torch.equal(out.view(torch.int16), forward_out.view(torch.int16)), s
+
+
+def cache_bits(cache):
+    keys, values = cache_views(cache)
+    return keys.view(torch.int16).clone(), values.view(torch.int16).clone()
+
+
+@pytest.mark.parametrize("setup", list(SHAPES), indirect=True)
+def test_modes_are_deterministic_and_identical(setup):
+    """50 runs of each mode give the same bits (out and the whole cache layer); split and cooperative agree."""
+    s, layer, cache = setup, setup.layer, setup.cache
+    position = 777  # splits unevenly over a cluster and over the attention tiles
+    fill_past(cache, position)
+    x = random_x(s.config)
+    results = {}
+    for mode in MODES:
+        first_out, first_cache = None, None
+        for run in range(50):
+            out, _, _ = run_forward(layer, cache, x, position, mode)
+            bits = out.view(torch.int16).clone(), cache_bits(cache)
+            if first_out is None:
+                first_out, first_cache = bits
+                continue
+            assert torch.equal(bits[0], first_out), f"{s} {mode}: out differs on run {run}"
+            same_cache = all(torch.equal(a, b) for a, b in zip(bits[1], first_cache))
+            assert same_cache, f"{s} {mode}: cache differs on run {run}"
+        results[mode] = first_out, first_cache
+    split, cooperative = results["split"], results["cooperative"]
+    assert torch.equal(split[0], cooperative[0]), f"{s}: split and cooperative out differ"
+    assert all(torch.equal(a, b) for a, b in zip(split[1], cooperative[1])), f"{s}: split and cooperative cache differ"
+
+
+@pytest.mark.parametrize("setup", ["pythia-2.8b"], indirect=True)
+def test_cache_of_4096_positions(cf, ref, setup):
+    """Past transformers' 2048 positions: a layer and cache of 4096, the last position."""
+    long_seq = 4096
+    layer = cf.FusedNeoXLayer.from_transformers(setup.hf_layer, setup.config, long_seq).kernel
+    cache = cf.KVCache(setup.config, long_seq)
+    check_step(ref, setup, layer, cache, long_seq - 1)
+
+
+# --- Bad input: a clear exception naming the argument, and the cache left as it was. ---
+
+def assert_cache_unchanged(cache, before_bits, before_length):
+    assert cache.length == before_length
+    after = cache_bits(cache)
+    assert all(torch.equal(a, b) for a, b in zip(after, before_bits)), "the cache bytes changed"
+
+
+def step_args(config):
+    """Valid step buffers: x (random), out, attn, mlp_act."""
+    out, attn, mlp_act = nan_buffers(config)
+    return dict(x=random_x(config), out=out, attn=attn, mlp_act=mlp_act)
+
+
+def misaligned(tensor):
+    """A view of the same shape and dtype one element past a 16-byte boundary."""
+    buffer = torch.empty(tensor.numel() + 16, dtype=tensor.dtype, device=tensor.device)
+    return buffer[1:tensor.numel() + 1]
+
+
+def strided(tensor):
+    """A view of the same shape and dtype with stride 2 (not contiguous)."""
+    return torch.empty(2 * tensor.numel(), dtype=tensor.dtype, device=tensor.device)[::2]
+
+
+# name -> (argument to replace, how, expected exception, message pattern)
+BAD_STEP_ARGS = {
+    "x_wrong_shape": ("x", lambda t: torch.empty(t.numel() + 8, dtype=t.dtype, device=t.device), ValueError,
+                      r"x: expected shape \["),
+    "x_2d": ("x", lambda t: t.reshape(1, -1), ValueError, r"x: expected shape \["),
+    "x_float32": ("x", lambda t: t.float(), TypeError, "x: expected float16, got float32"),
+    "x_on_cpu": ("x", lambda t: t.cpu(), TypeError, "x: expected a CUDA tensor, got cpu"),
+    "x_not_contiguous": ("x", strided, ValueError, "x: expected a contiguous tensor"),
+    "x_misaligned": ("x", misaligned, ValueError, "x: expected a 16-byte aligned data pointer"),
+    "out_float32": ("out", lambda t: t.float(), TypeError, "out: expected float16, got float32"),
+    "out_on_cpu": ("out", lambda t: t.cpu(), TypeError, "out: expected a CUDA tensor, got cpu"),
+    "attn_float16": ("attn", lambda t: t.half(), TypeError, "attn: expected float32, got float16"),
+    "attn_misaligned": ("attn", misaligned, ValueError, "attn: expected a 16-byte aligned data pointer"),
+    "mlp_act_wrong_shape": ("mlp_act", lambda t: t[:-4], ValueError, r"mlp_act: expected shape \["),
+    "mlp_act_misaligned": ("mlp_act", misaligned, ValueError, "mlp_act: expected a 16-byte aligned data pointer"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_STEP_ARGS))
+@pytest.mark.parametrize("setup", ["pythia-2.8b"], indirect=True)
+def test_bad_step_buffer_raises_and_leaves_cache(setup, case):
+    argument, make_bad, error, pattern = BAD_STEP_ARGS[case]
+    position = 100
+    fill_past(setup.cache, position)
+    before = cache_bits(setup.cache)
+    args = step_args(setup.config)
+    args[argument] = make_bad(args[argument])
+    for mode in MODES:
+        with pytest.raises(error, match=pattern):
+            setup.layer.forward(setup.cache, 0, args["x"], args["out"], args["attn"], args["mlp_act"], position,
+                                mode=mode, stream=stream())
+    if argument != "out":  # attention_mlp_up takes no out
+        with pytest.raises(error, match=pattern):
+            setup.layer.attention_mlp_up(setup.cache, 0, args["x"], args["attn"], args["mlp_act"], position,
+                                         stream=stream())
+    torch.cuda.synchronize()
+    assert_cache_unchanged(setup.cache, before, position)
+
+
+@pytest.mark.parametrize("setup", ["pythia-2.8b"], indirect=True)
+def test_bad_position_raises_index_error_and_leaves_cache(setup):
+    cache, layer = setup.cache, setup.layer
+    args = step_args(setup.config)
+    call = dict(x=args["x"], out=args["out"], attn=args["attn"], mlp_act=args["mlp_act"], stream=stream())
+
+    fill_past(cache, MAX_SEQ)  # full: the next position would be max_seq itself
+    before = cache_bits(cache)
+    for mode in MODES:
+        with pytest.raises(IndexError, match=f"position {MAX_SEQ} is past max_seq {MAX_SEQ}"):
+            layer.forward(cache, 0, position=MAX_SEQ, mode=mode, **call)
+    torch.cuda.synchronize()
+    assert_cache_unchanged(cache, before, MAX_SEQ)
+
+    fill_past(cache, 10)
+    before = cache_bits(cache)
+    for mode in MODES:
+        with pytest.raises(IndexError, match="position 11 is past length 10"):
+            layer.forward(cache, 0, position=11, mode=mode, **call)
+    with pytest.raises(IndexError, match="position 11 is past length 10"):
+        layer.attention_mlp_up(cache, 0, args["x"], args["attn"], args["mlp_act"], 11, stream=stream())
+    torch.cuda.synchronize()
+    assert_cache_unchanged(cache, before, 10)
+
+
+@pytest.mark.parametrize("setup", ["pythia-2.8b"], indirect=True)
+def test_unknown_mode_raises_value_error_and_leaves_cache(setup):
+    position = 5
+    fill_past(setup.cache, position)
+    before = cache_bits(setup.cache)
+    args = step_args(setup.config)
+    with pytest.raises(ValueError, match='mode: expected "split" or "cooperative", got "fast"'):
+        setup.layer.forward(setup.cache, 0, args["x"], args["out"], args["attn"], args["mlp_act"], position,
+                            mode="fast", stream=stream())
+    torch.cuda.synchronize()
+    assert_cache_unchanged(setup.cache, before, position)
+
+
+def layer_weights(hf_layer):
+    """NeoXLayer's keyword arguments from a transformers layer (detached: torch exports no tensor needing grad)."""
+    from clusterfusion.layer import HF_PARAMETERS
+
+    params = dict(hf_layer.named_parameters())
+    return {keyword: params[name].detach() for keyword, name in HF_PARAMETERS.items()}
+
+
+@pytest.mark.parametrize("weight", ["w_up", "ln1_bias"])
+@pytest.mark.parametrize("dtype, name", [pytest.param(torch.float32, "float32", id="float32"),
+                                         pytest.param(torch.bfloat16, "bfloat16", id="bfloat16")])
+@pytest.mark.parametrize("setup", ["pythia-2.8b"], indirect=True)
+def test_weights_of_another_dtype_are_refused(cf, setup, weight, dtype, name):
+    weights = layer_weights(setup.hf_layer)
+    weights[weight] = weights[weight].to(dtype)
+    with pytest.raises(TypeError, match=f"{weight}: expected float16, got {name}"):
+        cf.NeoXLayer(setup.config, MAX_SEQ, **weights)
+
+
+@pytest.mark.parametrize("setup", ["pythia-2.8b"], indirect=True)
+def test_cpu_weights_are_refused(cf, setup):
+    weights = layer_weights(setup.hf_layer)
+    weights["w_qkv"] = weights["w_qkv"].cpu()
+    with pytest.raises(TypeError, match="w_qkv: expected a CUDA tensor, got cpu"):
+        cf.NeoXLayer(setup.config, MAX_SEQ, **weights)
+
+
+def test_unsupported_head_dim_is_refused(cf):
+    """head_dim 72 (32 heads of a 2304 hidden): valid for the config, not compiled into the kernels. hidden is a
+    multiple of 256 so that the TMA box check, which comes first, passes."""
+    hidden, ffn = 2304, 9216
+    config = cf.ModelConfig(hidden=hidden, heads=32, head_dim=72, ffn=ffn, layers=1, vocab=50304, rotary_dims=18)
+    config.validate()
+
+    def weight(*shape):
+        return torch.randn(*shape, device="cuda").mul_(0.02).half()
+
+    weights = dict(ln1_weight=weight(hidden), ln1_bias=weight(hidden), ln2_weight=weight(hidden),
+                   ln2_bias=weight(hidden), w_qkv=weight(3 * hidden, hidden), b_qkv=weight(3 * hidden),
+                   w_o=weight(hidden, hidden), b_o=weight(hidden), w_up=weight(ffn, hidden), b_up=weight(ffn),
+                   w_down=weight(hidden, ffn), b_down=weight(hidden))
+    with pytest.raises(ValueError, match="head_dim: 72 is not supported"):
+        cf.NeoXLayer(config, MAX_SEQ, **weights)
