@@ -69,6 +69,9 @@ LayerLaunchPlan plan_neox_layer(const ModelConfig& c, int max_seq) {
   if (c.ffn % kBoxCols != 0)
     throw std::invalid_argument("ModelConfig.ffn: must be a multiple of " + std::to_string(kBoxCols) +
                                 " for the TMA boxes (got " + std::to_string(c.ffn) + ")");
+  if (c.hidden > kLnVecs * 8 * kThreads)
+    throw std::invalid_argument("ModelConfig.hidden: at most " + std::to_string(kLnVecs * 8 * kThreads) +
+                                " (got " + std::to_string(c.hidden) + ")");
   int device = 0;
   CF_CUDA_CHECK(cudaGetDevice(&device));
   cudaDeviceProp prop;

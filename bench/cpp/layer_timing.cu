@@ -177,14 +177,20 @@ int main(int argc, char** argv) {
     CF_CUDA_CHECK(cudaMemcpy(t.data(), timeline, stamps * sizeof(unsigned long long), cudaMemcpyDeviceToHost));
     unsigned long long t0 = ~0ull;
     for (int b = 0; b < plan.blocks; ++b) t0 = std::min(t0, t[b * 8]);
-    std::printf("  cooperative timeline (us since the first block started: min / median / max over blocks that reach it)\n");
+    std::printf("  cooperative timeline, us since the first block started: min / median / max over the blocks of\n"
+                "  head clusters | of the other clusters\n");
+    const int head_blocks = config.heads * plan.cluster_size;
     for (int m = 0; m < 8; ++m) {
-      std::vector<double> v;
-      for (int b = 0; b < plan.blocks; ++b)
-        if (t[b * 8 + m] != 0) v.push_back((t[b * 8 + m] - t0) * 1e-3);
-      if (v.empty()) continue;
-      std::sort(v.begin(), v.end());
-      std::printf("    %-11s %7.2f %7.2f %7.2f  (%zu blocks)\n", marks[m], v.front(), v[v.size() / 2], v.back(), v.size());
+      std::printf("    %-11s", marks[m]);
+      for (const auto [b0, b1] : {std::pair{0, head_blocks}, std::pair{head_blocks, plan.blocks}}) {
+        std::vector<double> v;
+        for (int b = b0; b < b1; ++b)
+          if (t[b * 8 + m] != 0) v.push_back((t[b * 8 + m] - t0) * 1e-3);
+        std::sort(v.begin(), v.end());
+        if (v.empty()) std::printf(" | %23s", "-");
+        else std::printf(" | %7.2f %7.2f %7.2f", v.front(), v[v.size() / 2], v.back());
+      }
+      std::printf("\n");
     }
     CF_CUDA_CHECK(cudaFree(timeline));
   }

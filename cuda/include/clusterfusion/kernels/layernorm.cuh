@@ -4,30 +4,70 @@
 #include <cuda_fp16.h>
 
 #include "clusterfusion/kernels/block_reduce.cuh"
+#include "clusterfusion/kernels/neox_layer_params.hpp"
 
 namespace clusterfusion::kernels {
 
-__device__ __forceinline__ void layer_norm_pair(const __half* __restrict__ x, const __half* __restrict__ w1,
-                                                const __half* __restrict__ b1, const __half* __restrict__ w2,
-                                                const __half* __restrict__ b2, int hidden, float eps, float* a1,
+// One thread's share of the LayerNorm inputs (the layer input and both norms' weights and biases), loaded
+// into registers at kernel start: issued before the weight stream saturates memory, their latency stays short.
+struct LayerNormInputs {
+  uint4 x[kLnVecs], w1[kLnVecs], b1[kLnVecs], w2[kLnVecs], b2[kLnVecs];
+
+  __device__ void load(const __half* x_, const __half* w1_, const __half* b1_, const __half* w2_, const __half* b2_,
+                       int hidden) {
+#pragma unroll
+    for (int i = 0; i < kLnVecs; ++i) {
+      const int v = threadIdx.x + i * blockDim.x;
+      if (v < hidden / 8) {
+        x[i] = reinterpret_cast<const uint4*>(x_)[v];
+        w1[i] = reinterpret_cast<const uint4*>(w1_)[v];
+        b1[i] = reinterpret_cast<const uint4*>(b1_)[v];
+        w2[i] = reinterpret_cast<const uint4*>(w2_)[v];
+        b2[i] = reinterpret_cast<const uint4*>(b2_)[v];
+      }
+    }
+  }
+};
+
+__device__ __forceinline__ float half_at(const uint4& v, int e) {
+  return __half2float(reinterpret_cast<const __half*>(&v)[e]);
+}
+
+// a1 = LN1(x), a2 = LN2(x) into shared memory.
+__device__ __forceinline__ void layer_norm_pair(const LayerNormInputs& in, int hidden, float eps, float* a1,
                                                 float* a2, float* scratch) {
   float sum = 0.f;
-  for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
-    const float v = __half2float(x[i]);
-    a1[i] = v;
-    sum += v;
+#pragma unroll
+  for (int i = 0; i < kLnVecs; ++i) {
+    if (threadIdx.x + i * blockDim.x < hidden / 8) {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) sum += half_at(in.x[i], e);
+    }
   }
   const float mean = block_sum(sum, scratch) / hidden;
   float sq = 0.f;
-  for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
-    const float c = a1[i] - mean;
-    sq += c * c;
+#pragma unroll
+  for (int i = 0; i < kLnVecs; ++i) {
+    if (threadIdx.x + i * blockDim.x < hidden / 8) {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const float c = half_at(in.x[i], e) - mean;
+        sq += c * c;
+      }
+    }
   }
   const float rstd = 1.0f / sqrtf(block_sum(sq, scratch) / hidden + eps);
-  for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
-    const float n = (a1[i] - mean) * rstd;
-    a1[i] = fmaf(n, __half2float(w1[i]), __half2float(b1[i]));
-    a2[i] = fmaf(n, __half2float(w2[i]), __half2float(b2[i]));
+#pragma unroll
+  for (int i = 0; i < kLnVecs; ++i) {
+    const int v = threadIdx.x + i * blockDim.x;
+    if (v < hidden / 8) {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const float n = (half_at(in.x[i], e) - mean) * rstd;
+        a1[v * 8 + e] = fmaf(n, half_at(in.w1[i], e), half_at(in.b1[i], e));
+        a2[v * 8 + e] = fmaf(n, half_at(in.w2[i], e), half_at(in.b2[i], e));
+      }
+    }
   }
   __syncthreads();
 }

@@ -104,9 +104,44 @@ __device__ __forceinline__ void build_job_lists(const NeoXLayerParams& p, const 
   __syncthreads();
 }
 
+// An epilogue constant (bias, residual) of the row a thread handles first in a list, loaded at kernel start:
+// read later, behind the saturated weight stream, each such load would cost microseconds.
+struct RowConstant {
+  int row = -1;
+  float value = 0.f;
+
+  template <class Load>
+  __device__ void prefetch(const JobList& list, Load&& load) {
+    if (threadIdx.x < list.jobs * kBoxRows) {
+      row = list.row0 + threadIdx.x;
+      value = load(row);
+    }
+  }
+  template <class Load>
+  __device__ float get(int r, Load&& load) const {
+    return r == row ? value : load(r);
+  }
+};
+
+// What a block reads before its weight stream starts: the LayerNorm inputs and its epilogue constants.
+struct BlockInputs {
+  LayerNormInputs ln;
+  RowConstant qkv_bias, up_bias, out_constant;  // b_qkv, b_up, and x + b_o + b_down
+};
+
+__device__ __forceinline__ auto qkv_bias_of(const NeoXLayerParams& p) {
+  return [&p](int row) { return __half2float(p.b_qkv[row]); };
+}
+__device__ __forceinline__ auto up_bias_of(const NeoXLayerParams& p) {
+  return [&p](int row) { return __half2float(p.b_up[row]); };
+}
+__device__ __forceinline__ auto out_constant_of(const NeoXLayerParams& p) {
+  return [&p](int row) { return __half2float(p.x[row]) + (__half2float(p.b_o[row]) + __half2float(p.b_down[row])); };
+}
+
 template <int kHeadDim>
 __device__ __forceinline__ void phase_a(const NeoXLayerParams& p, const SmemLayout& L, unsigned char* smem,
-                                        WarpStream& stream) {
+                                        WarpStream& stream, const BlockInputs& in) {
   using Attention = DecodeAttention<kHeadDim>;
   float* a1 = reinterpret_cast<float*>(smem + L.a1);
   float* a2 = reinterpret_cast<float*>(smem + L.a2);
@@ -115,20 +150,21 @@ __device__ __forceinline__ void phase_a(const NeoXLayerParams& p, const SmemLayo
   const int ranks = cluster_size(), rank = cluster_rank(), head = blockIdx.x / ranks;
 
   cluster_arrive();  // this block has started: others may write its shared memory once all have
-  layer_norm_pair(p.x, p.ln1_w, p.ln1_b, p.ln2_w, p.ln2_b, p.hidden, p.eps, a1, a2, scratch);
+  layer_norm_pair(in.ln, p.hidden, p.eps, a1, a2, scratch);
   cluster_wait();
   stamp(p, kMarkNormed);
 
   // q|k|v rows of this head: every block of the cluster gets every row.
   stream.run(kQkvJobs, [&](int row, float sum) {
-    const float value = sum + __half2float(p.b_qkv[row]);
+    const float value = sum + in.qkv_bias.get(row, qkv_bias_of(p));
     const float* local = qkv + (row - head * 3 * kHeadDim);
     for (int dst = 0; dst < ranks; ++dst) dsmem_store(local, dst, value);
   });
   stamp(p, kMarkQkv);
   cluster_arrive();
 
-  stream.run(kUpJobs, [&](int row, float sum) { p.mlp_act[row] = gelu_erf(sum + __half2float(p.b_up[row])); });
+  stream.run(kUpJobs,
+             [&](int row, float sum) { p.mlp_act[row] = gelu_erf(sum + in.up_bias.get(row, up_bias_of(p))); });
   stamp(p, kMarkUp);
   cluster_wait();  // the head's q|k|v is complete in every block
   stamp(p, kMarkHeadReady);
@@ -159,7 +195,7 @@ __device__ __forceinline__ void phase_a(const NeoXLayerParams& p, const SmemLayo
 
 // Phase B after its inputs (attn, mlp_act) are complete in global memory.
 __device__ __forceinline__ void phase_b(const NeoXLayerParams& p, const SmemLayout& L, unsigned char* smem,
-                                        WarpStream& stream) {
+                                        WarpStream& stream, const BlockInputs& in) {
   float* o = reinterpret_cast<float*>(smem + L.o);
   float* g = reinterpret_cast<float*>(smem + L.g);
   // Written by other blocks of this launch (cooperative) or the previous one: read through L2 (.cg).
@@ -170,8 +206,7 @@ __device__ __forceinline__ void phase_b(const NeoXLayerParams& p, const SmemLayo
   __syncthreads();
   stamp(p, kMarkPhaseB);
   stream.run(kOutJobs, [&](int row, float sum) {
-    const float bias = __half2float(p.b_o[row]) + __half2float(p.b_down[row]);
-    p.out[row] = __float2half_rn(__half2float(p.x[row]) + (sum + bias));
+    p.out[row] = __float2half_rn(sum + in.out_constant.get(row, out_constant_of(p)));
   });
 }
 
@@ -180,14 +215,20 @@ template <int kHeadDim, bool kPhaseA, bool kPhaseB>
 __global__ void __launch_bounds__(kThreads, 1) neox_layer_kernel(const __grid_constant__ NeoXLayerParams p) {
   extern __shared__ __align__(128) unsigned char smem[];
   const SmemLayout layout(p.hidden, p.ffn, kHeadDim, p.max_seq, cluster_size());
+  BlockInputs in;
+  if constexpr (kPhaseA) in.ln.load(p.x, p.ln1_w, p.ln1_b, p.ln2_w, p.ln2_b, p.hidden);
   build_job_lists<kHeadDim>(p, layout, smem, kPhaseA, kPhaseB);
-  WarpStream stream(smem, reinterpret_cast<const JobList*>(smem + SmemLayout::kJobLists), kMaxJobLists);
+  const auto* lists = reinterpret_cast<const JobList*>(smem + SmemLayout::kJobLists);
+  in.qkv_bias.prefetch(lists[kQkvJobs], qkv_bias_of(p));
+  in.up_bias.prefetch(lists[kUpJobs], up_bias_of(p));
+  in.out_constant.prefetch(lists[kOutJobs], out_constant_of(p));
+  WarpStream stream(smem, lists, kMaxJobLists);
   stream.prime();
   stamp(p, kMarkStart);
-  if constexpr (kPhaseA) phase_a<kHeadDim>(p, layout, smem, stream);
+  if constexpr (kPhaseA) phase_a<kHeadDim>(p, layout, smem, stream, in);
   // In the cooperative kernel phase B's first weight boxes are already in flight across this barrier.
   if constexpr (kPhaseA && kPhaseB) grid_barrier(p.grid_barrier);
-  if constexpr (kPhaseB) phase_b(p, layout, smem, stream);
+  if constexpr (kPhaseB) phase_b(p, layout, smem, stream, in);
   stamp(p, kMarkEnd);
 }
 

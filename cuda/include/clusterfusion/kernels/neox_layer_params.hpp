@@ -13,9 +13,10 @@ namespace clusterfusion::kernels {
 constexpr int kBoxRows = 4;
 constexpr int kBoxCols = 256;
 constexpr int kBoxBytes = kBoxRows * kBoxCols * 2;
-constexpr int kWarps = 8;
+constexpr int kWarps = 16;
 constexpr int kThreads = kWarps * 32;
-constexpr int kStages = 6;  // boxes in flight per warp: 8 warps x 6 x 2 KB = 96 KB per SM
+constexpr int kStages = 3;  // boxes in flight per warp: 16 warps x 3 x 2 KB = 96 KB per SM
+constexpr int kLnVecs = 2;  // 16-byte vectors of the layer input per thread: hidden <= kLnVecs * 8 * kThreads
 constexpr int kMaxItems = 512;
 constexpr int kTimelineMarks = 8;  // work items (job chunks) of one job list in one block
 

@@ -150,12 +150,23 @@ class WarpStream {
     }
   }
 
+  // Points the producer cursor at item `item_` of list `list_`: its row and box range (divisions happen here,
+  // once per item, not per box).
+  __device__ void enter_item() {
+    const JobList& list = lists_[list_];
+    const int chunk = item_ % list.chunks;
+    row_ = list.row0 + item_ / list.chunks * kBoxRows;
+    box_ = list.chunk_begin(chunk);
+    box_end_ = list.chunk_begin(chunk + 1);
+    seg0_boxes_ = list.seg[0].boxes;
+  }
+
   // Moves the producer cursor to this warp's first item in the next list that has one (or past the end).
   __device__ void next_list() {
     for (++list_; list_ < list_count_; ++list_) {
       item_ = first_item(lists_[list_]);
       if (item_ < lists_[list_].items()) {
-        box_ = lists_[list_].chunk_begin(item_ % lists_[list_].chunks);
+        enter_item();
         return;
       }
     }
@@ -164,21 +175,19 @@ class WarpStream {
   // Issues the producer's next box (if any) into the next slot and advances the cursor.
   __device__ void issue() {
     if (list_ >= list_count_) return;
-    const JobList& list = lists_[list_];
-    const int job = item_ / list.chunks, chunk = item_ % list.chunks;
-    const bool first = box_ < list.seg[0].boxes;
-    const CUtensorMap* map = first ? list.seg[0].map : list.seg[1].map;
-    const int col = (first ? box_ : box_ - list.seg[0].boxes) * kBoxCols;
     const int slot = issued_ % kStages;
     if (lane_ == 0) {
+      const bool first = box_ < seg0_boxes_;
+      const CUtensorMap* map = lists_[list_].seg[first ? 0 : 1].map;
+      const int col = (first ? box_ : box_ - seg0_boxes_) * kBoxCols;
       bars_[slot].arrive_expect_tx(kBoxBytes);
-      tma_load_2d(ring_ + slot * kBoxBytes, map, &bars_[slot], col, list.row0 + job * kBoxRows, policy_);
+      tma_load_2d(ring_ + slot * kBoxBytes, map, &bars_[slot], col, row_, policy_);
     }
     ++issued_;
-    if (++box_ < list.chunk_begin(chunk + 1)) return;
+    if (++box_ < box_end_) return;
     item_ += kWarps;
-    if (item_ < list.items()) {
-      box_ = list.chunk_begin(item_ % list.chunks);
+    if (item_ < lists_[list_].items()) {
+      enter_item();
     } else {
       next_list();
     }
@@ -191,7 +200,8 @@ class WarpStream {
   unsigned char* ring_;
   MBarrier* bars_;
   uint64_t policy_;
-  int list_ = 0, item_ = 0, box_ = 0;  // producer cursor: list, item, box within the item's job
+  // Producer cursor: list, item, the item's first row, the next box and the end of the item's boxes.
+  int list_ = 0, item_ = 0, row_ = 0, box_ = 0, box_end_ = 0, seg0_boxes_ = 0;
   unsigned issued_ = 0, consumed_ = 0;
 };
 
