@@ -5,6 +5,8 @@
 # each step is killed at its time limit so the whole run fits CF_BUDGET_S (default 540 s). Prints each step's
 # status and the benchmark table last; logs, JUnit XML and the benchmark JSON go to $OUT.
 #
+# bench/cpp/layer_timing (the C++ timing with the per-block timeline) runs before bench_layer.py.
+#
 # Environment: OUT (default ./gpu_out), PYTHON (default python3), CF_SKIP_SANITIZER=1, CF_BENCH_ARGS="..."
 # (extra bench_layer.py flags, e.g. "--quick"), CF_BUDGET_S.
 set -euo pipefail
@@ -69,7 +71,8 @@ nvidia-smi -L || true
 
 : >"$OUT/build.log"
 step configure "$OUT/build.log" 120 0 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-  -DCLUSTERFUSION_BUILD_PYTHON=ON -DCLUSTERFUSION_PTXAS_VERBOSE=ON -DPython_EXECUTABLE="$PYTHON"
+  -DCLUSTERFUSION_BUILD_PYTHON=ON -DCLUSTERFUSION_BUILD_BENCH=ON -DCLUSTERFUSION_PTXAS_VERBOSE=ON \
+  -DPython_EXECUTABLE="$PYTHON"
 if [[ ${results[0]} == pass ]]; then
   # -k 0: build every target that can be built, so one broken file leaves the rest testable.
   step build "$OUT/build.log" 420 0 cmake --build "$BUILD" -j16 -- -k 0
@@ -98,6 +101,10 @@ if [[ ${results[0]} == pass ]]; then
         ${only_ours[@]+"${only_ours[@]}"} "$PYTHON" bench/sanitize_layer.py
     done
   fi
+
+  # Kernel-level view: per-layer time of each mode and the per-block timeline of one cooperative layer.
+  : >"$OUT/timing.log"
+  step timing "$OUT/timing.log" 60 0 bash -c "$BUILD/layer_timing pythia-2.8b 512 && $BUILD/layer_timing pythia-6.9b 512"
 
   : >"$OUT/bench.log"
   # shellcheck disable=SC2086  # CF_BENCH_ARGS is a list of flags

@@ -37,14 +37,19 @@ __device__ __forceinline__ void stamp(const NeoXLayerParams& p, TimelineMark mar
 }
 
 // The grid is `clusters` clusters of `ranks` blocks; cluster c < heads serves attention head c. Every block
-// streams about the same number of phase-A bytes: head blocks carry their q|k|v rows and KV-cache chunk, and
-// W_up rows fill each block up to the average (at least a quarter of it, so no block's share vanishes).
+// streams about the same number of phase-A bytes: head blocks carry their q|k|v rows, their KV-cache chunk and
+// a fixed cost for the attention's latency-bound steps, and W_up rows fill each block up to the average (at
+// least an eighth of it, which bounds any block's job count).
 struct PhaseAShare {
   int qkv_units;   // 4-row units of the head's q|k|v rows, and where they start
   int qkv_first;
   int up_first;    // 4-row units of W_up
   int up_units;
 };
+
+// Attention's rotary, reductions and cluster barriers take ~6 us on a head block (timeline, bench/NOTES.md):
+// about what one SM streams in that time.
+constexpr long long kAttentionFixedBytes = 128 << 10;
 
 template <int kHeadDim>
 __device__ __forceinline__ PhaseAShare phase_a_share(const NeoXLayerParams& p, int block) {
@@ -58,11 +63,12 @@ __device__ __forceinline__ PhaseAShare phase_a_share(const NeoXLayerParams& p, i
   auto cost = [&](int b) {
     if (b / ranks >= p.heads) return 0LL;
     const long long chunk = split_begin(positions, ranks, b % ranks + 1) - split_begin(positions, ranks, b % ranks);
-    return qkv_units(b) * unit_bytes + chunk * kHeadDim * 4;  // K and V, float16
+    return qkv_units(b) * unit_bytes + chunk * kHeadDim * 4 + kAttentionFixedBytes;  // K and V, float16
   };
-  const long long total = p.heads * (head_units * unit_bytes + positions * kHeadDim * 4) + up_units * unit_bytes;
+  const long long total = p.heads * (head_units * unit_bytes + positions * kHeadDim * 4) +
+                          p.heads * ranks * kAttentionFixedBytes + up_units * unit_bytes;
   const long long avg = total / blocks;
-  auto spare = [&](int b) { return max(avg / 4, avg - cost(b)); };
+  auto spare = [&](int b) { return max(avg / 8, avg - cost(b)); };
   long long before = 0, all = 0;  // spare bytes of the blocks before `block`, and of all blocks
   for (int b = lane; b < blocks; b += 32) {
     const long long s = spare(b);
@@ -139,6 +145,29 @@ __device__ __forceinline__ auto out_constant_of(const NeoXLayerParams& p) {
   return [&p](int row) { return __half2float(p.x[row]) + (__half2float(p.b_o[row]) + __half2float(p.b_down[row])); };
 }
 
+// This block's positions of its head's cache: [begin, end) of 0..position (the last one is the new token).
+struct KvChunk {
+  int begin, end;
+  __device__ KvChunk(const NeoXLayerParams& p)
+      : begin(int(split_begin(p.position + 1, cluster_size(), cluster_rank()))),
+        end(int(split_begin(p.position + 1, cluster_size(), cluster_rank() + 1))) {}
+};
+
+// Asks L2 for this block's cached keys and values at kernel start, so that attention, which runs after the
+// block's weight stream, finds them there instead of paying DRAM latency behind the other blocks' streams.
+template <int kHeadDim>
+__device__ __forceinline__ void prefetch_kv_chunk(const NeoXLayerParams& p) {
+  const int head = blockIdx.x / cluster_size();
+  if (threadIdx.x != 0 || head >= p.heads) return;
+  const KvChunk chunk(p);
+  const int cached_end = min(chunk.end, p.position);  // the new token is not in the cache yet
+  if (cached_end <= chunk.begin) return;
+  const std::size_t offset = (std::size_t(head) * p.max_seq + chunk.begin) * kHeadDim;
+  const uint32_t bytes = uint32_t(cached_end - chunk.begin) * kHeadDim * 2;
+  bulk_prefetch_l2(p.k_cache + offset, bytes);
+  bulk_prefetch_l2(p.v_cache + offset, bytes);
+}
+
 template <int kHeadDim>
 __device__ __forceinline__ void phase_a(const NeoXLayerParams& p, const SmemLayout& L, unsigned char* smem,
                                         WarpStream& stream, const BlockInputs& in) {
@@ -182,10 +211,9 @@ __device__ __forceinline__ void phase_a(const NeoXLayerParams& p, const SmemLayo
       p.v_cache[head_offset + std::size_t(position) * kHeadDim + e] = __float2half_rn(v[e]);
     }
   }
-  const int positions = position + 1;
+  const KvChunk chunk(p);
   float* combine = reinterpret_cast<float*>(smem + L.combine);
-  Attention::partial(q, k, v, p.k_cache + head_offset, p.v_cache + head_offset, position,
-                     split_begin(positions, ranks, rank), split_begin(positions, ranks, rank + 1),
+  Attention::partial(q, k, v, p.k_cache + head_offset, p.v_cache + head_offset, position, chunk.begin, chunk.end,
                      reinterpret_cast<float*>(smem + L.scores), reinterpret_cast<float*>(smem + L.partials),
                      combine, scratch);
   cluster_sync();  // every rank's partials are on rank 0; no shared memory is touched remotely after this
@@ -216,7 +244,10 @@ __global__ void __launch_bounds__(kThreads, 1) neox_layer_kernel(const __grid_co
   extern __shared__ __align__(128) unsigned char smem[];
   const SmemLayout layout(p.hidden, p.ffn, kHeadDim, p.max_seq, cluster_size());
   BlockInputs in;
-  if constexpr (kPhaseA) in.ln.load(p.x, p.ln1_w, p.ln1_b, p.ln2_w, p.ln2_b, p.hidden);
+  if constexpr (kPhaseA) {
+    in.ln.load(p.x, p.ln1_w, p.ln1_b, p.ln2_w, p.ln2_b, p.hidden);
+    prefetch_kv_chunk<kHeadDim>(p);
+  }
   build_job_lists<kHeadDim>(p, layout, smem, kPhaseA, kPhaseB);
   const auto* lists = reinterpret_cast<const JobList*>(smem + SmemLayout::kJobLists);
   in.qkv_bias.prefetch(lists[kQkvJobs], qkv_bias_of(p));

@@ -58,6 +58,7 @@ __device__ __forceinline__ void finish_job_lists(JobList* lists, int count) {
     int chunks = list.jobs > 0 ? kWarps / gcd(list.jobs, kWarps) : 1;
     chunks = min(chunks, list.boxes());
     while (chunks > 1 && list.jobs * chunks > kMaxItems) --chunks;
+    if (list.jobs > kMaxItems) __trap();  // the host plan keeps every list within the partials buffer
     list.chunks = chunks;
     list.first_warp = warp;
     warp = (warp + list.items()) % kWarps;
