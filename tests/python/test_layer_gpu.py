@@ -292,13 +292,13 @@ BAD_STEP_ARGS = {
     "x_float32": ("x", lambda t: t.float(), TypeError, "x: expected float16, got float32"),
     "x_on_cpu": ("x", lambda t: t.cpu(), TypeError, "x: expected a CUDA tensor, got cpu"),
     "x_not_contiguous": ("x", strided, ValueError, "x: expected a contiguous tensor"),
-    "x_misaligned": ("x", misaligned, ValueError, "x: expected a 16-byte aligned data pointer"),
+    "x_misaligned": ("x", misaligned, ValueError, "x: expected a data pointer aligned to 16 bytes"),
     "out_float32": ("out", lambda t: t.float(), TypeError, "out: expected float16, got float32"),
     "out_on_cpu": ("out", lambda t: t.cpu(), TypeError, "out: expected a CUDA tensor, got cpu"),
     "attn_float16": ("attn", lambda t: t.half(), TypeError, "attn: expected float32, got float16"),
-    "attn_misaligned": ("attn", misaligned, ValueError, "attn: expected a 16-byte aligned data pointer"),
+    "attn_misaligned": ("attn", misaligned, ValueError, "attn: expected a data pointer aligned to 16 bytes"),
     "mlp_act_wrong_shape": ("mlp_act", lambda t: t[:-4], ValueError, r"mlp_act: expected shape \["),
-    "mlp_act_misaligned": ("mlp_act", misaligned, ValueError, "mlp_act: expected a 16-byte aligned data pointer"),
+    "mlp_act_misaligned": ("mlp_act", misaligned, ValueError, "mlp_act: expected a data pointer aligned to 16 bytes"),
 }
 
 

@@ -23,12 +23,16 @@ struct DecodeAttention {
   static_assert(kTile * kVecs <= kThreads * 8, "score partials must fit the partials buffer");
 
   // Rotates the first rotary_dims of q and k (NeoX rotate-half) at `position` and scales q by 1/sqrt(d).
-  // Angles in double: position * base^(-2i/r) stays exact to float rounding up to any cache length.
+  // The angle position * base^(-2i/r) is formed and reduced modulo 2*pi in double, so it stays exact to float
+  // rounding at any cache length; sin and cos of the reduced angle are then cheap in float.
   __device__ static void rotary(float* q, float* k, int position, int rotary_dims, float base) {
     const int half_dims = rotary_dims / 2;
     for (int i = threadIdx.x; i < half_dims; i += blockDim.x) {
-      const double theta = position * pow(double(base), -2.0 * i / rotary_dims);
-      const float c = float(cos(theta)), s = float(sin(theta));
+      const double inv_freq = exp(-2.0 * i / rotary_dims * log(double(base)));
+      const double theta = position * inv_freq;
+      constexpr double kTwoPi = 6.283185307179586;
+      float s, c;
+      sincosf(float(theta - kTwoPi * rint(theta / kTwoPi)), &s, &c);
       const float q0 = q[i], q1 = q[i + half_dims], k0 = k[i], k1 = k[i + half_dims];
       q[i] = q0 * c - q1 * s;
       q[i + half_dims] = q1 * c + q0 * s;

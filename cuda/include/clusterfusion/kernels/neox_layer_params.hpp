@@ -9,13 +9,24 @@
 
 namespace clusterfusion::kernels {
 
-// A TMA box is 4 weight rows by 256 columns (2 KB): one box row is one 512-byte run of a weight row.
-constexpr int kBoxRows = 4;
+// Tuning knobs, overridable at build time (-DCF_BOX_ROWS=8 ...) to compare variants in one GPU session.
+#ifndef CF_BOX_ROWS
+#define CF_BOX_ROWS 4
+#endif
+#ifndef CF_WARPS
+#define CF_WARPS 16
+#endif
+#ifndef CF_STAGES
+#define CF_STAGES 3
+#endif
+
+// A TMA box is kBoxRows weight rows by 256 columns: one box row is one 512-byte run of a weight row.
+constexpr int kBoxRows = CF_BOX_ROWS;
 constexpr int kBoxCols = 256;
 constexpr int kBoxBytes = kBoxRows * kBoxCols * 2;
-constexpr int kWarps = 16;
+constexpr int kWarps = CF_WARPS;
 constexpr int kThreads = kWarps * 32;
-constexpr int kStages = 3;  // boxes in flight per warp: 16 warps x 3 x 2 KB = 96 KB per SM
+constexpr int kStages = CF_STAGES;  // boxes in flight per warp: 16 warps x 3 x 2 KB = 96 KB per SM
 constexpr int kLnVecs = 2;  // 16-byte vectors of the layer input per thread: hidden <= kLnVecs * 8 * kThreads
 constexpr int kMaxItems = 512;
 constexpr int kTimelineMarks = 8;  // work items (job chunks) of one job list in one block

@@ -97,7 +97,7 @@ class WarpStream {
     const JobList& list = lists_[l];
     for (int i = first_item(list); i < list.items(); i += kWarps) {
       const int chunk = i % list.chunks;
-      float acc[kBoxRows] = {0.f, 0.f, 0.f, 0.f};
+      float acc[kBoxRows] = {};
       for (int k = list.chunk_begin(chunk), end = list.chunk_begin(chunk + 1); k < end; ++k) {
         const bool first = k < list.seg[0].boxes;
         const float* vec = first ? list.seg[0].vec + k * kBoxCols : list.seg[1].vec + (k - list.seg[0].boxes) * kBoxCols;
