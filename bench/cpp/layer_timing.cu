@@ -162,9 +162,10 @@ int main(int argc, char** argv) {
   }
   // Where the time goes inside one cooperative layer: per-block global-timer stamps at each stage.
   if (plan.cooperative_supported) {
-    const char* marks[] = {"start", "normed", "qkv", "up", "head ready", "attention", "phase B", "end"};
+    constexpr int kMarks = 9;  // kernels::kTimelineMarks
+    const char* marks[kMarks] = {"entry", "primed", "normed", "qkv", "up", "head ready", "attention", "phase B", "end"};
     unsigned long long* timeline;
-    const std::size_t stamps = std::size_t(plan.blocks) * 8;
+    const std::size_t stamps = std::size_t(plan.blocks) * kMarks;
     CF_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&timeline), stamps * sizeof(unsigned long long)));
     CF_CUDA_CHECK(cudaMemset(timeline, 0, stamps * sizeof(unsigned long long)));
     for (int l = 0; l < rotate; ++l) {
@@ -176,16 +177,16 @@ int main(int argc, char** argv) {
     std::vector<unsigned long long> t(stamps);
     CF_CUDA_CHECK(cudaMemcpy(t.data(), timeline, stamps * sizeof(unsigned long long), cudaMemcpyDeviceToHost));
     unsigned long long t0 = ~0ull;
-    for (int b = 0; b < plan.blocks; ++b) t0 = std::min(t0, t[b * 8]);
-    std::printf("  cooperative timeline, us since the first block started: min / median / max over the blocks of\n"
+    for (int b = 0; b < plan.blocks; ++b) t0 = std::min(t0, t[b * kMarks]);
+    std::printf("  cooperative timeline, us since the first block entered: min / median / max over the blocks of\n"
                 "  head clusters | of the other clusters\n");
     const int head_blocks = config.heads * plan.cluster_size;
-    for (int m = 0; m < 8; ++m) {
+    for (int m = 0; m < kMarks; ++m) {
       std::printf("    %-11s", marks[m]);
       for (const auto [b0, b1] : {std::pair{0, head_blocks}, std::pair{head_blocks, plan.blocks}}) {
         std::vector<double> v;
         for (int b = b0; b < b1; ++b)
-          if (t[b * 8 + m] != 0) v.push_back((t[b * 8 + m] - t0) * 1e-3);
+          if (t[b * kMarks + m] != 0) v.push_back((t[b * kMarks + m] - t0) * 1e-3);
         std::sort(v.begin(), v.end());
         if (v.empty()) std::printf(" | %23s", "-");
         else std::printf(" | %7.2f %7.2f %7.2f", v.front(), v[v.size() / 2], v.back());

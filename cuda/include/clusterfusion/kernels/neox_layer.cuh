@@ -19,15 +19,13 @@
 namespace clusterfusion::kernels {
 
 // Splits `units` work units over `parts` as evenly as possible; part i gets [begin(i), begin(i+1)).
-__device__ __forceinline__ long long split_begin(long long units, long long parts, long long i) {
-  return units * i / parts;
-}
+__device__ __forceinline__ int split_begin(int units, int parts, int i) { return units * i / parts; }
 
 enum JobListId { kQkvJobs = 0, kUpJobs = 1, kOutJobs = 2 };
 
 // Where a block is in the layer, stamped into p.timeline when set (see bench/cpp/layer_timing.cu).
 enum TimelineMark {
-  kMarkStart, kMarkNormed, kMarkQkv, kMarkUp, kMarkHeadReady, kMarkAttention, kMarkPhaseB, kMarkEnd
+  kMarkEntry, kMarkStart, kMarkNormed, kMarkQkv, kMarkUp, kMarkHeadReady, kMarkAttention, kMarkPhaseB, kMarkEnd
 };
 __device__ __forceinline__ void stamp(const NeoXLayerParams& p, TimelineMark mark) {
   if (p.timeline == nullptr || threadIdx.x != 0) return;
@@ -54,18 +52,18 @@ constexpr long long kAttentionFixedBytes = 128 << 10;
 template <int kHeadDim>
 __device__ __forceinline__ PhaseAShare phase_a_share(const NeoXLayerParams& p, int block) {
   const int ranks = cluster_size(), blocks = gridDim.x, lane = threadIdx.x % 32;
-  const long long head_units = 3 * kHeadDim / kBoxRows, up_units = p.ffn / kBoxRows;
-  const long long unit_bytes = 2LL * kBoxRows * p.hidden, positions = p.position + 1;
+  const int head_units = 3 * kHeadDim / kBoxRows, up_units = p.ffn / kBoxRows, positions = p.position + 1;
+  const long long unit_bytes = 2LL * kBoxRows * p.hidden;
   auto qkv_units = [&](int b) {
     return b / ranks < p.heads ? split_begin(head_units, ranks, b % ranks + 1) - split_begin(head_units, ranks, b % ranks)
-                               : 0LL;
+                               : 0;
   };
   auto cost = [&](int b) {
     if (b / ranks >= p.heads) return 0LL;
-    const long long chunk = split_begin(positions, ranks, b % ranks + 1) - split_begin(positions, ranks, b % ranks);
-    return qkv_units(b) * unit_bytes + chunk * kHeadDim * 4 + kAttentionFixedBytes;  // K and V, float16
+    const int chunk = split_begin(positions, ranks, b % ranks + 1) - split_begin(positions, ranks, b % ranks);
+    return qkv_units(b) * unit_bytes + chunk * (kHeadDim * 4LL) + kAttentionFixedBytes;  // K and V, float16
   };
-  const long long total = p.heads * (head_units * unit_bytes + positions * kHeadDim * 4) +
+  const long long total = p.heads * (head_units * unit_bytes + positions * (kHeadDim * 4LL)) +
                           p.heads * ranks * kAttentionFixedBytes + up_units * unit_bytes;
   const long long avg = total / blocks;
   auto spare = [&](int b) { return max(avg / 8, avg - cost(b)); };
@@ -78,8 +76,8 @@ __device__ __forceinline__ PhaseAShare phase_a_share(const NeoXLayerParams& p, i
   before = warp_sum_ll(before);
   all = warp_sum_ll(all);
   PhaseAShare share;
-  share.qkv_units = int(qkv_units(block));
-  share.qkv_first = int(block / ranks * head_units + split_begin(head_units, ranks, block % ranks));
+  share.qkv_units = qkv_units(block);
+  share.qkv_first = block / ranks * head_units + split_begin(head_units, ranks, block % ranks);
   share.up_first = int(up_units * before / all);
   share.up_units = int(up_units * (before + spare(block)) / all) - share.up_first;
   return share;
@@ -100,7 +98,7 @@ __device__ __forceinline__ void build_job_lists(const NeoXLayerParams& p, const 
       lists[kUpJobs] = JobList{share.up_first * kBoxRows, share.up_units, 1, 0, 1,
                                {{&p.w_up, reinterpret_cast<float*>(smem + L.a2), p.hidden / kBoxCols}, {}}};
       const int out_units = p.hidden / kBoxRows;
-      const int o0 = int(split_begin(out_units, blocks, block)), o1 = int(split_begin(out_units, blocks, block + 1));
+      const int o0 = split_begin(out_units, blocks, block), o1 = split_begin(out_units, blocks, block + 1);
       lists[kOutJobs] = JobList{o0 * kBoxRows, phase_b ? o1 - o0 : 0, 1, 0, 2,
                                 {{&p.w_o, reinterpret_cast<float*>(smem + L.o), p.hidden / kBoxCols},
                                  {&p.w_down, reinterpret_cast<float*>(smem + L.g), p.ffn / kBoxCols}}};
@@ -149,8 +147,8 @@ __device__ __forceinline__ auto out_constant_of(const NeoXLayerParams& p) {
 struct KvChunk {
   int begin, end;
   __device__ KvChunk(const NeoXLayerParams& p)
-      : begin(int(split_begin(p.position + 1, cluster_size(), cluster_rank()))),
-        end(int(split_begin(p.position + 1, cluster_size(), cluster_rank() + 1))) {}
+      : begin(split_begin(p.position + 1, cluster_size(), cluster_rank())),
+        end(split_begin(p.position + 1, cluster_size(), cluster_rank() + 1)) {}
 };
 
 // Asks L2 for this block's cached keys and values at kernel start, so that attention, which runs after the
@@ -242,6 +240,7 @@ __device__ __forceinline__ void phase_b(const NeoXLayerParams& p, const SmemLayo
 template <int kHeadDim, bool kPhaseA, bool kPhaseB>
 __global__ void __launch_bounds__(kThreads, 1) neox_layer_kernel(const __grid_constant__ NeoXLayerParams p) {
   extern __shared__ __align__(128) unsigned char smem[];
+  stamp(p, kMarkEntry);
   const SmemLayout layout(p.hidden, p.ffn, kHeadDim, p.max_seq, cluster_size());
   BlockInputs in;
   if constexpr (kPhaseA) {

@@ -11,13 +11,13 @@ namespace clusterfusion::kernels {
 
 // Tuning knobs, overridable at build time (-DCF_BOX_ROWS=8 ...) to compare variants in one GPU session.
 #ifndef CF_BOX_ROWS
-#define CF_BOX_ROWS 4
+#define CF_BOX_ROWS 8
 #endif
 #ifndef CF_WARPS
 #define CF_WARPS 16
 #endif
 #ifndef CF_STAGES
-#define CF_STAGES 3
+#define CF_STAGES 2
 #endif
 
 // A TMA box is kBoxRows weight rows by 256 columns: one box row is one 512-byte run of a weight row.
@@ -26,10 +26,10 @@ constexpr int kBoxCols = 256;
 constexpr int kBoxBytes = kBoxRows * kBoxCols * 2;
 constexpr int kWarps = CF_WARPS;
 constexpr int kThreads = kWarps * 32;
-constexpr int kStages = CF_STAGES;  // boxes in flight per warp: 16 warps x 3 x 2 KB = 96 KB per SM
+constexpr int kStages = CF_STAGES;  // boxes in flight per warp: 16 warps x 2 x 4 KB = 128 KB per SM
 constexpr int kLnVecs = 2;  // 16-byte vectors of the layer input per thread: hidden <= kLnVecs * 8 * kThreads
 constexpr int kMaxItems = 512;
-constexpr int kTimelineMarks = 8;  // work items (job chunks) of one job list in one block
+constexpr int kTimelineMarks = 9;  // work items (job chunks) of one job list in one block
 
 struct NeoXLayerParams {
   CUtensorMap w_qkv;   // [3*hidden, hidden]
