@@ -162,8 +162,9 @@ int main(int argc, char** argv) {
   }
   // Where the time goes inside one cooperative layer: per-block global-timer stamps at each stage.
   if (plan.cooperative_supported) {
-    constexpr int kMarks = 9;  // kernels::kTimelineMarks
-    const char* marks[kMarks] = {"entry", "primed", "normed", "qkv", "up", "head ready", "attention", "phase B", "end"};
+    constexpr int kMarks = 11;  // kernels::kTimelineMarks
+    const char* marks[kMarks] = {"entry",      "listed", "primed",    "normed",  "cluster ok", "qkv",
+                                 "up",         "head ready", "attention", "phase B", "end"};
     unsigned long long* timeline;
     const std::size_t stamps = std::size_t(plan.blocks) * kMarks;
     CF_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&timeline), stamps * sizeof(unsigned long long)));

@@ -21,7 +21,7 @@ struct LayerIO {
   void* out = nullptr;      // [hidden] float16: x + attention + MLP
   float* attn = nullptr;    // [hidden] float32: concatenated per-head attention outputs (before W_o)
   float* mlp_act = nullptr; // [ffn] float32: GELU(W_up LN2(x) + b_up)
-  // Optional, for kernel tuning: 9 global-timer stamps (ns) per block of the plan, at the stages of the layer.
+  // Optional, for kernel tuning: 11 global-timer stamps (ns) per block of the plan, at the stages of the layer.
   unsigned long long* timeline = nullptr;
 };
 

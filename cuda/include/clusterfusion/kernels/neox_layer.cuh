@@ -25,7 +25,7 @@ enum JobListId { kQkvJobs = 0, kUpJobs = 1, kOutJobs = 2 };
 
 // Where a block is in the layer, stamped into p.timeline when set (see bench/cpp/layer_timing.cu).
 enum TimelineMark {
-  kMarkEntry, kMarkStart, kMarkNormed, kMarkQkv, kMarkUp, kMarkHeadReady, kMarkAttention, kMarkPhaseB, kMarkEnd
+  kMarkEntry, kMarkListed, kMarkPrimed, kMarkNormed, kMarkClusterReady, kMarkQkv, kMarkUp, kMarkHeadReady, kMarkAttention, kMarkPhaseB, kMarkEnd
 };
 __device__ __forceinline__ void stamp(const NeoXLayerParams& p, TimelineMark mark) {
   if (p.timeline == nullptr || threadIdx.x != 0) return;
@@ -143,6 +143,16 @@ __device__ __forceinline__ auto out_constant_of(const NeoXLayerParams& p) {
   return [&p](int row) { return __half2float(p.x[row]) + (__half2float(p.b_o[row]) + __half2float(p.b_down[row])); };
 }
 
+// LN1(x) and LN2(x) into shared memory. Also arrives on the cluster barrier: this block has started, so the
+// others may write its shared memory once they have all arrived (phase_a waits).
+__device__ __forceinline__ void normalize(const NeoXLayerParams& p, const SmemLayout& L, unsigned char* smem,
+                                          const BlockInputs& in) {
+  cluster_arrive();
+  layer_norm_pair(in.ln, p.hidden, p.eps, reinterpret_cast<float*>(smem + L.a1),
+                  reinterpret_cast<float*>(smem + L.a2), reinterpret_cast<float*>(smem + SmemLayout::kScratch));
+  stamp(p, kMarkNormed);
+}
+
 // This block's positions of its head's cache: [begin, end) of 0..position (the last one is the new token).
 struct KvChunk {
   int begin, end;
@@ -176,10 +186,8 @@ __device__ __forceinline__ void phase_a(const NeoXLayerParams& p, const SmemLayo
   float* scratch = reinterpret_cast<float*>(smem + SmemLayout::kScratch);
   const int ranks = cluster_size(), rank = cluster_rank(), head = blockIdx.x / ranks;
 
-  cluster_arrive();  // this block has started: others may write its shared memory once all have
-  layer_norm_pair(in.ln, p.hidden, p.eps, a1, a2, scratch);
-  cluster_wait();
-  stamp(p, kMarkNormed);
+  cluster_wait();  // every block of the cluster has started (see normalize): DSMEM stores are safe
+  stamp(p, kMarkClusterReady);
 
   // q|k|v rows of this head: every block of the cluster gets every row.
   stream.run(kQkvJobs, [&](int row, float sum) {
@@ -248,13 +256,16 @@ __global__ void __launch_bounds__(kThreads, 1) neox_layer_kernel(const __grid_co
     prefetch_kv_chunk<kHeadDim>(p);
   }
   build_job_lists<kHeadDim>(p, layout, smem, kPhaseA, kPhaseB);
+  stamp(p, kMarkListed);
   const auto* lists = reinterpret_cast<const JobList*>(smem + SmemLayout::kJobLists);
   in.qkv_bias.prefetch(lists[kQkvJobs], qkv_bias_of(p));
   in.up_bias.prefetch(lists[kUpJobs], up_bias_of(p));
   in.out_constant.prefetch(lists[kOutJobs], out_constant_of(p));
   WarpStream stream(smem, lists, kMaxJobLists);
+  if constexpr (kPhaseA && kNormalizeFirst) normalize(p, layout, smem, in);
   stream.prime();
-  stamp(p, kMarkStart);
+  stamp(p, kMarkPrimed);
+  if constexpr (kPhaseA && !kNormalizeFirst) normalize(p, layout, smem, in);
   if constexpr (kPhaseA) phase_a<kHeadDim>(p, layout, smem, stream, in);
   // In the cooperative kernel phase B's first weight boxes are already in flight across this barrier.
   if constexpr (kPhaseA && kPhaseB) grid_barrier(p.grid_barrier);

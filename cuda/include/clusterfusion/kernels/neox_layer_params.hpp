@@ -19,6 +19,9 @@ namespace clusterfusion::kernels {
 #ifndef CF_STAGES
 #define CF_STAGES 2
 #endif
+#ifndef CF_NORMALIZE_FIRST
+#define CF_NORMALIZE_FIRST 0
+#endif
 
 // A TMA box is kBoxRows weight rows by 256 columns: one box row is one 512-byte run of a weight row.
 constexpr int kBoxRows = CF_BOX_ROWS;
@@ -27,9 +30,10 @@ constexpr int kBoxBytes = kBoxRows * kBoxCols * 2;
 constexpr int kWarps = CF_WARPS;
 constexpr int kThreads = kWarps * 32;
 constexpr int kStages = CF_STAGES;  // boxes in flight per warp: 16 warps x 2 x 4 KB = 128 KB per SM
+constexpr bool kNormalizeFirst = CF_NORMALIZE_FIRST;  // LayerNorm before (1) or after (0) priming the ring
 constexpr int kLnVecs = 2;  // 16-byte vectors of the layer input per thread: hidden <= kLnVecs * 8 * kThreads
 constexpr int kMaxItems = 512;
-constexpr int kTimelineMarks = 9;  // work items (job chunks) of one job list in one block
+constexpr int kTimelineMarks = 11;  // work items (job chunks) of one job list in one block
 
 struct NeoXLayerParams {
   CUtensorMap w_qkv;   // [3*hidden, hidden]
