@@ -180,8 +180,6 @@ template <int kHeadDim>
 __device__ __forceinline__ void phase_a(const NeoXLayerParams& p, const SmemLayout& L, unsigned char* smem,
                                         WarpStream& stream, const BlockInputs& in) {
   using Attention = DecodeAttention<kHeadDim>;
-  float* a1 = reinterpret_cast<float*>(smem + L.a1);
-  float* a2 = reinterpret_cast<float*>(smem + L.a2);
   float* qkv = reinterpret_cast<float*>(smem + L.qkv);
   float* scratch = reinterpret_cast<float*>(smem + SmemLayout::kScratch);
   const int ranks = cluster_size(), rank = cluster_rank(), head = blockIdx.x / ranks;
