@@ -37,7 +37,7 @@ __device__ __forceinline__ void stamp(const NeoXLayerParams& p, TimelineMark mar
 // The grid is `clusters` clusters of `ranks` blocks; cluster c < heads serves attention head c. Every block
 // streams about the same number of phase-A bytes: head blocks carry their q|k|v rows, their KV-cache chunk and
 // a fixed cost for the attention's latency-bound steps, and W_up rows fill each block up to the average (at
-// least an eighth of it, which bounds any block's job count).
+// least a sixteenth of it, which bounds any block's job count).
 struct PhaseAShare {
   int qkv_units;   // 4-row units of the head's q|k|v rows, and where they start
   int qkv_first;
@@ -45,65 +45,66 @@ struct PhaseAShare {
   int up_units;
 };
 
-// Attention's rotary, reductions and cluster barriers take ~6 us on a head block (timeline, bench/NOTES.md):
-// about what one SM streams in that time.
-constexpr long long kAttentionFixedBytes = 128 << 10;
+// Attention's rotary, reductions and cluster barriers run after the block's weight stream (timeline,
+// bench/NOTES.md); they are charged as this many bytes of streaming. Tunable at build time.
+#ifndef CF_ATTENTION_FIXED_KB
+#define CF_ATTENTION_FIXED_KB 256
+#endif
+constexpr long long kAttentionFixedBytes = CF_ATTENTION_FIXED_KB << 10;
 
+// Closed form: the blocks of a head cluster differ only by rank, the other blocks carry no head cost.
 template <int kHeadDim>
 __device__ __forceinline__ PhaseAShare phase_a_share(const NeoXLayerParams& p, int block) {
-  const int ranks = cluster_size(), blocks = gridDim.x, lane = threadIdx.x % 32;
+  const int ranks = cluster_size(), rank = cluster_rank(), cluster = block / ranks;
   const int head_units = 3 * kHeadDim / kBoxRows, up_units = p.ffn / kBoxRows, positions = p.position + 1;
   const long long unit_bytes = 2LL * kBoxRows * p.hidden;
-  auto qkv_units = [&](int b) {
-    return b / ranks < p.heads ? split_begin(head_units, ranks, b % ranks + 1) - split_begin(head_units, ranks, b % ranks)
-                               : 0;
-  };
-  auto cost = [&](int b) {
-    if (b / ranks >= p.heads) return 0LL;
-    const int chunk = split_begin(positions, ranks, b % ranks + 1) - split_begin(positions, ranks, b % ranks);
-    return qkv_units(b) * unit_bytes + chunk * (kHeadDim * 4LL) + kAttentionFixedBytes;  // K and V, float16
+  auto qkv_units = [&](int r) { return split_begin(head_units, ranks, r + 1) - split_begin(head_units, ranks, r); };
+  auto head_cost = [&](int r) {
+    const int chunk = split_begin(positions, ranks, r + 1) - split_begin(positions, ranks, r);
+    return qkv_units(r) * unit_bytes + chunk * (kHeadDim * 4LL) + kAttentionFixedBytes;  // K and V, float16
   };
   const long long total = p.heads * (head_units * unit_bytes + positions * (kHeadDim * 4LL)) +
                           p.heads * ranks * kAttentionFixedBytes + up_units * unit_bytes;
-  const long long avg = total / blocks;
-  auto spare = [&](int b) { return max(avg / 8, avg - cost(b)); };
-  long long before = 0, all = 0;  // spare bytes of the blocks before `block`, and of all blocks
-  for (int b = lane; b < blocks; b += 32) {
-    const long long s = spare(b);
-    all += s;
-    if (b < block) before += s;
+  const long long avg = total / gridDim.x;
+  auto spare = [&](long long cost) { return max(avg / 16, avg - cost); };
+  long long cluster_spare = 0, rank_spare = 0;  // of one head cluster; of its ranks before this block's
+  for (int r = 0; r < ranks; ++r) {
+    const long long s = spare(head_cost(r));
+    cluster_spare += s;
+    if (r < rank) rank_spare += s;
   }
-  before = warp_sum_ll(before);
-  all = warp_sum_ll(all);
+  const long long all = p.heads * cluster_spare + (gridDim.x - p.heads * ranks) * avg;
+  const bool head_block = cluster < p.heads;
+  const long long before = head_block ? cluster * cluster_spare + rank_spare
+                                      : p.heads * cluster_spare + (block - p.heads * ranks) * avg;
+  const long long mine = head_block ? spare(head_cost(rank)) : avg;
   PhaseAShare share;
-  share.qkv_units = qkv_units(block);
-  share.qkv_first = block / ranks * head_units + split_begin(head_units, ranks, block % ranks);
+  share.qkv_units = head_block ? qkv_units(rank) : 0;
+  share.qkv_first = cluster * head_units + split_begin(head_units, ranks, rank);
   share.up_first = int(up_units * before / all);
-  share.up_units = int(up_units * (before + spare(block)) / all) - share.up_first;
+  share.up_units = int(up_units * (before + mine) / all) - share.up_first;
   return share;
 }
 
-// Warp 0 writes the job lists of this block: phase A's (qkv, up) and phase B's. Lists a kernel does not run
+// Thread 0 writes the job lists of this block: phase A's (qkv, up) and phase B's. Lists a kernel does not run
 // get zero jobs.
 template <int kHeadDim>
 __device__ __forceinline__ void build_job_lists(const NeoXLayerParams& p, const SmemLayout& L, unsigned char* smem,
                                                 bool phase_a, bool phase_b) {
   auto* lists = reinterpret_cast<JobList*>(smem + SmemLayout::kJobLists);
-  if (threadIdx.x < 32) {
+  if (threadIdx.x == 0) {
     const int blocks = gridDim.x, block = blockIdx.x;
     const PhaseAShare share = phase_a ? phase_a_share<kHeadDim>(p, block) : PhaseAShare{0, 0, 0, 0};
-    if (threadIdx.x == 0) {
-      lists[kQkvJobs] = JobList{share.qkv_first * kBoxRows, share.qkv_units, 1, 0, 1,
-                                {{&p.w_qkv, reinterpret_cast<float*>(smem + L.a1), p.hidden / kBoxCols}, {}}};
-      lists[kUpJobs] = JobList{share.up_first * kBoxRows, share.up_units, 1, 0, 1,
-                               {{&p.w_up, reinterpret_cast<float*>(smem + L.a2), p.hidden / kBoxCols}, {}}};
-      const int out_units = p.hidden / kBoxRows;
-      const int o0 = split_begin(out_units, blocks, block), o1 = split_begin(out_units, blocks, block + 1);
-      lists[kOutJobs] = JobList{o0 * kBoxRows, phase_b ? o1 - o0 : 0, 1, 0, 2,
-                                {{&p.w_o, reinterpret_cast<float*>(smem + L.o), p.hidden / kBoxCols},
-                                 {&p.w_down, reinterpret_cast<float*>(smem + L.g), p.ffn / kBoxCols}}};
-      finish_job_lists(lists, kMaxJobLists);
-    }
+    lists[kQkvJobs] = JobList{share.qkv_first * kBoxRows, share.qkv_units, 1, 0, 1,
+                              {{&p.w_qkv, reinterpret_cast<float*>(smem + L.a1), p.hidden / kBoxCols}, {}}};
+    lists[kUpJobs] = JobList{share.up_first * kBoxRows, share.up_units, 1, 0, 1,
+                             {{&p.w_up, reinterpret_cast<float*>(smem + L.a2), p.hidden / kBoxCols}, {}}};
+    const int out_units = p.hidden / kBoxRows;
+    const int o0 = split_begin(out_units, blocks, block), o1 = split_begin(out_units, blocks, block + 1);
+    lists[kOutJobs] = JobList{o0 * kBoxRows, phase_b ? o1 - o0 : 0, 1, 0, 2,
+                              {{&p.w_o, reinterpret_cast<float*>(smem + L.o), p.hidden / kBoxCols},
+                               {&p.w_down, reinterpret_cast<float*>(smem + L.g), p.ffn / kBoxCols}}};
+    finish_job_lists(lists, kMaxJobLists);
   }
   __syncthreads();
 }

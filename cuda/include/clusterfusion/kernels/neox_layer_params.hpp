@@ -20,7 +20,7 @@ namespace clusterfusion::kernels {
 #define CF_STAGES 2
 #endif
 #ifndef CF_NORMALIZE_FIRST
-#define CF_NORMALIZE_FIRST 0
+#define CF_NORMALIZE_FIRST 1
 #endif
 
 // A TMA box is kBoxRows weight rows by 256 columns: one box row is one 512-byte run of a weight row.
