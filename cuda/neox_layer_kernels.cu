@@ -91,10 +91,15 @@ LayerLaunchPlan plan_neox_layer(const ModelConfig& c, int max_seq) {
     plan.threads = kThreads;
     for (int n = int(kMaxClusterSize); n >= 1; --n) {
       if (n > 3 * D / kBoxRows) continue;
-      const SmemLayout layout(c.hidden, c.ffn, D, max_seq, n);
+      // Shared memory shrinks as clusters grow (fewer output rows each): bound it at the fewest admissible
+      // clusters, one per head, for the occupancy query.
+      const int most = prop.multiProcessorCount / n;
+      const SmemLayout bound(c.hidden, c.ffn, D, max_seq, n, c.heads);
+      const std::size_t smem_bound = std::max(bound.phase_a_end, bound.phase_b_end);
+      if (smem_bound > limit) continue;
+      const int clusters = std::min(max_active_clusters<D>(n, smem_bound), most);
+      const SmemLayout layout(c.hidden, c.ffn, D, max_seq, n, clusters);
       const std::size_t smem = std::max(layout.phase_a_end, layout.phase_b_end);
-      if (smem > limit) continue;
-      const int clusters = std::min(max_active_clusters<D>(n, smem), prop.multiProcessorCount / n);
       if (clusters < c.heads || clusters * n <= plan.blocks) continue;
       plan.cluster_size = n;
       plan.clusters = clusters;
@@ -105,7 +110,7 @@ LayerLaunchPlan plan_neox_layer(const ModelConfig& c, int max_seq) {
       plan.cooperative_supported = true;
     }
     if (plan.blocks == 0) {
-      const SmemLayout layout(c.hidden, c.ffn, D, max_seq, 1);
+      const SmemLayout layout(c.hidden, c.ffn, D, max_seq, 1, c.heads);
       if (layout.phase_a_end > limit)
         throw std::invalid_argument("max_seq: " + std::to_string(max_seq) + " needs " +
                                     std::to_string(layout.phase_a_end) +
@@ -136,7 +141,7 @@ void launch_neox_phase_a(const NeoXLayerParams& p, const LayerLaunchPlan& plan, 
 
 void launch_neox_phase_b(const NeoXLayerParams& p, const LayerLaunchPlan& plan, cudaStream_t stream) {
   // Phase B does not depend on head_dim: one instantiation serves every config.
-  launch<64, false, true>(p, plan.blocks, 1, plan.smem_phase_b, false, stream);
+  launch<64, false, true>(p, plan.blocks, plan.cluster_size, plan.smem_phase_b, false, stream);
 }
 
 void launch_neox_cooperative(const NeoXLayerParams& p, const LayerLaunchPlan& plan, int head_dim,

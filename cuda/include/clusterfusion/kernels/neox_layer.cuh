@@ -95,15 +95,20 @@ __device__ __forceinline__ void build_job_lists(const NeoXLayerParams& p, const 
   if (threadIdx.x == 0) {
     const int blocks = gridDim.x, block = blockIdx.x;
     const PhaseAShare share = phase_a ? phase_a_share<kHeadDim>(p, block) : PhaseAShare{0, 0, 0, 0};
+    const int k_boxes = p.hidden / kBoxCols;
     lists[kQkvJobs] = JobList{share.qkv_first * kBoxRows, share.qkv_units, 1, 0, 1,
-                              {{&p.w_qkv, reinterpret_cast<float*>(smem + L.a1), p.hidden / kBoxCols}, {}}};
+                              {{&p.w_qkv, reinterpret_cast<float*>(smem + L.a1), k_boxes}, {}}, 0, k_boxes};
     lists[kUpJobs] = JobList{share.up_first * kBoxRows, share.up_units, 1, 0, 1,
-                             {{&p.w_up, reinterpret_cast<float*>(smem + L.a2), p.hidden / kBoxCols}, {}}};
-    const int out_units = p.hidden / kBoxRows;
-    const int o0 = split_begin(out_units, blocks, block), o1 = split_begin(out_units, blocks, block + 1);
+                             {{&p.w_up, reinterpret_cast<float*>(smem + L.a2), k_boxes}, {}}, 0, k_boxes};
+    // Phase B: a cluster owns output rows; its ranks split their K (W_o's boxes, then W_down's) and rank 0
+    // adds the ranks' partial sums (phase_b), so rows are shared out in clusters, not blocks: finer balance.
+    const int ranks = cluster_size(), rank = cluster_rank(), cluster = block / ranks;
+    const int out_units = p.hidden / kBoxRows, out_boxes = k_boxes + p.ffn / kBoxCols;
+    const int o0 = split_begin(out_units, blocks / ranks, cluster), o1 = split_begin(out_units, blocks / ranks, cluster + 1);
     lists[kOutJobs] = JobList{o0 * kBoxRows, phase_b ? o1 - o0 : 0, 1, 0, 2,
-                              {{&p.w_o, reinterpret_cast<float*>(smem + L.o), p.hidden / kBoxCols},
-                               {&p.w_down, reinterpret_cast<float*>(smem + L.g), p.ffn / kBoxCols}}};
+                              {{&p.w_o, reinterpret_cast<float*>(smem + L.o), k_boxes},
+                               {&p.w_down, reinterpret_cast<float*>(smem + L.g), p.ffn / kBoxCols}},
+                              split_begin(out_boxes, ranks, rank), split_begin(out_boxes, ranks, rank + 1)};
     finish_job_lists(lists, kMaxJobLists);
   }
   __syncthreads();
@@ -231,6 +236,7 @@ __device__ __forceinline__ void phase_b(const NeoXLayerParams& p, const SmemLayo
                                         WarpStream& stream, const BlockInputs& in) {
   float* o = reinterpret_cast<float*>(smem + L.o);
   float* g = reinterpret_cast<float*>(smem + L.g);
+  float* rank_partials = reinterpret_cast<float*>(smem + L.rank_partials);
   // Written by other blocks of this launch (cooperative) or the previous one: read through L2 (.cg).
   for (int i = threadIdx.x; i < p.hidden / 4; i += blockDim.x)
     reinterpret_cast<float4*>(o)[i] = __ldcg(reinterpret_cast<const float4*>(p.attn) + i);
@@ -238,9 +244,18 @@ __device__ __forceinline__ void phase_b(const NeoXLayerParams& p, const SmemLayo
     reinterpret_cast<float4*>(g)[i] = __ldcg(reinterpret_cast<const float4*>(p.mlp_act) + i);
   __syncthreads();
   stamp(p, kMarkPhaseB);
+  const JobList& rows_of = reinterpret_cast<const JobList*>(smem + SmemLayout::kJobLists)[kOutJobs];
+  const int rank = cluster_rank(), ranks = cluster_size(), row0 = rows_of.row0, rows = rows_of.jobs * kBoxRows;
   stream.run(kOutJobs, [&](int row, float sum) {
-    p.out[row] = __float2half_rn(sum + in.out_constant.get(row, out_constant_of(p)));
+    dsmem_store(rank_partials + rank * L.rows_per_cluster + (row - row0), 0, sum);
   });
+  cluster_sync();  // every rank's partial sums are on rank 0
+  if (rank != 0) return;
+  for (int t = threadIdx.x; t < rows; t += blockDim.x) {
+    float sum = 0.f;
+    for (int r = 0; r < ranks; ++r) sum += rank_partials[r * L.rows_per_cluster + t];
+    p.out[row0 + t] = __float2half_rn(sum + in.out_constant.get(row0 + t, out_constant_of(p)));
+  }
 }
 
 // One kernel body for the three launches: phase A alone, phase B alone, or both with a grid barrier between.
@@ -248,7 +263,9 @@ template <int kHeadDim, bool kPhaseA, bool kPhaseB>
 __global__ void __launch_bounds__(kThreads, 1) neox_layer_kernel(const __grid_constant__ NeoXLayerParams p) {
   extern __shared__ __align__(128) unsigned char smem[];
   stamp(p, kMarkEntry);
-  const SmemLayout layout(p.hidden, p.ffn, kHeadDim, p.max_seq, cluster_size());
+  const SmemLayout layout(p.hidden, p.ffn, kHeadDim, p.max_seq, cluster_size(), gridDim.x / cluster_size());
+  // The phase B kernel alone: announce that this block has started before any rank stores into rank 0.
+  if constexpr (!kPhaseA) cluster_arrive();
   BlockInputs in;
   if constexpr (kPhaseA) {
     in.ln.load(p.x, p.ln1_w, p.ln1_b, p.ln2_w, p.ln2_b, p.hidden);
@@ -268,6 +285,7 @@ __global__ void __launch_bounds__(kThreads, 1) neox_layer_kernel(const __grid_co
   if constexpr (kPhaseA) phase_a<kHeadDim>(p, layout, smem, stream, in);
   // In the cooperative kernel phase B's first weight boxes are already in flight across this barrier.
   if constexpr (kPhaseA && kPhaseB) grid_barrier(p.grid_barrier);
+  if constexpr (!kPhaseA) cluster_wait();
   if constexpr (kPhaseB) phase_b(p, layout, smem, stream, in);
   stamp(p, kMarkEnd);
 }

@@ -68,10 +68,12 @@ struct SmemLayout {
   // Phase A: LN1(x), LN2(x), the head's q|k|v, scores of this block's positions, reduction partials, and
   // the cluster's softmax partials (m, l, o) gathered on rank 0.
   std::size_t a1, a2, qkv, scores, partials, combine, phase_a_end;
-  // Phase B: the attention output and the MLP activation.
-  std::size_t o, g, phase_b_end;
+  // Phase B: the attention output, the MLP activation, and on rank 0 every rank's partial sums of the
+  // cluster's output rows.
+  std::size_t o, g, rank_partials, phase_b_end;
+  int rows_per_cluster;  // the most output rows any cluster owns
 
-  __host__ __device__ SmemLayout(int hidden, int ffn, int head_dim, int max_seq, int cluster) {
+  __host__ __device__ SmemLayout(int hidden, int ffn, int head_dim, int max_seq, int cluster, int clusters) {
     const int chunk = (max_seq + cluster - 1) / cluster;
     a1 = kVectors;
     a2 = a1 + align_up(hidden * 4, 16);
@@ -82,7 +84,9 @@ struct SmemLayout {
     phase_a_end = combine + align_up(cluster * (head_dim + 2) * 4, 16);
     o = kVectors;
     g = o + align_up(hidden * 4, 16);
-    phase_b_end = g + align_up(ffn * 4, 16);
+    rank_partials = g + align_up(ffn * 4, 16);
+    rows_per_cluster = (hidden / kBoxRows + clusters - 1) / clusters * kBoxRows;
+    phase_b_end = rank_partials + align_up(std::size_t(cluster) * rows_per_cluster * 4, 16);
   }
 };
 

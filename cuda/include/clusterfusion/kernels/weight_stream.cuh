@@ -23,8 +23,8 @@ struct Segment {
   int boxes;
 };
 
-// Jobs row0 + 4j for j in [0, jobs), each the sum over its segments; item i is chunk i % chunks of job
-// i / chunks and goes to warp (first_warp + i) % kWarps.
+// Jobs row0 + kBoxRows*j for j in [0, jobs), each the sum over boxes [box_begin, box_end) of its segments'
+// boxes laid end to end; item i is chunk i % chunks of job i / chunks and goes to warp (first_warp + i) % kWarps.
 struct JobList {
   int row0;
   int jobs;
@@ -32,11 +32,11 @@ struct JobList {
   int first_warp;
   int segments;
   Segment seg[2];
+  int box_begin, box_end;
 
   __device__ int items() const { return jobs * chunks; }
-  __device__ int boxes() const { return seg[0].boxes + (segments > 1 ? seg[1].boxes : 0); }
   // Boxes [chunk_begin(c), chunk_begin(c + 1)) of a job belong to chunk c.
-  __device__ int chunk_begin(int c) const { return (boxes() * c) / chunks; }
+  __device__ int chunk_begin(int c) const { return box_begin + ((box_end - box_begin) * c) / chunks; }
 };
 constexpr int kMaxJobLists = 3;
 
@@ -56,7 +56,7 @@ __device__ __forceinline__ void finish_job_lists(JobList* lists, int count) {
   for (int l = 0; l < count; ++l) {
     JobList& list = lists[l];
     int chunks = list.jobs > 0 ? kWarps / gcd(list.jobs, kWarps) : 1;
-    chunks = min(chunks, list.boxes());
+    chunks = min(chunks, list.box_end - list.box_begin);
     while (chunks > 1 && list.jobs * chunks > kMaxItems) --chunks;
     if (list.jobs > kMaxItems) __trap();  // the host plan keeps every list within the partials buffer
     list.chunks = chunks;
