@@ -25,11 +25,8 @@ namespace {
 
 enum MapIndex { kMapQkv, kMapO, kMapUp, kMapDown };
 
-// The kernels read a weight matrix as runs of 256 columns laid end to end (weight_stream.cuh): a box of
-// kBoxRows runs is contiguous memory.
 CUtensorMap weight_map(const TensorView& w) {
-  const int64_t runs = w.shape[0] * (w.shape[1] / kernels::kBoxCols);
-  return make_matrix_tensor_map(w.data, runs, kernels::kBoxCols, kernels::kBoxRows, kernels::kBoxCols);
+  return make_matrix_tensor_map(w.data, w.shape[0], w.shape[1], kernels::kBoxRows, kernels::kBoxCols);
 }
 
 const __half* half_ptr(const TensorView& t) { return static_cast<const __half*>(t.data); }

@@ -17,8 +17,6 @@
 namespace clusterfusion::kernels {
 
 // A weight matrix read in full rows, dotted with the float vector `vec` (shared memory, length boxes*256).
-// Its tensor map views it as [rows * boxes, 256]: a box of kBoxRows such runs is kBoxRows*512 contiguous
-// bytes, so each warp reads its weights as one sequential stream (DRAM pages used whole).
 struct Segment {
   const CUtensorMap* map;
   const float* vec;
@@ -102,11 +100,10 @@ class WarpStream {
       float acc[kBoxRows] = {};
       for (int k = list.chunk_begin(chunk), end = list.chunk_begin(chunk + 1); k < end; ++k) {
         const bool first = k < list.seg[0].boxes;
-        const Segment& seg = list.seg[first ? 0 : 1];
-        const int box = first ? k : k - list.seg[0].boxes;  // within the segment
+        const float* vec = first ? list.seg[0].vec + k * kBoxCols : list.seg[1].vec + (k - list.seg[0].boxes) * kBoxCols;
         const int slot = consumed_ % kStages;
         bars_[slot].wait((consumed_ / kStages) & 1);
-        accumulate_box(ring_ + slot * kBoxBytes, seg, box, acc);
+        accumulate_box(ring_ + slot * kBoxBytes, vec, acc);
         __syncwarp();  // every lane has read the slot before it is refilled
         ++consumed_;
         issue();
@@ -130,38 +127,27 @@ class WarpStream {
  private:
   __device__ int first_item(const JobList& list) const { return (warp_ - list.first_warp + kWarps) % kWarps; }
 
-  // Box `box` of a job's segment holds the job's 256-column runs kBoxRows*box .. kBoxRows*box + kBoxRows - 1,
-  // counted row by row (seg.boxes runs per weight row): run f is weight row f / seg.boxes, columns
-  // 256 * (f % seg.boxes) onwards. Lane l takes 8 columns of each run: 16-byte shared loads, conflict-free.
-  __device__ void accumulate_box(const unsigned char* tile, const Segment& seg, int box, float (&acc)[kBoxRows]) const {
-    const int first_run = box * kBoxRows;
-    int row = first_run / seg.boxes, chunk = first_run - row * seg.boxes;
+  // Lane l takes columns 8l..8l+7 of each of the 4 box rows: 16-byte shared loads, conflict-free.
+  __device__ void accumulate_box(const unsigned char* box, const float* vec, float (&acc)[kBoxRows]) const {
+    const float4 va = reinterpret_cast<const float4*>(vec)[2 * lane_];
+    const float4 vb = reinterpret_cast<const float4*>(vec)[2 * lane_ + 1];
 #pragma unroll
-    for (int i = 0; i < kBoxRows; ++i) {
-      const uint4 w = reinterpret_cast<const uint4*>(tile + i * kBoxCols * 2)[lane_];
-      const float* vec = seg.vec + chunk * kBoxCols;
-      const float4 va = reinterpret_cast<const float4*>(vec)[2 * lane_];
-      const float4 vb = reinterpret_cast<const float4*>(vec)[2 * lane_ + 1];
+    for (int r = 0; r < kBoxRows; ++r) {
+      const uint4 w = reinterpret_cast<const uint4*>(box + r * kBoxCols * 2)[lane_];
       const float2 w0 = __half22float2(*reinterpret_cast<const __half2*>(&w.x));
       const float2 w1 = __half22float2(*reinterpret_cast<const __half2*>(&w.y));
       const float2 w2 = __half22float2(*reinterpret_cast<const __half2*>(&w.z));
       const float2 w3 = __half22float2(*reinterpret_cast<const __half2*>(&w.w));
-      float d = w0.x * va.x;
-      d = fmaf(w0.y, va.y, d);
-      d = fmaf(w1.x, va.z, d);
-      d = fmaf(w1.y, va.w, d);
-      d = fmaf(w2.x, vb.x, d);
-      d = fmaf(w2.y, vb.y, d);
-      d = fmaf(w3.x, vb.z, d);
-      d = fmaf(w3.y, vb.w, d);
-      // The run's row is known only at run time: add into every accumulator, zero where it is not the row
-      // (a run-time index would put acc in local memory).
-#pragma unroll
-      for (int q = 0; q < kBoxRows; ++q) acc[q] += q == row ? d : 0.f;
-      if (++chunk == seg.boxes) {
-        chunk = 0;
-        ++row;
-      }
+      float a = acc[r];
+      a = fmaf(w0.x, va.x, a);
+      a = fmaf(w0.y, va.y, a);
+      a = fmaf(w1.x, va.z, a);
+      a = fmaf(w1.y, va.w, a);
+      a = fmaf(w2.x, vb.x, a);
+      a = fmaf(w2.y, vb.y, a);
+      a = fmaf(w3.x, vb.z, a);
+      a = fmaf(w3.y, vb.w, a);
+      acc[r] = a;
     }
   }
 
@@ -192,12 +178,11 @@ class WarpStream {
     if (list_ >= list_count_) return;
     const int slot = issued_ % kStages;
     if (lane_ == 0) {
-      // The maps view a weight matrix as rows of 256 columns: the job's runs start at row_ * runs-per-row.
       const bool first = box_ < seg0_boxes_;
-      const Segment& seg = lists_[list_].seg[first ? 0 : 1];
-      const int box = first ? box_ : box_ - seg0_boxes_;
+      const CUtensorMap* map = lists_[list_].seg[first ? 0 : 1].map;
+      const int col = (first ? box_ : box_ - seg0_boxes_) * kBoxCols;
       bars_[slot].arrive_expect_tx(kBoxBytes);
-      tma_load_2d(ring_ + slot * kBoxBytes, seg.map, &bars_[slot], 0, row_ * seg.boxes + box * kBoxRows, policy_);
+      tma_load_2d(ring_ + slot * kBoxBytes, map, &bars_[slot], col, row_, policy_);
     }
     ++issued_;
     if (++box_ < box_end_) return;
