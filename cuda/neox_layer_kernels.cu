@@ -13,9 +13,10 @@ namespace {
 
 constexpr std::size_t kMaxClusterSize = 8;  // the portable limit
 
-template <class Args>
-void launch(void (*kernel)(Args), const Args& args, int blocks, int cluster, std::size_t smem, bool cooperative,
+template <int kHeadDim, bool kPhaseA, bool kPhaseB>
+void launch(const NeoXLayerParams& p, int blocks, int cluster, std::size_t smem, bool cooperative,
             cudaStream_t stream) {
+  auto* kernel = &neox_layer_kernel<kHeadDim, kPhaseA, kPhaseB>;
   CF_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(blocks);
@@ -31,7 +32,7 @@ void launch(void (*kernel)(Args), const Args& args, int blocks, int cluster, std
   attrs[1].val.cooperative = 1;
   config.attrs = attrs;
   config.numAttrs = cooperative ? 2 : 1;
-  CF_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, args));
+  CF_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p));
   CF_CHECK_LAUNCH("neox_layer_kernel");
 }
 
@@ -134,13 +135,13 @@ LayerLaunchPlan plan_neox_layer(const ModelConfig& c, int max_seq) {
 
 void launch_neox_phase_a(const NeoXLayerParams& p, const LayerLaunchPlan& plan, int head_dim, cudaStream_t stream) {
   CF_DISPATCH_HEAD_DIM(head_dim, D, [&] {
-    launch(&neox_layer_kernel<D, true, false>, p, plan.blocks, plan.cluster_size, plan.smem_phase_a, false, stream);
+    launch<D, true, false>(p, plan.blocks, plan.cluster_size, plan.smem_phase_a, false, stream);
   });
 }
 
 void launch_neox_phase_b(const NeoXLayerParams& p, const LayerLaunchPlan& plan, cudaStream_t stream) {
   // Phase B does not depend on head_dim: one instantiation serves every config.
-  launch(&neox_layer_kernel<64, false, true>, p, plan.blocks, plan.cluster_size, plan.smem_phase_b, false, stream);
+  launch<64, false, true>(p, plan.blocks, plan.cluster_size, plan.smem_phase_b, false, stream);
 }
 
 void launch_neox_cooperative(const NeoXLayerParams& p, const LayerLaunchPlan& plan, int head_dim,
@@ -149,17 +150,7 @@ void launch_neox_cooperative(const NeoXLayerParams& p, const LayerLaunchPlan& pl
     throw std::runtime_error("cooperative mode: the " + std::to_string(plan.blocks) +
                              " blocks of this config do not fit on the device at once; use split mode");
   CF_DISPATCH_HEAD_DIM(head_dim, D, [&] {
-    launch(&neox_layer_kernel<D, true, true>, p, plan.blocks, plan.cluster_size, plan.smem_cooperative, true, stream);
-  });
-}
-
-void launch_neox_stack(const NeoXStackArgs& a, const LayerLaunchPlan& plan, int head_dim, cudaStream_t stream) {
-  if (!plan.cooperative_supported)
-    throw std::runtime_error("stack mode: the " + std::to_string(plan.blocks) +
-                             " blocks of this config do not fit on the device at once");
-  // Same shared memory as the cooperative layer kernel (and so the same occupancy).
-  CF_DISPATCH_HEAD_DIM(head_dim, D, [&] {
-    launch(&neox_stack_kernel<D>, a, plan.blocks, plan.cluster_size, plan.smem_cooperative, true, stream);
+    launch<D, true, true>(p, plan.blocks, plan.cluster_size, plan.smem_cooperative, true, stream);
   });
 }
 

@@ -12,7 +12,6 @@
 #include "clusterfusion/cuda_check.hpp"
 #include "clusterfusion/kv_cache.hpp"
 #include "clusterfusion/neox_layer.hpp"
-#include "clusterfusion/neox_stack.hpp"
 
 namespace cf = clusterfusion;
 
@@ -161,21 +160,6 @@ int main(int argc, char** argv) {
     std::printf("  %-12s %8.2f us/layer  %6.1f%% of streaming read\n", cf::layer_mode_name(mode), us,
                 100.0 * bytes / (us * 1e-6) / read_bw);
   }
-  // The stack mode: all rotated layers in one launch.
-  std::vector<cf::LayerWeights> views;
-  for (const auto& l : layers) views.push_back(l.views());
-  cf::NeoXStack stack(config, views, cache);
-  cache.set_length(ctx);
-  CF_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
-  stack.forward(x.ptr, out.ptr, ctx, stream);
-  CF_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
-  CF_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-  time_graph_ms(exec, stream, 3);
-  {
-    const double us = time_graph_ms(exec, stream, iters) * 1e3 / rotate;
-    std::printf("  %-12s %8.2f us/layer  %6.1f%% of streaming read\n", "stack", us, 100.0 * bytes / (us * 1e-6) / read_bw);
-  }
-
   // Where the time goes inside one cooperative layer: per-block global-timer stamps at each stage.
   if (plan.cooperative_supported) {
     constexpr int kMarks = 11;  // kernels::kTimelineMarks
@@ -185,23 +169,18 @@ int main(int argc, char** argv) {
     const std::size_t stamps = std::size_t(plan.blocks) * kMarks;
     CF_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&timeline), stamps * sizeof(unsigned long long)));
     CF_CUDA_CHECK(cudaMemset(timeline, 0, stamps * sizeof(unsigned long long)));
-    const bool of_stack = std::getenv("CF_TIMELINE_STACK") != nullptr;
-    if (of_stack) {
-      stack.forward(x.ptr, out.ptr, ctx, stream, timeline);
-    } else {
-      for (int l = 0; l < rotate; ++l) {
-        cache.set_length(ctx);
-        fused[l]->forward(cache, l, cf::LayerIO{x.ptr, out.ptr, attn, act, l == rotate - 1 ? timeline : nullptr},
-                          ctx, cf::LayerMode::Cooperative, stream);
-      }
+    for (int l = 0; l < rotate; ++l) {
+      cache.set_length(ctx);
+      fused[l]->forward(cache, l, cf::LayerIO{x.ptr, out.ptr, attn, act, l == rotate - 1 ? timeline : nullptr}, ctx,
+                        cf::LayerMode::Cooperative, stream);
     }
     CF_CUDA_CHECK(cudaStreamSynchronize(stream));
     std::vector<unsigned long long> t(stamps);
     CF_CUDA_CHECK(cudaMemcpy(t.data(), timeline, stamps * sizeof(unsigned long long), cudaMemcpyDeviceToHost));
     unsigned long long t0 = ~0ull;
     for (int b = 0; b < plan.blocks; ++b) t0 = std::min(t0, t[b * kMarks]);
-    std::printf("  %s timeline, us since the first block entered: min / median / max over the blocks of\n"
-                "  head clusters | of the other clusters\n", of_stack ? "stack (last layer)" : "cooperative");
+    std::printf("  cooperative timeline, us since the first block entered: min / median / max over the blocks of\n"
+                "  head clusters | of the other clusters\n");
     const int head_blocks = config.heads * plan.cluster_size;
     for (int m = 0; m < kMarks; ++m) {
       std::printf("    %-11s", marks[m]);

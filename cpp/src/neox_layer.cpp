@@ -119,12 +119,6 @@ void check_io(const LayerIO& io, bool writes_out) {
 
 }  // namespace
 
-void NeoXLayer::write_params(void* dst, const KVCache& cache, int layer, const LayerIO& io, int position,
-                             unsigned* grid_barrier) const {
-  const auto p = make_params(config_, weights_, maps_, &cache, layer, io, position, grid_barrier);
-  std::memcpy(dst, &p, sizeof(p));
-}
-
 void NeoXLayer::forward(KVCache& cache, int layer, const LayerIO& io, int position, LayerMode mode,
                         cudaStream_t stream) const {
   check_io(io, true);

@@ -4,7 +4,6 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <memory>
 #include <random>
 #include <vector>
 
@@ -15,7 +14,6 @@
 #include "clusterfusion/host_reference.hpp"
 #include "clusterfusion/kv_cache.hpp"
 #include "clusterfusion/neox_layer.hpp"
-#include "clusterfusion/neox_stack.hpp"
 #include "cuda_device.hpp"
 #include "random_inputs.hpp"
 
@@ -196,77 +194,6 @@ TEST(NeoXLayerGpuErrors, PositionPastCacheThrowsAndLaunchesNothing) {
   EXPECT_THROW(layer.forward(cache, 1, cf::LayerIO{x.dev, out.dev, attn.dev, act.dev}, 3, cf::LayerMode::Split),
                std::out_of_range);
   EXPECT_EQ(cache.length(), 3);
-}
-
-}  // namespace
-
-namespace {
-
-// The stack mode runs the same phases as the cooperative layer kernel, so a stack of layers gives bitwise the
-// output and cache of the layers run one launch at a time (each of which matches the reference above).
-TEST(NeoXStackGpu, MatchesLayerByLayerBitwise) {
-  CF_REQUIRE_HOPPER();
-  cf::ModelConfig config = cf::pythia_config("pythia-2.8b");
-  config.layers = 3;
-  const int max_seq = 1024, position = 700;
-  auto& rng = cf_test::rng();
-  std::vector<std::unique_ptr<RandomLayer>> weights;
-  std::vector<cf::LayerWeights> views;
-  for (int l = 0; l < config.layers; ++l) {
-    weights.push_back(std::make_unique<RandomLayer>(config, rng));
-    views.push_back(weights.back()->views());
-  }
-  cf::KVCache cache(config, max_seq);
-  std::vector<std::unique_ptr<HalfTensor>> past;
-  for (int l = 0; l < config.layers; ++l) {
-    for (__half* dst : {cache.keys(l), cache.values(l)}) {
-      past.push_back(std::make_unique<HalfTensor>(std::vector<int64_t>{int64_t(cache.layer_elems())}, 0, 1, rng));
-      CF_CUDA_CHECK(cudaMemcpy(dst, past.back()->dev, cache.layer_elems() * 2, cudaMemcpyDeviceToDevice));
-    }
-  }
-  HalfTensor x({config.hidden}, 0, 1, rng);
-
-  // Layer by layer, cooperative mode.
-  std::vector<std::unique_ptr<cf::NeoXLayer>> fused;
-  for (const auto& v : views) fused.push_back(std::make_unique<cf::NeoXLayer>(config, v, max_seq));
-  DeviceBuffer<__half> h0(config.hidden), h1(config.hidden);
-  DeviceBuffer<float> attn(config.hidden), act(config.ffn);
-  CF_CUDA_CHECK(cudaMemcpy(h0.dev, x.dev, config.hidden * 2, cudaMemcpyDeviceToDevice));
-  for (int l = 0; l < config.layers; ++l) {
-    cache.set_length(position);
-    __half* in = l % 2 ? h1.dev : h0.dev;
-    __half* out = l % 2 ? h0.dev : h1.dev;
-    fused[l]->forward(cache, l, cf::LayerIO{in, out, attn.dev, act.dev}, position, cf::LayerMode::Cooperative);
-  }
-  const auto expected = (config.layers % 2 ? h1 : h0).get();
-  std::vector<std::vector<__half>> expected_cache;
-  for (int l = 0; l < config.layers; ++l)
-    for (__half* src : {cache.keys(l), cache.values(l)}) {
-      std::vector<__half> h(cache.layer_elems());
-      CF_CUDA_CHECK(cudaMemcpy(h.data(), src, h.size() * 2, cudaMemcpyDeviceToHost));
-      expected_cache.push_back(h);
-    }
-
-  // The whole stack in one launch, from the same past, output poisoned first.
-  for (int l = 0, i = 0; l < config.layers; ++l)
-    for (__half* dst : {cache.keys(l), cache.values(l)})
-      CF_CUDA_CHECK(cudaMemcpy(dst, past[i++]->dev, cache.layer_elems() * 2, cudaMemcpyDeviceToDevice));
-  cache.set_length(position);
-  cf::NeoXStack stack(config, views, cache);
-  DeviceBuffer<__half> out(config.hidden);
-  out.poison();
-  stack.forward(x.dev, out.dev, position);
-  CF_CUDA_CHECK(cudaDeviceSynchronize());
-  EXPECT_EQ(cache.length(), position + 1);
-  const auto got = out.get();
-  EXPECT_EQ(0, std::memcmp(got.data(), expected.data(), got.size() * 2));
-  for (int l = 0, i = 0; l < config.layers; ++l)
-    for (__half* src : {cache.keys(l), cache.values(l)}) {
-      std::vector<__half> h(cache.layer_elems());
-      CF_CUDA_CHECK(cudaMemcpy(h.data(), src, h.size() * 2, cudaMemcpyDeviceToHost));
-      EXPECT_EQ(0, std::memcmp(h.data(), expected_cache[i++].data(), h.size() * 2)) << "layer " << l;
-    }
-  EXPECT_THROW(stack.forward(x.dev, out.dev, max_seq), std::out_of_range);
 }
 
 }  // namespace

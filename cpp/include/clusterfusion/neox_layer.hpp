@@ -60,10 +60,6 @@ class NeoXLayer {
 
  private:
   void check_position(const KVCache& cache, int layer, int position) const;
-  // The kernel parameters of this layer (kernels::NeoXLayerParams) into `dst`, for the stack's device array.
-  void write_params(void* dst, const KVCache& cache, int layer, const LayerIO& io, int position,
-                    unsigned* grid_barrier) const;
-  friend class NeoXStack;
   ModelConfig config_;
   LayerWeights weights_;
   int max_seq_;

@@ -89,26 +89,25 @@ __device__ __forceinline__ PhaseAShare phase_a_share(const NeoXLayerParams& p, i
 // Thread 0 writes the job lists of this block: phase A's (qkv, up) and phase B's. Lists a kernel does not run
 // get zero jobs.
 template <int kHeadDim>
-// `maps` holds the tensor maps the lists point at (param space for one layer, global memory for the stack).
-__device__ __forceinline__ void build_job_lists(const NeoXLayerParams& p, const NeoXLayerParams& maps,
-                                                const SmemLayout& L, unsigned char* smem, bool phase_a, bool phase_b) {
+__device__ __forceinline__ void build_job_lists(const NeoXLayerParams& p, const SmemLayout& L, unsigned char* smem,
+                                                bool phase_a, bool phase_b) {
   auto* lists = reinterpret_cast<JobList*>(smem + SmemLayout::kJobLists);
   if (threadIdx.x == 0) {
     const int blocks = gridDim.x, block = blockIdx.x;
     const PhaseAShare share = phase_a ? phase_a_share<kHeadDim>(p, block) : PhaseAShare{0, 0, 0, 0};
     const int k_boxes = p.hidden / kBoxCols;
     lists[kQkvJobs] = JobList{share.qkv_first * kBoxRows, share.qkv_units, 1, 0, 1,
-                              {{&maps.w_qkv, reinterpret_cast<float*>(smem + L.a1), k_boxes}, {}}, 0, k_boxes};
+                              {{&p.w_qkv, reinterpret_cast<float*>(smem + L.a1), k_boxes}, {}}, 0, k_boxes};
     lists[kUpJobs] = JobList{share.up_first * kBoxRows, share.up_units, 1, 0, 1,
-                             {{&maps.w_up, reinterpret_cast<float*>(smem + L.a2), k_boxes}, {}}, 0, k_boxes};
+                             {{&p.w_up, reinterpret_cast<float*>(smem + L.a2), k_boxes}, {}}, 0, k_boxes};
     // Phase B: a cluster owns output rows; its ranks split their K (W_o's boxes, then W_down's) and rank 0
     // adds the ranks' partial sums (phase_b), so rows are shared out in clusters, not blocks: finer balance.
     const int ranks = cluster_size(), rank = cluster_rank(), cluster = block / ranks;
     const int out_units = p.hidden / kBoxRows, out_boxes = k_boxes + p.ffn / kBoxCols;
     const int o0 = split_begin(out_units, blocks / ranks, cluster), o1 = split_begin(out_units, blocks / ranks, cluster + 1);
     lists[kOutJobs] = JobList{o0 * kBoxRows, phase_b ? o1 - o0 : 0, 1, 0, 2,
-                              {{&maps.w_o, reinterpret_cast<float*>(smem + L.o), k_boxes},
-                               {&maps.w_down, reinterpret_cast<float*>(smem + L.g), p.ffn / kBoxCols}},
+                              {{&p.w_o, reinterpret_cast<float*>(smem + L.o), k_boxes},
+                               {&p.w_down, reinterpret_cast<float*>(smem + L.g), p.ffn / kBoxCols}},
                               split_begin(out_boxes, ranks, rank), split_begin(out_boxes, ranks, rank + 1)};
     finish_job_lists(lists, kMaxJobLists);
   }
@@ -147,9 +146,7 @@ __device__ __forceinline__ auto up_bias_of(const NeoXLayerParams& p) {
   return [&p](int row) { return __half2float(p.b_up[row]); };
 }
 __device__ __forceinline__ auto out_constant_of(const NeoXLayerParams& p) {
-  return [&p](int row) {
-    return __half2float(__ldcg(p.x + row)) + (__half2float(p.b_o[row]) + __half2float(p.b_down[row]));
-  };
+  return [&p](int row) { return __half2float(p.x[row]) + (__half2float(p.b_o[row]) + __half2float(p.b_down[row])); };
 }
 
 // LN1(x) and LN2(x) into shared memory. Also arrives on the cluster barrier: this block has started, so the
@@ -261,21 +258,6 @@ __device__ __forceinline__ void phase_b(const NeoXLayerParams& p, const SmemLayo
   }
 }
 
-// Reads what a block needs before it streams layer `p`, so that its latency is not paid behind the stream:
-// the LayerNorm inputs and this block's KV chunk (to L2) ...
-template <int kHeadDim>
-__device__ __forceinline__ void fetch_norm_inputs(const NeoXLayerParams& p, BlockInputs& in) {
-  in.ln.load(p.x, p.ln1_w, p.ln1_b, p.ln2_w, p.ln2_b, p.hidden);
-  prefetch_kv_chunk<kHeadDim>(p);
-}
-// ... and, once the job lists are known, the epilogue constants of the first row each thread finishes.
-__device__ __forceinline__ void fetch_epilogue_constants(const NeoXLayerParams& p, const JobList* lists,
-                                                         BlockInputs& in) {
-  in.qkv_bias.prefetch(lists[kQkvJobs], qkv_bias_of(p));
-  in.up_bias.prefetch(lists[kUpJobs], up_bias_of(p));
-  in.out_constant.prefetch(lists[kOutJobs], out_constant_of(p));
-}
-
 // One kernel body for the three launches: phase A alone, phase B alone, or both with a grid barrier between.
 template <int kHeadDim, bool kPhaseA, bool kPhaseB>
 __global__ void __launch_bounds__(kThreads, 1) neox_layer_kernel(const __grid_constant__ NeoXLayerParams p) {
@@ -285,11 +267,16 @@ __global__ void __launch_bounds__(kThreads, 1) neox_layer_kernel(const __grid_co
   // The phase B kernel alone: announce that this block has started before any rank stores into rank 0.
   if constexpr (!kPhaseA) cluster_arrive();
   BlockInputs in;
-  if constexpr (kPhaseA) fetch_norm_inputs<kHeadDim>(p, in);
-  build_job_lists<kHeadDim>(p, p, layout, smem, kPhaseA, kPhaseB);
+  if constexpr (kPhaseA) {
+    in.ln.load(p.x, p.ln1_w, p.ln1_b, p.ln2_w, p.ln2_b, p.hidden);
+    prefetch_kv_chunk<kHeadDim>(p);
+  }
+  build_job_lists<kHeadDim>(p, layout, smem, kPhaseA, kPhaseB);
   stamp(p, kMarkListed);
   const auto* lists = reinterpret_cast<const JobList*>(smem + SmemLayout::kJobLists);
-  fetch_epilogue_constants(p, lists, in);
+  in.qkv_bias.prefetch(lists[kQkvJobs], qkv_bias_of(p));
+  in.up_bias.prefetch(lists[kUpJobs], up_bias_of(p));
+  in.out_constant.prefetch(lists[kOutJobs], out_constant_of(p));
   WarpStream stream(smem, lists, kMaxJobLists);
   if constexpr (kPhaseA && kNormalizeFirst) normalize(p, layout, smem, in);
   stream.prime();
@@ -301,57 +288,6 @@ __global__ void __launch_bounds__(kThreads, 1) neox_layer_kernel(const __grid_co
   if constexpr (!kPhaseA) cluster_wait();
   if constexpr (kPhaseB) phase_b(p, layout, smem, stream, in);
   stamp(p, kMarkEnd);
-}
-
-// The whole stack of layers in one cooperative launch: per layer phase A, grid barrier, phase B, grid barrier.
-// The lists are the same for every layer; each warp's ring runs on into the next layer's weights across both
-// barriers, and the prologue (lists, barriers, cold caches) is paid once per step instead of once per layer.
-// Copies layer l's parameters into shared memory with this step's x, out, position and timeline.
-__device__ __forceinline__ void load_layer(NeoXLayerParams& cur, const NeoXStackArgs& a, int l) {
-  __syncthreads();  // nobody reads the previous layer's copy any more
-  const auto* src = reinterpret_cast<const uint4*>(a.layers + l);
-  auto* dst = reinterpret_cast<uint4*>(&cur);
-  for (int i = threadIdx.x; i < int(sizeof(NeoXLayerParams) / 16); i += blockDim.x) dst[i] = src[i];
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    cur.x = l == 0 ? a.x : a.hidden[(l - 1) % 2];
-    cur.out = l == a.count - 1 ? a.out : a.hidden[l % 2];
-    cur.position = a.position;
-    cur.timeline = l == a.count - 1 ? a.timeline : nullptr;
-  }
-  __syncthreads();
-}
-
-template <int kHeadDim>
-__global__ void __launch_bounds__(kThreads, 1) neox_stack_kernel(const __grid_constant__ NeoXStackArgs a) {
-  extern __shared__ __align__(128) unsigned char smem[];
-  auto& cur = *reinterpret_cast<NeoXLayerParams*>(smem + SmemLayout::kLayerParams);
-  load_layer(cur, a, 0);
-  const NeoXLayerParams& p = cur;
-  stamp(p, kMarkEntry);
-  BlockInputs in;
-  fetch_norm_inputs<kHeadDim>(p, in);
-  const SmemLayout layout(p.hidden, p.ffn, kHeadDim, p.max_seq, cluster_size(), gridDim.x / cluster_size());
-  build_job_lists<kHeadDim>(p, a.layers[0], layout, smem, true, true);
-  stamp(p, kMarkListed);
-  const auto* lists = reinterpret_cast<const JobList*>(smem + SmemLayout::kJobLists);
-  fetch_epilogue_constants(p, lists, in);
-  WarpStream stream(smem, lists, kMaxJobLists, a.count, sizeof(NeoXLayerParams));
-  normalize(p, layout, smem, in);
-  stream.prime();
-  stamp(p, kMarkPrimed);
-  for (int l = 0;;) {
-    phase_a<kHeadDim>(p, layout, smem, stream, in);
-    grid_barrier(p.grid_barrier);
-    phase_b(p, layout, smem, stream, in);
-    stamp(p, kMarkEnd);
-    if (++l == a.count) break;
-    grid_barrier(p.grid_barrier);  // every row of this layer's output (the next layer's input) is written
-    load_layer(cur, a, l);
-    fetch_norm_inputs<kHeadDim>(p, in);
-    fetch_epilogue_constants(p, lists, in);
-    normalize(p, layout, smem, in);
-  }
 }
 
 }  // namespace clusterfusion::kernels

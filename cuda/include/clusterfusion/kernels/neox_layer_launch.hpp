@@ -14,6 +14,5 @@ void launch_neox_phase_a(const NeoXLayerParams& p, const LayerLaunchPlan& plan, 
 void launch_neox_phase_b(const NeoXLayerParams& p, const LayerLaunchPlan& plan, cudaStream_t stream);
 void launch_neox_cooperative(const NeoXLayerParams& p, const LayerLaunchPlan& plan, int head_dim,
                              cudaStream_t stream);
-void launch_neox_stack(const NeoXStackArgs& a, const LayerLaunchPlan& plan, int head_dim, cudaStream_t stream);
 
 }  // namespace clusterfusion::kernels

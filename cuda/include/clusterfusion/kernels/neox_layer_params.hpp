@@ -53,17 +53,6 @@ struct NeoXLayerParams {
   float rotary_base, eps;
 };
 
-// The persistent stack kernel's parameters: the per-layer parameters live in a device array.
-struct NeoXStackArgs {
-  const NeoXLayerParams* layers;  // device array, one per layer; x, out, position and timeline come from here
-  int count;
-  int position;
-  const __half* x;    // input of layer 0
-  __half* out;        // output of the last layer
-  __half* hidden[2];  // between layers, alternately
-  unsigned long long* timeline;  // stamps of the last layer, if set
-};
-
 __host__ __device__ constexpr std::size_t align_up(std::size_t n, std::size_t a) { return (n + a - 1) / a * a; }
 
 // Shared memory of one block. The weight ring and its barriers come first and are common to both phases, so
@@ -74,8 +63,7 @@ struct SmemLayout {
   static constexpr std::size_t kJobLists = kBarriers + align_up(kWarps * kStages * 8, 128);
   static constexpr std::size_t kScratch = kJobLists + 512;     // 32 floats for block reductions
   static constexpr std::size_t kItemPartials = kScratch + 128;  // 4 row sums per work item
-  static constexpr std::size_t kLayerParams = kItemPartials + kMaxItems * 4 * 4;  // the stack kernel's layer
-  static constexpr std::size_t kVectors = kLayerParams + align_up(sizeof(NeoXLayerParams), 128);  // phase vectors
+  static constexpr std::size_t kVectors = kItemPartials + kMaxItems * 4 * 4;  // phase-specific vectors
 
   // Phase A: LN1(x), LN2(x), the head's q|k|v, scores of this block's positions, reduction partials, and
   // the cluster's softmax partials (m, l, o) gathered on rank 0.

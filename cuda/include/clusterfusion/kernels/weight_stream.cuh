@@ -67,14 +67,9 @@ __device__ __forceinline__ void finish_job_lists(JobList* lists, int count) {
 
 class WarpStream {
  public:
-  // `layers` > 1 (the persistent stack kernel): the lists repeat once per layer, with each segment's tensor
-  // map `layer_stride` bytes further on for every layer.
-  __device__ WarpStream(unsigned char* smem, const JobList* lists, int list_count, int layers = 1,
-                        std::size_t layer_stride = 0)
+  __device__ WarpStream(unsigned char* smem, const JobList* lists, int list_count)
       : lists_(lists),
         list_count_(list_count),
-        layers_(layers),
-        layer_stride_(layer_stride),
         partials_(reinterpret_cast<float*>(smem + SmemLayout::kItemPartials)),
         warp_(threadIdx.x / 32),
         lane_(threadIdx.x % 32) {
@@ -167,20 +162,14 @@ class WarpStream {
     seg0_boxes_ = list.seg[0].boxes;
   }
 
-  // Moves the producer cursor to this warp's first item in the next list that has one, in this layer or the
-  // next ones (or past the end: list_ == list_count_ in the last layer).
+  // Moves the producer cursor to this warp's first item in the next list that has one (or past the end).
   __device__ void next_list() {
-    for (;;) {
-      for (++list_; list_ < list_count_; ++list_) {
-        item_ = first_item(lists_[list_]);
-        if (item_ < lists_[list_].items()) {
-          enter_item();
-          return;
-        }
+    for (++list_; list_ < list_count_; ++list_) {
+      item_ = first_item(lists_[list_]);
+      if (item_ < lists_[list_].items()) {
+        enter_item();
+        return;
       }
-      if (layer_ + 1 >= layers_) return;
-      ++layer_;
-      list_ = -1;
     }
   }
 
@@ -190,8 +179,7 @@ class WarpStream {
     const int slot = issued_ % kStages;
     if (lane_ == 0) {
       const bool first = box_ < seg0_boxes_;
-      const CUtensorMap* map = reinterpret_cast<const CUtensorMap*>(
-          reinterpret_cast<const unsigned char*>(lists_[list_].seg[first ? 0 : 1].map) + layer_ * layer_stride_);
+      const CUtensorMap* map = lists_[list_].seg[first ? 0 : 1].map;
       const int col = (first ? box_ : box_ - seg0_boxes_) * kBoxCols;
       bars_[slot].arrive_expect_tx(kBoxBytes);
       tma_load_2d(ring_ + slot * kBoxBytes, map, &bars_[slot], col, row_, policy_);
@@ -207,15 +195,14 @@ class WarpStream {
   }
 
   const JobList* lists_;
-  int list_count_, layers_;
-  std::size_t layer_stride_;
+  int list_count_;
   float* partials_;
   int warp_, lane_;
   unsigned char* ring_;
   MBarrier* bars_;
   uint64_t policy_;
   // Producer cursor: list, item, the item's first row, the next box and the end of the item's boxes.
-  int layer_ = 0, list_ = 0, item_ = 0, row_ = 0, box_ = 0, box_end_ = 0, seg0_boxes_ = 0;
+  int list_ = 0, item_ = 0, row_ = 0, box_ = 0, box_end_ = 0, seg0_boxes_ = 0;
   unsigned issued_ = 0, consumed_ = 0;
 };
 
