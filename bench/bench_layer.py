@@ -29,7 +29,7 @@ MODELS = {
     "pythia-2.8b": (dict(hidden_size=2560, num_attention_heads=32, intermediate_size=10240, vocab_size=50304), 8),
     "pythia-6.9b": (dict(hidden_size=4096, num_attention_heads=32, intermediate_size=16384, vocab_size=50432), 4),
 }
-MODES = ["split", "cooperative", "split_graph", "cooperative_graph", "transformers", "transformers_graph"]
+MODES = ["split", "cooperative", "split_graph", "cooperative_graph", "transformers_eager", "transformers_graph"]
 DEFAULT_CTX = [16, 128, 512, 1024, 2048]
 GRAPH_PASSES = 2  # passes over the rotated layers per graph replay
 WARMUP = 5
@@ -218,7 +218,7 @@ class ModelBench:
         position_ids = torch.tensor([[position]], device="cuda")
         cos_sin = self.rotary(self.x.view(1, 1, -1), position_ids)
         caches = [FixedSlotCache(keys, values, position) for keys, values in self.kv]
-        if mode == "transformers":
+        if mode == "transformers_eager":
             ms = median_event_ms(lambda i: self.hf_call(i % self.rotate, caches, cos_sin), iters)
             return ms * 1e3, self.hf_call(last, caches, cos_sin).reshape(-1)
         graph, outputs = captured(lambda: [self.hf_call(i % self.rotate, caches, cos_sin) for i in range(calls)])
@@ -281,7 +281,7 @@ def table(result, modes):
     cells = {(r["model"], r["ctx"], r["mode"]): r for r in result["rows"]}
     keys = sorted({(r["model"], r["ctx"]) for r in result["rows"]}, key=lambda k: (list(MODELS).index(k[0]), k[1]))
     short = {"split": "split", "cooperative": "coop", "split_graph": "split_g", "cooperative_graph": "coop_g",
-             "transformers": "hf", "transformers_graph": "hf_g"}
+             "transformers_eager": "hf", "transformers_graph": "hf_g"}
     head = " ".join(f"{short[m]:>8}" for m in modes)
     lines = [f"read bandwidth {result['read_bw_TBps']:.3f} TB/s on {result['gpu']}; us per layer | fraction of "
              "read bandwidth",
