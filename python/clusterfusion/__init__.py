@@ -1,7 +1,7 @@
 """ClusterFusion: fused batch-1 decode kernels for GPT-NeoX (Pythia) on Hopper GPUs (sm_90a).
 
-Importing the package touches no GPU; KVCache and NeoXLayer need one. torch is optional: the kernels take
-any DLPack tensor, and only FusedNeoXLayer (the transformers bridge) uses torch.
+Importing the package touches no GPU; KVCache, NeoXLayer and DecodeContext need one. torch is optional: the
+kernels take any DLPack tensor, and only the transformers bridges (FusedNeoXLayer, from_transformers) use torch.
 """
 
 from ._C import (
@@ -9,14 +9,17 @@ from ._C import (
     Architecture,
     CacheView,
     CudaError,
+    DecodeContext,
     KVCache,
     ModelConfig,
     NeoXLayer,
     Norm,
+    SamplingParams,
     __version__,
     reference_neox_layer,
 )
 from .config import config_from_transformers
+from .engine import Engine, from_transformers
 from .layer import FusedNeoXLayer, allocate_scratch
 
 __all__ = [
@@ -24,13 +27,17 @@ __all__ = [
     "Architecture",
     "CacheView",
     "CudaError",
+    "DecodeContext",
+    "Engine",
     "FusedNeoXLayer",
     "KVCache",
     "ModelConfig",
     "NeoXLayer",
     "Norm",
+    "SamplingParams",
     "__version__",
     "allocate_scratch",
     "config_from_transformers",
+    "from_transformers",
     "reference_neox_layer",
 ]

@@ -15,4 +15,5 @@ NB_MODULE(_C, m) {
   clusterfusion::python::bind_kv_cache(m);
   clusterfusion::python::bind_layer(m);
   clusterfusion::python::bind_reference(m);
+  clusterfusion::python::bind_decode(m);
 }

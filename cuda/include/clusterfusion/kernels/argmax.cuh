@@ -4,12 +4,9 @@
 #include <climits>
 #include <cmath>
 
-namespace clusterfusion::kernels {
+#include "clusterfusion/kernels/argmax_partial.hpp"
 
-struct ArgmaxPartial {
-  float value;
-  int index;
-};
+namespace clusterfusion::kernels {
 
 __device__ __forceinline__ float comparable(float v) { return v == v ? v : -INFINITY; }
 

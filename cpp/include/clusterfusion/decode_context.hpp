@@ -1,0 +1,119 @@
+// A whole-model decode runtime for one sequence at batch 1: the KV cache, the scratch buffers, one fused layer
+// per decoder layer, and a CUDA graph of the whole decode step (embedding lookup -> every layer -> final
+// LayerNorm -> LM head -> token selection). Tokens and the position live on the device: a step reads its input
+// token from the device token history and writes the next one there, so steps chain with no host round trip.
+#pragma once
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include <cuda_runtime_api.h>
+
+#include "clusterfusion/config.hpp"
+#include "clusterfusion/kv_cache.hpp"
+#include "clusterfusion/neox_layer.hpp"
+#include "clusterfusion/sampling.hpp"
+#include "clusterfusion/tensor.hpp"
+#include "clusterfusion/weights.hpp"
+
+namespace clusterfusion {
+
+class DecodeContext {
+ public:
+  // Validates the config and every weight (std::invalid_argument naming it), builds the layers (their TMA maps
+  // cover the cache at max_seq) and allocates the cache and scratch on the current device. The weights are
+  // borrowed and must outlive the context. `mode` picks how each layer runs; by default Cooperative where the
+  // device holds the whole grid at once, else Split. Every step runs on `stream`.
+  DecodeContext(const ModelConfig& config, const ModelWeights& weights, int max_seq,
+                std::optional<LayerMode> mode = std::nullopt, cudaStream_t stream = nullptr);
+  ~DecodeContext();
+  DecodeContext(const DecodeContext&) = delete;
+  DecodeContext& operator=(const DecodeContext&) = delete;
+
+  const ModelConfig& config() const { return config_; }
+  int max_seq() const { return max_seq_; }
+  LayerMode mode() const { return mode_; }
+  cudaStream_t stream() const { return stream_; }
+  const KVCache& cache() const { return cache_; }
+  // Positions 0..position()-1 are in the cache; the next step computes position().
+  int position() const { return position_; }
+
+  // Device buffers: the logits of the last step ([vocab] float32) and the token history ([max_seq + 1] int32,
+  // tokens[p] is the input of the step at p, so tokens[position()] is the last step's output). Valid until the
+  // next step is enqueued; read them on stream() or after synchronizing it.
+  const float* logits() const { return logits_; }
+  const int* tokens() const { return tokens_; }
+
+  // How later steps choose their token (validated, std::invalid_argument). Default: greedy.
+  void set_sampling(const SamplingParams& params);
+  const SamplingParams& sampling() const { return sampling_; }
+
+  // Forgets the sequence: position 0, empty cache (the memory is kept).
+  void reset();
+
+  // Prefill computed elsewhere: per layer, the keys and values of positions 0..seq-1 in transformers' layout
+  // [1, heads, seq, head_dim] float16 (contiguous device memory), already rotated. Copies them into the cache
+  // on stream() and sets position() = seq; the next step needs a token from the host. Throws
+  // std::invalid_argument (wrong count, shape, dtype; naming "keys[3]") or std::out_of_range (seq > max_seq)
+  // before anything is copied.
+  void load_prefix(const std::vector<TensorView>& keys, const std::vector<TensorView>& values);
+
+  // Enqueues one decode step at position() on stream(), with `token` (0 <= token < vocab, else
+  // std::invalid_argument) as its input, or without one, with the token the previous step produced
+  // (std::logic_error if there is none: after construction, reset() or load_prefix()). Throws
+  // std::out_of_range, enqueuing nothing, when position() == max_seq(). Does not wait for the GPU.
+  void enqueue_step(int token);
+  void enqueue_step();
+  // Waits for stream() and returns the token the last step produced (tokens[position()]).
+  int last_token() const;
+  // enqueue_step then last_token.
+  int step(int token);
+  int step();
+  // The standalone prefill: the decode step over every token of `prompt` in turn (slower than a batched
+  // prefill, needs nothing else). Returns the token after the last one. std::invalid_argument if empty.
+  int prefill(const std::vector<int>& prompt);
+
+ private:
+  // A captured step that can be replayed for one position; two of them alternate, so the host prepares the
+  // next step while the GPU runs the current one.
+  struct StepGraph {
+    cudaGraphExec_t exec = nullptr;
+    cudaEvent_t done = nullptr;
+    int position = -1;  // the position the graph computes; -1: stale
+  };
+
+  void check_step(int position) const;
+  void enqueue_kernels(int position, cudaStream_t stream);
+  void prepare(StepGraph& graph, int position);
+  void launch_step();
+  void invalidate_graphs();
+  void release() noexcept;
+
+  ModelConfig config_;
+  ModelWeights weights_;
+  int max_seq_;
+  LayerMode mode_ = LayerMode::Split;
+  cudaStream_t stream_;
+  cudaStream_t capture_stream_ = nullptr;
+  KVCache cache_;
+  std::vector<std::unique_ptr<NeoXLayer>> layers_;
+  int lm_head_blocks_ = 0;
+  std::size_t lm_head_smem_ = 0;
+  SamplingParams sampling_;
+  int position_ = 0;
+  bool has_token_ = false;  // tokens[position_] holds the next step's input
+
+  // Device scratch (one allocation each).
+  __half* hidden_[2] = {nullptr, nullptr};  // [hidden] float16: layer inputs and outputs, ping-pong
+  float* attn_ = nullptr;                   // [hidden]
+  float* mlp_act_ = nullptr;                // [ffn]
+  float* logits_ = nullptr;                 // [vocab]
+  void* partials_ = nullptr;                // [lm_head_blocks_] argmax partials of the LM head
+  int* tokens_ = nullptr;                   // [max_seq + 1]
+  int* device_position_ = nullptr;          // the position of the next step, advanced by the step itself
+  int* host_token_ = nullptr;               // pinned: where last_token() reads the token back
+
+  StepGraph graphs_[2];
+};
+
+}  // namespace clusterfusion

@@ -1,0 +1,301 @@
+// The decode runtime: validation, device scratch, the captured step and its replay.
+//
+// NeoXLayer::forward takes the position as a host value, so a captured step computes one position. Two
+// instantiated graphs alternate between even and odd positions: right after launching the step at p the host
+// captures the step at p + 1 and updates the other graph in place (cudaGraphExecUpdate, no re-instantiation),
+// once that graph's previous launch (p - 1) has finished. The capture overlaps the GPU's work on p.
+#include "clusterfusion/decode_context.hpp"
+
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+#include "clusterfusion/cuda_check.hpp"
+#include "clusterfusion/kernels/decode_launch.hpp"
+
+namespace clusterfusion {
+
+namespace {
+
+template <typename T>
+void device_alloc(T*& ptr, std::size_t count) {
+  CF_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&ptr), count * sizeof(T)));
+}
+
+const __half* half_ptr(const TensorView& t) { return static_cast<const __half*>(t.data); }
+
+// The config, once it and the weights have been checked: done before the cache is allocated.
+ModelConfig checked(const ModelConfig& config, const ModelWeights& weights, int max_seq) {
+  config.validate();
+  if (config.arch != Architecture::GPTNeoX)
+    throw std::invalid_argument("ModelConfig.arch: the decode context runs GPT-NeoX models only");
+  weights.check(config);
+  if (max_seq <= 0) throw std::invalid_argument("max_seq: must be > 0 (got " + std::to_string(max_seq) + ")");
+  return config;
+}
+
+std::string shape_text(int64_t heads, const std::string& seq, int64_t head_dim) {
+  return "[1, " + std::to_string(heads) + ", " + seq + ", " + std::to_string(head_dim) + "]";
+}
+
+}  // namespace
+
+DecodeContext::DecodeContext(const ModelConfig& config, const ModelWeights& weights, int max_seq,
+                             std::optional<LayerMode> mode, cudaStream_t stream)
+    : config_(checked(config, weights, max_seq)),
+      weights_(weights),
+      max_seq_(max_seq),
+      stream_(stream),
+      cache_(config_, max_seq) {
+  for (int i = 0; i < config_.layers; ++i) {
+    layers_.push_back(std::make_unique<NeoXLayer>(config_, weights_.layers[i], max_seq_));
+  }
+  const bool cooperative_ok = layers_.front()->plan().cooperative_supported;
+  if (mode == LayerMode::Cooperative && !cooperative_ok)
+    throw std::invalid_argument("mode: \"cooperative\" needs all " + std::to_string(layers_.front()->plan().blocks) +
+                                " blocks of a layer resident at once, which this device cannot; use \"split\"");
+  mode_ = mode.value_or(cooperative_ok ? LayerMode::Cooperative : LayerMode::Split);
+  const kernels::LmHeadPlan lm_head = kernels::plan_lm_head(config_.vocab, config_.hidden);
+  lm_head_blocks_ = lm_head.blocks;
+  lm_head_smem_ = lm_head.smem;
+  try {
+    device_alloc(hidden_[0], config_.hidden);
+    device_alloc(hidden_[1], config_.hidden);
+    device_alloc(attn_, config_.hidden);
+    device_alloc(mlp_act_, config_.ffn);
+    device_alloc(logits_, config_.vocab);
+    CF_CUDA_CHECK(cudaMalloc(&partials_, lm_head_blocks_ * sizeof(kernels::ArgmaxPartial)));
+    device_alloc(tokens_, max_seq_ + 1);
+    device_alloc(device_position_, 1);
+    CF_CUDA_CHECK(cudaMemset(tokens_, 0, (max_seq_ + 1) * sizeof(int)));
+    CF_CUDA_CHECK(cudaMemset(device_position_, 0, sizeof(int)));
+    CF_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&host_token_), sizeof(int)));
+    CF_CUDA_CHECK(cudaStreamCreateWithFlags(&capture_stream_, cudaStreamNonBlocking));
+    for (StepGraph& g : graphs_) CF_CUDA_CHECK(cudaEventCreateWithFlags(&g.done, cudaEventDisableTiming));
+  } catch (...) {
+    release();
+    throw;
+  }
+}
+
+DecodeContext::~DecodeContext() { release(); }
+
+void DecodeContext::release() noexcept {
+  // Nothing may be freed under a running step; a destructor cannot throw, so failures here are ignored.
+  for (StepGraph& g : graphs_) {
+    if (g.done) (void)cudaEventSynchronize(g.done);
+  }
+  for (StepGraph& g : graphs_) {
+    if (g.exec) (void)cudaGraphExecDestroy(g.exec);
+    if (g.done) (void)cudaEventDestroy(g.done);
+    g = StepGraph{};
+  }
+  if (capture_stream_) (void)cudaStreamDestroy(capture_stream_);
+  capture_stream_ = nullptr;
+  for (void* p : {static_cast<void*>(hidden_[0]), static_cast<void*>(hidden_[1]), static_cast<void*>(attn_),
+                  static_cast<void*>(mlp_act_), static_cast<void*>(logits_), partials_, static_cast<void*>(tokens_),
+                  static_cast<void*>(device_position_)}) {
+    if (p) (void)cudaFree(p);
+  }
+  if (host_token_) (void)cudaFreeHost(host_token_);
+  hidden_[0] = hidden_[1] = nullptr;
+  attn_ = mlp_act_ = logits_ = nullptr;
+  partials_ = nullptr;
+  tokens_ = device_position_ = host_token_ = nullptr;
+}
+
+void DecodeContext::set_sampling(const SamplingParams& params) {
+  params.validate();
+  sampling_ = params;
+  invalidate_graphs();  // the parameters are baked into the captured selection kernel
+}
+
+void DecodeContext::invalidate_graphs() {
+  for (StepGraph& g : graphs_) g.position = -1;
+}
+
+void DecodeContext::reset() {
+  kernels::launch_store_int(device_position_, 0, stream_);
+  cache_.reset();
+  position_ = 0;
+  has_token_ = false;
+}
+
+void DecodeContext::load_prefix(const std::vector<TensorView>& keys, const std::vector<TensorView>& values) {
+  const int layers = config_.layers;
+  const int64_t heads = config_.heads, head_dim = config_.head_dim;
+  for (const auto* list : {&keys, &values}) {
+    if (list->size() != static_cast<std::size_t>(layers)) {
+      throw std::invalid_argument(std::string(list == &keys ? "keys" : "values") + ": expected " +
+                                  std::to_string(layers) + " tensors (one per layer), got " +
+                                  std::to_string(list->size()));
+    }
+  }
+  const TensorView& first = keys.front();
+  if (first.shape.size() != 4) {
+    throw std::invalid_argument("keys[0]: expected shape " + shape_text(heads, "seq", head_dim) + ", got " +
+                                first.shape_str());
+  }
+  const int64_t seq = first.shape[2];
+  if (seq > max_seq_) {
+    throw std::out_of_range("keys[0]: " + std::to_string(seq) + " positions are past max_seq " +
+                            std::to_string(max_seq_));
+  }
+  for (int l = 0; l < layers; ++l) {
+    const std::string k = "keys[" + std::to_string(l) + "]", v = "values[" + std::to_string(l) + "]";
+    check_tensor(keys[l], k.c_str(), {1, heads, seq, head_dim}, DType::Float16, 2);
+    check_tensor(values[l], v.c_str(), {1, heads, seq, head_dim}, DType::Float16, 2);
+  }
+  // One 2D copy per tensor: `heads` rows of seq * head_dim values, into rows max_seq * head_dim apart.
+  const std::size_t row = static_cast<std::size_t>(seq) * head_dim * sizeof(__half);
+  const std::size_t cache_row = static_cast<std::size_t>(max_seq_) * head_dim * sizeof(__half);
+  if (seq > 0) {
+    for (int l = 0; l < layers; ++l) {
+      CF_CUDA_CHECK(cudaMemcpy2DAsync(cache_.keys(l), cache_row, keys[l].data, row, row, heads,
+                                      cudaMemcpyDeviceToDevice, stream_));
+      CF_CUDA_CHECK(cudaMemcpy2DAsync(cache_.values(l), cache_row, values[l].data, row, row, heads,
+                                      cudaMemcpyDeviceToDevice, stream_));
+    }
+  }
+  kernels::launch_store_int(device_position_, static_cast<int>(seq), stream_);
+  cache_.set_length(static_cast<int>(seq));
+  position_ = static_cast<int>(seq);
+  has_token_ = false;
+}
+
+void DecodeContext::check_step(int position) const {
+  if (position >= max_seq_) {
+    throw std::out_of_range("DecodeContext: position " + std::to_string(position) + " is past max_seq " +
+                            std::to_string(max_seq_) + " (the cache is full: reset() or use a larger max_seq)");
+  }
+}
+
+void DecodeContext::enqueue_step(int token) {
+  check_step(position_);
+  if (token < 0 || token >= config_.vocab) {
+    throw std::invalid_argument("token: expected 0.." + std::to_string(config_.vocab - 1) + ", got " +
+                                std::to_string(token));
+  }
+  kernels::launch_store_token(tokens_, device_position_, token, stream_);
+  launch_step();
+}
+
+void DecodeContext::enqueue_step() {
+  check_step(position_);
+  if (!has_token_) {
+    throw std::logic_error("DecodeContext: no token for position " + std::to_string(position_) +
+                           " (no step has run since construction, reset() or load_prefix()): pass one");
+  }
+  launch_step();
+}
+
+int DecodeContext::last_token() const {
+  if (!has_token_) throw std::logic_error("DecodeContext: no step has produced a token yet");
+  CF_CUDA_CHECK(cudaMemcpyAsync(host_token_, tokens_ + position_, sizeof(int), cudaMemcpyDeviceToHost, stream_));
+  CF_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  return *host_token_;
+}
+
+int DecodeContext::step(int token) {
+  enqueue_step(token);
+  return last_token();
+}
+
+int DecodeContext::step() {
+  enqueue_step();
+  return last_token();
+}
+
+int DecodeContext::prefill(const std::vector<int>& prompt) {
+  if (prompt.empty()) throw std::invalid_argument("prompt: expected at least one token, got none");
+  const long long end = static_cast<long long>(position_) + static_cast<long long>(prompt.size());
+  if (end > max_seq_) {
+    throw std::out_of_range("prompt: " + std::to_string(prompt.size()) + " tokens from position " +
+                            std::to_string(position_) + " are past max_seq " + std::to_string(max_seq_));
+  }
+  for (std::size_t i = 0; i < prompt.size(); ++i) {
+    if (prompt[i] < 0 || prompt[i] >= config_.vocab) {
+      throw std::invalid_argument("prompt[" + std::to_string(i) + "]: expected 0.." +
+                                  std::to_string(config_.vocab - 1) + ", got " + std::to_string(prompt[i]));
+    }
+  }
+  for (const int token : prompt) enqueue_step(token);
+  return last_token();
+}
+
+void DecodeContext::enqueue_kernels(int position, cudaStream_t stream) {
+  const int hidden = config_.hidden;
+  kernels::launch_embedding(half_ptr(weights_.embed_in), tokens_, device_position_, hidden_[0], hidden, stream);
+  for (int l = 0; l < config_.layers; ++l) {
+    const LayerIO io{hidden_[l % 2], hidden_[(l + 1) % 2], attn_, mlp_act_};
+    layers_[l]->forward(cache_, l, io, position, mode_, stream);
+  }
+  kernels::LmHeadArgs head{hidden_[config_.layers % 2],
+                           half_ptr(weights_.final_norm_weight),
+                           half_ptr(weights_.final_norm_bias),
+                           config_.norm_eps,
+                           half_ptr(weights_.lm_head),
+                           config_.vocab,
+                           hidden,
+                           logits_,
+                           static_cast<kernels::ArgmaxPartial*>(partials_)};
+  kernels::launch_final_norm_lm_head(head, kernels::LmHeadPlan{lm_head_blocks_, lm_head_smem_}, stream);
+  kernels::launch_select_token(logits_, config_.vocab, static_cast<const kernels::ArgmaxPartial*>(partials_),
+                               lm_head_blocks_, sampling_, device_position_, tokens_, stream);
+}
+
+void DecodeContext::prepare(StepGraph& graph, int position) {
+  if (graph.position == position) return;
+  // The graph may still be running its previous position; an update must not race that launch.
+  CF_CUDA_CHECK(cudaEventSynchronize(graph.done));
+  graph.position = -1;
+
+  // forward() checks the position against the cache's length; the kernels never read it.
+  const int length = cache_.length();
+  CF_CUDA_CHECK(cudaStreamBeginCapture(capture_stream_, cudaStreamCaptureModeThreadLocal));
+  try {
+    cache_.set_length(position);
+    enqueue_kernels(position, capture_stream_);
+  } catch (...) {
+    cudaGraph_t broken = nullptr;
+    (void)cudaStreamEndCapture(capture_stream_, &broken);
+    if (broken) (void)cudaGraphDestroy(broken);
+    (void)cudaGetLastError();
+    cache_.set_length(length);
+    throw;
+  }
+  cache_.set_length(length);
+  cudaGraph_t captured = nullptr;
+  CF_CUDA_CHECK(cudaStreamEndCapture(capture_stream_, &captured));
+
+  if (graph.exec != nullptr) {
+    cudaGraphExecUpdateResultInfo info{};
+    if (cudaGraphExecUpdate(graph.exec, captured, &info) != cudaSuccess) {
+      (void)cudaGetLastError();  // not sticky: clear it so the next launch check does not report it
+      (void)cudaGraphExecDestroy(graph.exec);
+      graph.exec = nullptr;
+    }
+  }
+  if (graph.exec == nullptr) {
+    const cudaError_t status = cudaGraphInstantiate(&graph.exec, captured, 0);
+    (void)cudaGraphDestroy(captured);
+    CF_CUDA_CHECK(status);
+  } else {
+    CF_CUDA_CHECK(cudaGraphDestroy(captured));
+  }
+  graph.position = position;
+}
+
+void DecodeContext::launch_step() {
+  const int p = position_;
+  StepGraph& graph = graphs_[p % 2];
+  prepare(graph, p);
+  CF_CUDA_CHECK(cudaGraphLaunch(graph.exec, stream_));
+  CF_CUDA_CHECK(cudaEventRecord(graph.done, stream_));
+  position_ = p + 1;
+  cache_.set_length(position_);
+  has_token_ = true;
+  if (position_ < max_seq_) prepare(graphs_[position_ % 2], position_);
+}
+
+}  // namespace clusterfusion
