@@ -54,6 +54,20 @@ def eos_set(eos_token_id) -> frozenset:
     return frozenset(ids)
 
 
+def check_request(ids: list[int], max_new_tokens, max_seq: int, vocab: int) -> None:
+    """ValueError naming the argument unless the prompt's tokens are in the vocab and the prompt plus
+    max_new_tokens fit the cache."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens: expected an int >= 1, got {max_new_tokens!r}")
+    # The n-th new token comes from the step at position len(ids) - 2 + n, which must be < max_seq.
+    if len(ids) + max_new_tokens - 1 > max_seq:
+        raise ValueError(f"max_new_tokens: {len(ids)} prompt tokens + {max_new_tokens} new ones need "
+                         f"{len(ids) + max_new_tokens - 1} cache positions, past max_seq {max_seq}")
+    bad = [t for t in ids if not 0 <= t < vocab]
+    if bad:
+        raise ValueError(f"input_ids: expected tokens in 0..{vocab - 1}, got {bad[:8]}")
+
+
 def _cuda_half(tensor, name):
     import torch
 
@@ -66,13 +80,15 @@ def _cuda_half(tensor, name):
 def decode_weights(model) -> dict:
     """DecodeContext's weight keywords for a GPTNeoXForCausalLM: detached views of its parameters (no copy).
     TypeError / ValueError name the transformers parameter."""
-    base, head = getattr(model, "gpt_neox", None), getattr(model, "embed_out", None)
-    if base is None or head is None:
+    base = getattr(model, "gpt_neox", None)
+    # transformers 5 names the output projection lm_head; 4.x (and the checkpoints) embed_out.
+    head_name = next((name for name in ("lm_head", "embed_out") if getattr(model, name, None) is not None), None)
+    if base is None or head_name is None:
         raise TypeError(f"model: expected a transformers GPTNeoXForCausalLM, got {type(model).__name__}")
     weights = dict(embed_in=_cuda_half(base.embed_in.weight, "gpt_neox.embed_in.weight"),
                    final_norm_weight=_cuda_half(base.final_layer_norm.weight, "gpt_neox.final_layer_norm.weight"),
                    final_norm_bias=_cuda_half(base.final_layer_norm.bias, "gpt_neox.final_layer_norm.bias"),
-                   lm_head=_cuda_half(head.weight, "embed_out.weight"), layers=[])
+                   lm_head=_cuda_half(getattr(model, head_name).weight, f"{head_name}.weight"), layers=[])
     for i, layer in enumerate(base.layers):
         params = dict(layer.named_parameters())
         entry = {}
@@ -168,15 +184,7 @@ class Engine:
         """The new tokens one by one, as each step finishes; stops after max_new_tokens or an eos token (which is
         yielded). Arguments are checked here, before anything runs (ValueError naming the argument)."""
         ids = prompt_ids(input_ids)
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens: expected an int >= 1, got {max_new_tokens!r}")
-        # The n-th new token comes from the step at position len(ids) - 2 + n, which must be < max_seq.
-        if len(ids) + max_new_tokens - 1 > self.max_seq:
-            raise ValueError(f"max_new_tokens: {len(ids)} prompt tokens + {max_new_tokens} new ones need "
-                             f"{len(ids) + max_new_tokens - 1} cache positions, past max_seq {self.max_seq}")
-        bad = [t for t in ids if not 0 <= t < self.config.vocab]
-        if bad:
-            raise ValueError(f"input_ids: expected tokens in 0..{self.config.vocab - 1}, got {bad[:8]}")
+        check_request(ids, max_new_tokens, self.max_seq, self.config.vocab)
         stops = eos_set(eos_token_id)
         params = sampling_params(temperature, top_k, top_p, seed)
         self.context.set_sampling(temperature=params.temperature, top_k=params.top_k, top_p=params.top_p,

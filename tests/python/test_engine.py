@@ -1,0 +1,204 @@
+"""The whole-model decode bridge without a GPU: argument checks of generate, the command line, the model
+shapes behind `bench`, and the loading path (save_pretrained -> from_pretrained -> from_transformers) up to the
+point where the library needs CUDA tensors."""
+
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+
+import clusterfusion as cf
+from clusterfusion import cli, engine
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+
+# ---- sampling and request arguments ------------------------------------------------------------------------
+
+def test_sampling_params_keep_the_values():
+    seed = random.getrandbits(64)
+    top_k = random.randint(0, 100)
+    params = engine.sampling_params(temperature=0.7, top_k=top_k, top_p=0.9, seed=seed)
+    assert (params.top_k, params.seed) == (top_k, seed)
+    assert params.temperature == pytest.approx(0.7) and params.top_p == pytest.approx(0.9)
+
+
+def test_sampling_params_draw_a_seed_when_none_is_given():
+    seeds = {engine.sampling_params(seed=None).seed for _ in range(4)}
+    assert len(seeds) > 1 and all(0 <= s < 2**64 for s in seeds)
+
+
+@pytest.mark.parametrize("kwargs, pattern", [
+    (dict(temperature=-0.5), r"SamplingParams\.temperature: must be finite and >= 0"),
+    (dict(temperature=float("inf")), r"SamplingParams\.temperature"),
+    (dict(top_k=-1), r"SamplingParams\.top_k: must be >= 0"),
+    (dict(top_k=2.5), r"top_k: expected an int, got 2\.5"),
+    (dict(top_p=0.0), r"SamplingParams\.top_p: must be in \(0, 1\]"),
+    (dict(top_p=1.5), r"SamplingParams\.top_p"),
+    (dict(seed=-1), r"seed: expected an int in \[0, 2\*\*64\)"),
+    (dict(seed=2**64), r"seed: expected an int"),
+    (dict(seed="7"), r"seed: expected an int"),
+])
+def test_bad_sampling_arguments_are_named(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        engine.sampling_params(**kwargs)
+
+
+def test_sampling_params_binding_validates():
+    with pytest.raises(ValueError, match=r"SamplingParams\.top_p"):
+        cf.SamplingParams(top_p=-0.1).validate()
+    cf.SamplingParams(temperature=1.0, top_k=5, top_p=0.5, seed=3).validate()
+
+
+def test_prompt_ids_from_lists_and_tensors():
+    ids = [random.randrange(50000) for _ in range(random.randint(1, 20))]
+    assert engine.prompt_ids(ids) == ids
+    assert engine.prompt_ids(torch.tensor(ids)) == ids
+    assert engine.prompt_ids(torch.tensor([ids])) == ids
+
+
+@pytest.mark.parametrize("bad, pattern", [
+    ([], "input_ids: expected at least one token"),
+    ([1.5, 2], "input_ids: expected ints"),
+    ([True], "input_ids: expected ints"),
+    ("batch2", r"input_ids: expected shape \[L\] or \[1, L\] \(batch 1\), got \[2, 3\]"),
+    ("3d", r"input_ids: expected shape \[L\] or \[1, L\]"),
+])
+def test_bad_prompts_are_named(bad, pattern):
+    if bad == "batch2":
+        bad = torch.zeros(2, 3, dtype=torch.int64)
+    elif bad == "3d":
+        bad = torch.zeros(1, 1, 3, dtype=torch.int64)
+    with pytest.raises(ValueError, match=pattern):
+        engine.prompt_ids(bad)
+
+
+def test_eos_set():
+    assert engine.eos_set(None) == frozenset()
+    assert engine.eos_set(7) == {7}
+    assert engine.eos_set([3, 4]) == {3, 4}
+    with pytest.raises(ValueError, match="eos_token_id: expected None, an int or a list of ints"):
+        engine.eos_set(["a"])
+
+
+def test_check_request():
+    max_seq = random.randint(8, 64)
+    prompt = [1] * random.randint(1, max_seq)
+    engine.check_request(prompt, max_seq - len(prompt) + 1, max_seq, 100)  # the last step at max_seq - 1
+    with pytest.raises(ValueError, match=rf"past max_seq {max_seq}"):
+        engine.check_request(prompt, max_seq - len(prompt) + 2, max_seq, 100)
+    for bad in (0, -3, 2.0, True):
+        with pytest.raises(ValueError, match="max_new_tokens: expected an int >= 1"):
+            engine.check_request(prompt, bad, max_seq, 100)
+    with pytest.raises(ValueError, match=r"input_ids: expected tokens in 0\.\.99, got \[100, -1\]"):
+        engine.check_request([5, 100, -1], 1, max_seq, 100)
+
+
+# ---- the command line ----------------------------------------------------------------------------------------
+
+def test_cli_generate_arguments():
+    args = cli.build_parser().parse_args(["generate", "--model", "some/dir", "--prompt", "Hello", "--max-new-tokens",
+                                          "5", "--temperature", "0.8", "--top-k", "40", "--top-p", "0.9", "--seed",
+                                          "11", "--mode", "split"])
+    assert (args.command, args.model, args.prompt, args.max_new_tokens) == ("generate", "some/dir", "Hello", 5)
+    assert (args.temperature, args.top_k, args.top_p, args.seed, args.mode) == (0.8, 40, 0.9, 11, "split")
+
+
+def test_cli_bench_defaults():
+    args = cli.build_parser().parse_args(["bench"])
+    assert (args.model, args.prompt_tokens, args.decode_tokens, args.mode) == ("pythia-2.8b", 32, 256, None)
+
+
+@pytest.mark.parametrize("argv", [
+    [],
+    ["generate", "--prompt", "x"],                       # no --model
+    ["generate", "--model", "m"],                        # no --prompt
+    ["generate", "--model", "m", "--prompt", "x", "--max-new-tokens", "0"],
+    ["bench", "--decode-tokens", "-4"],
+    ["bench", "--mode", "fast"],
+    ["serve"],
+])
+def test_cli_rejects_bad_arguments(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.build_parser().parse_args(argv)
+    assert exit_info.value.code == 2
+    assert "usage: clusterfusion" in capsys.readouterr().err
+
+
+def test_python_dash_m_prints_help():
+    result = subprocess.run([sys.executable, "-m", "clusterfusion", "bench", "--help"], capture_output=True,
+                            text=True, env=dict(os.environ), timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "--decode-tokens" in result.stdout and "pythia-6.9b" in result.stdout
+
+
+def test_bench_picks_random_weights_for_an_embedded_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no directory called pythia-6.9b here
+    model, description = cli.model_for_bench("pythia-6.9b")
+    assert model is None and description == "pythia-6.9b shapes, random weights"
+
+
+@pytest.mark.parametrize("name", cli.EMBEDDED_MODELS)
+def test_embedded_shapes_map_back_to_their_config(name):
+    """The transformers config `bench` builds is the library's own config of that model."""
+    assert cf.config_from_transformers(cli.hf_config_for(name)) == cf.ModelConfig.pythia(name)
+
+
+def test_unknown_model_name_lists_the_known_ones():
+    with pytest.raises(ValueError, match="pythia-2.8b"):
+        cli.hf_config_for("pythia-3b")
+
+
+def test_progress_without_tqdm_prints_tenths(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm now raises ImportError
+    total = random.randint(10, 40)
+    assert list(cli.progress(range(total), total, "steps")) == list(range(total))
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1] == f"steps: {total}/{total}" and 1 < len(lines) <= 10
+
+
+# ---- loading a checkpoint, up to the GPU boundary ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def saved_checkpoint(tmp_path_factory):
+    """A pythia-70m-shaped model with random weights, written by save_pretrained (safetensors)."""
+    path = tmp_path_factory.mktemp("pythia-70m-random")
+    model = cli.random_model("pythia-70m", device="cpu", seed=random.randrange(2**31))
+    model.save_pretrained(path)
+    return path, {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def test_from_pretrained_reads_back_what_was_saved(saved_checkpoint):
+    path, saved = saved_checkpoint
+    assert (path / "model.safetensors").exists()
+    loaded = transformers.GPTNeoXForCausalLM.from_pretrained(path, dtype=torch.float16)
+    assert cf.config_from_transformers(loaded.config) == cf.ModelConfig.pythia("pythia-70m")
+    params = dict(loaded.named_parameters())
+    assert set(params) == set(saved)
+    for name, tensor in saved.items():
+        assert torch.equal(params[name], tensor), name
+
+
+def test_from_transformers_refuses_cpu_weights_by_name(saved_checkpoint):
+    path, _ = saved_checkpoint
+    loaded = transformers.GPTNeoXForCausalLM.from_pretrained(path, dtype=torch.float16)
+    with pytest.raises(TypeError, match=r"gpt_neox\.embed_in\.weight: expected a float16 CUDA tensor, got "
+                                        r"torch\.float16 on cpu"):
+        cf.from_transformers(loaded)
+
+
+def test_from_transformers_refuses_float32_by_name(saved_checkpoint):
+    path, _ = saved_checkpoint
+    loaded = transformers.GPTNeoXForCausalLM.from_pretrained(path, dtype=torch.float32)
+    with pytest.raises(TypeError, match=r"gpt_neox\.embed_in\.weight: expected a float16 CUDA tensor, got "
+                                        r"torch\.float32"):
+        engine.decode_weights(loaded)
+
+
+def test_from_transformers_refuses_another_architecture():
+    config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=64, vocab_size=128)
+    with pytest.raises(ValueError, match="model_type: expected 'gpt_neox', got 'gpt2'"):
+        cf.from_transformers(transformers.GPT2LMHeadModel(config))
