@@ -7,8 +7,12 @@
 #
 # bench/cpp/layer_timing (the C++ timing with the per-block timeline) runs before bench_layer.py.
 #
+# bench/bench_e2e.py --quick (whole-model decode) runs last, into bench.log, with its JSON printed there too ($OUT
+# holds at most 8 files): rebuild the PNG elsewhere with bench_e2e.py --plot-from.
+#
 # Environment: OUT (default ./gpu_out), PYTHON (default python3), CF_SKIP_SANITIZER=1, CF_BENCH_ARGS="..."
-# (extra bench_layer.py flags, e.g. "--quick"), CF_BUDGET_S.
+# (extra bench_layer.py flags, e.g. "--quick"), CF_E2E_ARGS="..." (bench_e2e.py flags replacing --quick),
+# CF_SKIP_E2E=1, CF_BUDGET_S.
 set -euo pipefail
 
 OUT=${OUT:-$PWD/gpu_out}
@@ -110,8 +114,16 @@ if [[ ${results[0]} == pass ]]; then
   # shellcheck disable=SC2086  # CF_BENCH_ARGS is a list of flags
   step bench "$OUT/bench.log" 300 0 env PYTHONPATH="$BUILD/python" "$PYTHON" bench/bench_layer.py --out "$OUT" \
     ${CF_BENCH_ARGS:-}
+
+  if [[ ${CF_SKIP_E2E:-0} == 1 ]]; then
+    record e2e "skipped (CF_SKIP_E2E=1)" 0
+  else
+    # shellcheck disable=SC2086  # CF_E2E_ARGS is a list of flags
+    step e2e "$OUT/bench.log" 150 0 bash -c "env PYTHONPATH='$BUILD/python' '$PYTHON' bench/bench_e2e.py \
+      --out '$BUILD/e2e' --no-plot ${CF_E2E_ARGS:---quick}; status=\$?; cat '$BUILD'/e2e/e2e_*.json; exit \$status"
+  fi
 else
-  for name in build ctest pytest sanitizer bench; do record "$name" "skipped (configure failed)" 0; done
+  for name in build ctest pytest sanitizer bench e2e; do record "$name" "skipped (configure failed)" 0; done
 fi
 
 echo

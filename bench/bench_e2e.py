@@ -1,0 +1,405 @@
+#!/usr/bin/env python3
+"""End-to-end decode at batch 1: TTFT, TPOT and tokens/s of whole Pythia models (random weights at the real
+shapes) after a short prompt, for
+
+  transformers_eager     GPTNeoXForCausalLM with a DynamicCache, one forward per token (host-launch bound)
+  transformers_graph     StaticCache, one decode step captured in a CUDA graph and replayed (the strong peer)
+  transformers_compiled  the same step compiled by torch.compile (inductor) before capture (opt-in: slow to build)
+  split, cooperative     the library's fused layers called from Python per layer, LM head by torch
+  clusterfusion_graph    the library's whole-step graph (DecodeContext): steps fed by the device token
+
+Each system generates once to the longest decode length with a CUDA event after every token; the row for N
+tokens reads the first N (TTFT: prompt start to the first token; TPOT: mean time between tokens 1..N). The
+streaming-read bandwidth (torch.sum over 2 GiB) is measured in the same run; floor_ms = bytes a step must read
+(all weights but embed_in, plus the KV cache at the row's mean context) / that bandwidth. at_ctx512 holds each
+system's mean step time at contexts 480..543 against the floor there (the issue's targets: <= 1.25x the floor for
+pythia-2.8b, <= 1.15x for pythia-6.9b, >= 2x faster than transformers_graph).
+Writes bench/results/e2e_<gpu>.json (or --out) and a PNG beside it when matplotlib is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+SYSTEMS = ["transformers_eager", "transformers_graph", "transformers_compiled", "split", "cooperative",
+           "clusterfusion_graph"]
+DEFAULT_SYSTEMS = [s for s in SYSTEMS if s != "transformers_compiled"]
+DEFAULT_MODELS = ["pythia-2.8b", "pythia-6.9b"]
+DEFAULT_DECODE = [16, 128, 512, 2048]
+READ_BYTES = 2 << 30
+CTX_WINDOW = (480, 544)  # contexts whose step times make the "at ctx 512" figure
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated embedded model names")
+    parser.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS), help=f"comma-separated, of {SYSTEMS}")
+    parser.add_argument("--prompt", type=int, default=32, help="prompt tokens (default 32)")
+    parser.add_argument("--decode", default=None, help="comma-separated decode lengths (default "
+                        f"{','.join(map(str, DEFAULT_DECODE))}; --quick 16,512)")
+    parser.add_argument("--eager-max", type=int, default=None, help="decode tokens for transformers_eager, which "
+                        "is ~30x slower (default 128; --quick 32)")
+    parser.add_argument("--quick", action="store_true", help="decode 16,512 and a short eager run")
+    parser.add_argument("--out", default=None, help="JSON path, or a directory to write e2e_<gpu>.json into")
+    parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--plot-from", default=None, metavar="JSON", help="only draw the PNG of an earlier run's "
+                        "JSON (beside it), where matplotlib is installed")
+    args = parser.parse_args(argv)
+    args.models = [m for m in args.models.split(",") if m]
+    args.systems = [s for s in args.systems.split(",") if s]
+    unknown = [s for s in args.systems if s not in SYSTEMS]
+    if unknown:
+        parser.error(f"--systems: unknown {unknown}, expected some of {SYSTEMS}")
+    args.decode = [int(n) for n in args.decode.split(",")] if args.decode else ([16, 512] if args.quick
+                                                                                 else DEFAULT_DECODE)
+    if args.prompt < 2 or any(n < 2 for n in args.decode):
+        parser.error("--prompt and --decode: expected lengths >= 2")
+    if args.eager_max is None:
+        args.eager_max = 32 if args.quick else 128
+    return args
+
+
+def gpu_tag(name):
+    """'NVIDIA H100 80GB HBM3' -> 'h100'; otherwise the name made file-safe."""
+    match = re.search(r"\b([A-Z]{1,2}\d{2,4}[A-Z]?)\b", name)
+    return (match.group(1) if match else re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")).lower()
+
+
+def streaming_read_bw(iters=20):
+    """Bytes per second of torch.sum over a 2 GiB float16 buffer (median of CUDA-event-timed calls)."""
+    buffer = torch.empty(READ_BYTES // 2, dtype=torch.float16, device="cuda").normal_()
+    for _ in range(3):
+        buffer.sum()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        buffer.sum()
+        end.record()
+        times.append((start, end))
+    torch.cuda.synchronize()
+    del buffer
+    torch.cuda.empty_cache()
+    return READ_BYTES / (statistics.median(s.elapsed_time(e) for s, e in times) * 1e-3)
+
+
+def step_bytes(model, ctx):
+    """Bytes one decode step reads at context ctx: every parameter but embed_in (one row of it), plus the cache."""
+    c = model.config
+    params = sum(p.numel() for p in model.parameters()) - model.gpt_neox.embed_in.weight.numel()
+    return 2 * params + 2 * c.num_hidden_layers * ctx * c.hidden_size * 2
+
+
+class Timeline:
+    """CUDA events: one at the start, one after each new token; elapsed times read once at the end."""
+
+    def __init__(self, stream=None):
+        self.stream = stream
+        self.start = self._event()
+        self.tokens = []
+
+    def _event(self):
+        event = torch.cuda.Event(enable_timing=True)
+        event.record(self.stream) if self.stream is not None else event.record()
+        return event
+
+    def token(self):
+        self.tokens.append(self._event())
+
+    def times_ms(self):
+        torch.cuda.synchronize()
+        return [self.start.elapsed_time(e) for e in self.tokens]
+
+
+# ---- the systems: each returns per-token times (ms since its prompt started) for `n` new tokens -----------------
+
+@torch.no_grad()
+def transformers_eager(model, prompt, n):
+    from transformers import DynamicCache
+
+    ids = torch.tensor([prompt], device="cuda")
+    timeline = Timeline()
+    cache = DynamicCache(config=model.config)
+    out = model(ids, past_key_values=cache, use_cache=True)
+    token = out.logits[:, -1:].argmax(-1)
+    timeline.token()
+    for _ in range(n - 1):
+        out = model(token, past_key_values=cache, use_cache=True)
+        token = out.logits[:, -1:].argmax(-1)
+        timeline.token()
+    return timeline.times_ms()
+
+
+class StaticStep:
+    """One greedy decode step of transformers with a StaticCache, on fixed tensors: the input token, its position,
+    and a 4D boolean mask over the cache (a prepared mask goes to SDPA as is, no mask building at run time). Each
+    call makes the new position visible, runs the model, writes the next token and advances the position, so
+    replaying a captured call is the whole decode loop on the device."""
+
+    def __init__(self, model, prompt, max_len):
+        from transformers import StaticCache
+
+        self.model = model
+        self.cache = StaticCache(config=model.config, max_cache_len=max_len)
+        self.mask = torch.zeros(1, 1, 1, max_len, dtype=torch.bool, device="cuda")
+        self.prompt = prompt
+
+    def prefill(self):
+        p = len(self.prompt)
+        positions = torch.arange(p, device="cuda")
+        out = self.model(torch.tensor([self.prompt], device="cuda"), cache_position=positions,
+                         past_key_values=self.cache, use_cache=True)
+        self.token = out.logits[:, -1:].argmax(-1)
+        self.position = torch.tensor([p], device="cuda")
+        self.mask[..., :p] = True
+
+    def __call__(self):
+        self.mask.index_fill_(-1, self.position, True)
+        out = self.model(self.token, position_ids=self.position.view(1, 1), cache_position=self.position,
+                         past_key_values=self.cache, attention_mask=self.mask, use_cache=True)
+        self.token.copy_(out.logits[:, -1:].argmax(-1))
+        self.position.add_(1)
+
+
+@torch.no_grad()
+def transformers_graph(model, prompt, n, compiled=False):
+    warmup = 3
+    step = StaticStep(model, prompt, len(prompt) + n + warmup + 8)  # room for every replay (see the notes)
+    run = torch.compile(step.__call__, mode="default") if compiled else step
+    timeline = Timeline()
+    step.prefill()
+    timeline.token()
+    first_ms = timeline.times_ms()[0]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up (and compilation) off the capture stream, as torch asks
+        for _ in range(warmup):
+            run()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    timeline = Timeline()
+    for _ in range(n - 1):
+        graph.replay()
+        timeline.token()
+    return [first_ms] + [first_ms + t for t in timeline.times_ms()]
+
+
+def prefill_kv(model, prompt):
+    """transformers' keys and values of prompt[:-1] per layer, [1, heads, len - 1, head_dim] contiguous."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    model.gpt_neox(torch.tensor([prompt[:-1]], device="cuda"), past_key_values=cache, use_cache=True)
+    layers = cache.layers if hasattr(cache, "layers") else None
+    keys = [l.keys for l in layers] if layers else list(cache.key_cache)
+    values = [l.values for l in layers] if layers else list(cache.value_cache)
+    return [k.contiguous() for k in keys], [v.contiguous() for v in values]
+
+
+@torch.no_grad()
+def library_layers(model, prompt, n, mode):
+    """The fused layers from Python, one call per layer; embedding, final LayerNorm, LM head, argmax by torch."""
+    import clusterfusion as cf
+
+    config = cf.config_from_transformers(model.config)
+    p = len(prompt)
+    layers = [cf.FusedNeoXLayer.from_transformers(l, config, p + n) for l in model.gpt_neox.layers]
+    cache = cf.KVCache(config, p + n)
+    head = model.lm_head if hasattr(model, "lm_head") else model.embed_out
+    embed, norm = model.gpt_neox.embed_in.weight, model.gpt_neox.final_layer_norm
+    buffers = [torch.empty(config.hidden, dtype=torch.float16, device="cuda") for _ in range(2)]
+    timeline = Timeline()
+    keys, values = prefill_kv(model, prompt)
+    for i, (k, v) in enumerate(zip(keys, values)):
+        torch.from_dlpack(cache.keys(i))[:, :p - 1].copy_(k[0])
+        torch.from_dlpack(cache.values(i))[:, :p - 1].copy_(v[0])
+    cache.length = p - 1
+    token = torch.tensor(prompt[-1], device="cuda")
+    for step in range(n):
+        x = embed[token]
+        for i, layer in enumerate(layers):
+            out = buffers[i % 2]
+            layer.forward(cache, i, x, p - 1 + step, out=out, mode=mode)
+            x = out
+        token = head(norm(x)).argmax()
+        timeline.token()
+    return timeline.times_ms()
+
+
+@torch.no_grad()
+def clusterfusion_graph(model, prompt, n, host_ms):
+    """The library's captured whole step, each step enqueued without waiting (its input is the previous step's
+    output, on the device). host_ms receives the host time of each enqueue (capture of the next step included)."""
+    import clusterfusion as cf
+
+    engine = cf.from_transformers(model, max_seq=len(prompt) + n)
+    context = engine.context
+    for _ in engine.stream_tokens(prompt, 4):  # warm-up: first captures and instantiation
+        pass
+    timeline = Timeline()
+    engine.prefill(prompt)
+    context.enqueue_step(prompt[-1])
+    timeline.stream = engine.stream
+    timeline.token()
+    for _ in range(n - 1):
+        start = time.perf_counter()
+        context.enqueue_step()
+        host_ms.append((time.perf_counter() - start) * 1e3)
+        timeline.token()
+    return timeline.times_ms()
+
+
+def run_system(system, model, prompt, n):
+    """(per-token times in ms, extra row fields)."""
+    extra = {}
+    if system == "transformers_eager":
+        times = transformers_eager(model, prompt, n)
+    elif system in ("transformers_graph", "transformers_compiled"):
+        times = transformers_graph(model, prompt, n, compiled=system == "transformers_compiled")
+    elif system in ("split", "cooperative"):
+        times = library_layers(model, prompt, n, system)
+    else:
+        host = []
+        times = clusterfusion_graph(model, prompt, n, host)
+        extra["host_ms_per_step"] = statistics.median(host)
+    return times, extra
+
+
+def rows_for(model_name, system, prompt_len, times, decode, bytes_at, read_bw, extra):
+    rows = []
+    for n in decode:
+        if n > len(times):
+            continue
+        tpot = (times[n - 1] - times[0]) / (n - 1)
+        floor = bytes_at(prompt_len + n / 2) / read_bw * 1e3
+        rows.append(dict(model=model_name, system=system, prompt_tokens=prompt_len, decode_tokens=n,
+                         ttft_ms=times[0], tpot_ms=tpot, tok_s=1e3 / tpot, floor_ms=floor, **extra))
+    return rows
+
+
+def at_ctx512(times, prompt_len):
+    """Mean step time over the steps whose context (the tokens attended to) lies in CTX_WINDOW; None if the run
+    was too short. Token i (0-based) comes from the step at position prompt_len - 1 + i, context prompt_len + i."""
+    lo, hi = CTX_WINDOW
+    first, last = lo - prompt_len, hi - prompt_len
+    if first < 1 or last > len(times):
+        return None
+    return (times[last - 1] - times[first - 1]) / (last - first)
+
+
+def run(args):
+    from clusterfusion.cli import progress, random_model
+
+    device_name = torch.cuda.get_device_name()
+    read_bw = streaming_read_bw()
+    print(f"{device_name}: streaming read {read_bw / 1e12:.3f} TB/s", flush=True)
+    result = dict(gpu=gpu_tag(device_name), device_name=device_name, read_bw_TBps=read_bw / 1e12,
+                  command=shlex.join(["python3", *sys.argv]), floor_ms={}, at_ctx512={}, rows=[], errors=[])
+    longest = max(args.decode)
+    for model_name in args.models:
+        model = random_model(model_name, seed=1234)
+        prompt = torch.randint(0, model.config.vocab_size, (args.prompt,),
+                               generator=torch.Generator().manual_seed(1)).tolist()
+        bytes_at = lambda ctx, m=model: step_bytes(m, ctx)  # noqa: E731
+        result["floor_ms"][model_name] = bytes_at(0) / read_bw * 1e3
+        floor512 = bytes_at(512) / read_bw * 1e3
+        result["at_ctx512"][model_name] = {"floor_ms": floor512}
+        for system in progress(args.systems, len(args.systems), model_name):
+            n = min(longest, args.eager_max) if system == "transformers_eager" else longest
+            try:
+                times, extra = run_system(system, model, prompt, n)
+            except Exception as error:  # record it and go on with the other systems
+                message = f"{model_name} {system}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+                print(message, flush=True)
+                result["errors"].append(message)
+                continue
+            finally:
+                torch.cuda.empty_cache()
+            result["rows"] += rows_for(model_name, system, args.prompt, times, args.decode, bytes_at, read_bw, extra)
+            ms = at_ctx512(times, args.prompt)
+            if ms is not None:
+                result["at_ctx512"][model_name][system] = dict(tpot_ms=ms, vs_floor=ms / floor512)
+        del model
+        torch.cuda.empty_cache()
+    return result
+
+
+def table(result):
+    lines = [f"{result['device_name']}: read {result['read_bw_TBps']:.3f} TB/s",
+             f"{'model':<12} {'system':<22} {'decode':>6} {'ttft_ms':>9} {'tpot_ms':>8} {'tok/s':>7} {'floor':>7} "
+             f"{'x floor':>7}"]
+    for r in result["rows"]:
+        lines.append(f"{r['model']:<12} {r['system']:<22} {r['decode_tokens']:>6} {r['ttft_ms']:9.2f} "
+                     f"{r['tpot_ms']:8.3f} {r['tok_s']:7.1f} {r['floor_ms']:7.3f} {r['tpot_ms'] / r['floor_ms']:7.2f}")
+    for model, entry in result["at_ctx512"].items():
+        parts = [f"{s} {v['tpot_ms']:.3f} ms ({v['vs_floor']:.2f}x)" for s, v in entry.items() if s != "floor_ms"]
+        lines.append(f"at ctx 512, {model} (floor {entry['floor_ms']:.3f} ms): " + ", ".join(parts))
+    lines += [f"error: {e}" for e in result["errors"]]
+    return "\n".join(lines)
+
+
+def plot(result, path):
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(result["floor_ms"])
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        rows = [r for r in result["rows"] if r["model"] == model]
+        for system in dict.fromkeys(r["system"] for r in rows):
+            pts = [(r["decode_tokens"], r["tpot_ms"]) for r in rows if r["system"] == system]
+            ax.plot(*zip(*pts), marker="o", label=system)
+        floor = sorted({(r["decode_tokens"], r["floor_ms"]) for r in rows})
+        if floor:
+            ax.plot(*zip(*floor), "k--", label="bandwidth floor")
+        ax.set(xscale="log", yscale="log", xlabel="decode tokens", ylabel="TPOT (ms)",
+               title=f"{model}, {result['gpu']}")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    png = path.with_suffix(".png")
+    fig.savefig(png, dpi=120)
+    return png
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.plot_from:
+        path = Path(args.plot_from)
+        png = plot(json.loads(path.read_text()), path)
+        print(f"wrote {png}" if png else "matplotlib is not installed")
+        return 0 if png else 1
+    if not torch.cuda.is_available():
+        sys.exit("bench_e2e.py: no CUDA device")
+    result = run(args)
+    path = Path(args.out) if args.out else Path(__file__).resolve().parent / "results"
+    if path.is_dir() or not path.suffix:
+        path = path / f"e2e_{result['gpu']}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {path}")
+    if not args.no_plot:
+        png = plot(result, path)
+        if png:
+            print(f"wrote {png}")
+    print(table(result))
+    return 1 if result["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
