@@ -233,3 +233,31 @@ def test_save_pretrained_from_pretrained_generate(cf, tmp_path):
         fp16 = loaded(torch.tensor([prompt], device="cuda")).logits[0, -1].float()
         fp32 = copy.deepcopy(loaded).float()(torch.tensor([prompt], device="cuda")).logits[0, -1]
     assert (lib - fp32).abs().max() <= STEP_FACTOR * (fp16 - fp32).abs().max()
+
+
+def test_cpp_example_generates_what_the_library_does_from_python(cf, tmp_path):
+    """examples/generate (cf_generate) reads the save_pretrained checkpoint itself (safetensors, config.json) and
+    must produce the tokens of the same standalone prefill and greedy steps run through the Python binding: the
+    same float16 weights and max_seq give bitwise the same computation."""
+    import subprocess
+    from pathlib import Path
+
+    from clusterfusion.cli import random_model
+
+    binary = Path(cf._C.__file__).resolve().parents[2] / "cf_generate"
+    if not binary.exists():
+        pytest.skip(f"{binary} not built (CLUSTERFUSION_BUILD_EXAMPLES=OFF)")
+    model = random_model("pythia-70m", seed=int.from_bytes(os.urandom(4), "little"))
+    model.save_pretrained(tmp_path)
+    prompt = torch.randint(0, model.config.vocab_size, (9,)).tolist()
+    new, max_seq = 24, 64
+
+    context = cf.from_transformers(model, max_seq=max_seq).context
+    expected = [context.prefill(prompt)] + [context.step() for _ in range(new - 1)]
+
+    result = subprocess.run([str(binary), str(tmp_path), "--prompt", ",".join(map(str, prompt)), "--new", str(new),
+                             "--max-seq", str(max_seq)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    line = next(l for l in result.stdout.splitlines() if l.startswith("tokens:"))
+    assert [int(t) for t in line.split()[1:]] == expected, result.stdout
+    assert "TPOT" in result.stdout
