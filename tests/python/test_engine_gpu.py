@@ -129,7 +129,8 @@ def test_greedy_generation_matches_transformers_up_to_float16_ties(setup):
     if divergence is None:
         return
     # At the first divergence both saw the same prefix: float32 must rank the two tokens first and second, with a
-    # gap no larger than transformers float16's own logit error at that step.
+    # gap that float16 error can bridge: two logits each off by at most the step's error (transformers float16's,
+    # or the library's, which the teacher-forced test bounds by ERROR_FACTOR times it) flip a gap up to twice it.
     prefix = prompt + ours[:divergence]
     fp32 = setup.logits(prefix, torch.float32)[-1]
     fp16 = setup.logits(prefix, torch.float16)[-1]
@@ -140,16 +141,17 @@ def test_greedy_generation_matches_transformers_up_to_float16_ties(setup):
     detail = (f"{setup} step {divergence}: library {ours[divergence]}, transformers {theirs[divergence]}, float32 "
               f"top-2 {top2.indices.tolist()} gap {gap:.4g}, float16 noise {noise:.4g}")
     assert {ours[divergence], theirs[divergence]} == best, detail
-    assert gap <= noise, detail
+    assert gap <= 2 * ERROR_FACTOR * noise, detail
 
 
 def test_tokens_and_logits_are_bitwise_repeatable(setup):
+    """The library alone (its standalone prefill, then greedy steps): the same bits on every run."""
     prompt = setup.tokens(PROMPT)
     runs = []
     for _ in range(3):
         engine = setup.engine
-        engine.prefill(prompt)
-        tokens, logits = [engine.context.step(prompt[-1])], [engine.logits().clone()]
+        engine.context.reset()
+        tokens, logits = [engine.context.prefill(prompt)], [engine.logits().clone()]
         for _ in range(48):
             tokens.append(engine.context.step())
             logits.append(engine.logits().clone())
