@@ -123,14 +123,27 @@ void NeoXLayer::forward(KVCache& cache, int layer, const LayerIO& io, int positi
                         cudaStream_t stream) const {
   check_io(io, true);
   check_position(cache, layer, position);
-  const auto p = make_params(config_, weights_, maps_, &cache, layer, io, position, grid_barrier_);
+  launch(make_params(config_, weights_, maps_, &cache, layer, io, position, grid_barrier_), mode, stream);
+  cache.set_length(std::max(cache.length(), position + 1));
+}
+
+void NeoXLayer::forward_at_device_position(KVCache& cache, int layer, const LayerIO& io, const int* position,
+                                           LayerMode mode, cudaStream_t stream) const {
+  check_io(io, true);
+  if (position == nullptr) throw std::invalid_argument("position: null pointer");
+  check_position(cache, layer, 0);
+  auto p = make_params(config_, weights_, maps_, &cache, layer, io, 0, grid_barrier_);
+  p.device_position = position;
+  launch(p, mode, stream);
+}
+
+void NeoXLayer::launch(const kernels::NeoXLayerParams& p, LayerMode mode, cudaStream_t stream) const {
   if (mode == LayerMode::Cooperative) {
     kernels::launch_neox_cooperative(p, plan_, config_.head_dim, stream);
   } else {
     kernels::launch_neox_phase_a(p, plan_, config_.head_dim, stream);
     kernels::launch_neox_phase_b(p, plan_, stream);
   }
-  cache.set_length(std::max(cache.length(), position + 1));
 }
 
 void NeoXLayer::attention_mlp_up(KVCache& cache, int layer, const LayerIO& io, int position,

@@ -197,3 +197,64 @@ TEST(NeoXLayerGpuErrors, PositionPastCacheThrowsAndLaunchesNothing) {
 }
 
 }  // namespace
+
+namespace {
+
+// A position read from device memory gives bitwise what the same position as a launch parameter gives, in
+// both modes; a device position past the cache launches kernels that write nothing.
+TEST(NeoXLayerGpuDevicePosition, MatchesHostPositionAndRefusesPastTheCache) {
+  CF_REQUIRE_HOPPER();
+  cf::ModelConfig config = cf::pythia_config("pythia-2.8b");
+  config.layers = 1;
+  const int max_seq = 512, position = 300;
+  auto& rng = cf_test::rng();
+  const RandomLayer w(config, rng);
+  cf::NeoXLayer layer(config, w.views(), max_seq);
+  cf::KVCache cache(config, max_seq);
+  HalfTensor past_k({int64_t(cache.layer_elems())}, 0, 1, rng), past_v({int64_t(cache.layer_elems())}, 0, 1, rng);
+  HalfTensor x({config.hidden}, 0, 1, rng);
+  DeviceBuffer<float> attn(config.hidden), act(config.ffn);
+  DeviceBuffer<int> device_position(1);
+  auto reset_cache = [&] {
+    CF_CUDA_CHECK(cudaMemcpy(cache.keys(0), past_k.dev, cache.layer_elems() * 2, cudaMemcpyDeviceToDevice));
+    CF_CUDA_CHECK(cudaMemcpy(cache.values(0), past_v.dev, cache.layer_elems() * 2, cudaMemcpyDeviceToDevice));
+    cache.set_length(position);
+  };
+  auto cache_bytes = [&] {
+    std::vector<__half> k(cache.layer_elems()), v(cache.layer_elems());
+    CF_CUDA_CHECK(cudaMemcpy(k.data(), cache.keys(0), k.size() * 2, cudaMemcpyDeviceToHost));
+    CF_CUDA_CHECK(cudaMemcpy(v.data(), cache.values(0), v.size() * 2, cudaMemcpyDeviceToHost));
+    k.insert(k.end(), v.begin(), v.end());
+    return k;
+  };
+  for (const cf::LayerMode mode : {cf::LayerMode::Split, cf::LayerMode::Cooperative}) {
+    SCOPED_TRACE(cf::layer_mode_name(mode));
+    reset_cache();
+    DeviceBuffer<__half> expected(config.hidden), got(config.hidden);
+    layer.forward(cache, 0, cf::LayerIO{x.dev, expected.dev, attn.dev, act.dev}, position, mode);
+    const auto expected_cache = cache_bytes();
+
+    reset_cache();
+    got.poison();
+    CF_CUDA_CHECK(cudaMemcpy(device_position.dev, &position, sizeof(int), cudaMemcpyHostToDevice));
+    layer.forward_at_device_position(cache, 0, cf::LayerIO{x.dev, got.dev, attn.dev, act.dev}, device_position.dev,
+                                     mode);
+    CF_CUDA_CHECK(cudaDeviceSynchronize());
+    const auto a = expected.get(), b = got.get();
+    EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * 2));
+    EXPECT_TRUE(cache_bytes() == expected_cache);
+
+    reset_cache();
+    got.poison();
+    const auto before = cache_bytes();
+    CF_CUDA_CHECK(cudaMemcpy(device_position.dev, &max_seq, sizeof(int), cudaMemcpyHostToDevice));
+    layer.forward_at_device_position(cache, 0, cf::LayerIO{x.dev, got.dev, attn.dev, act.dev}, device_position.dev,
+                                     mode);
+    CF_CUDA_CHECK(cudaDeviceSynchronize());
+    const auto untouched = got.get();
+    for (const __half h : untouched) ASSERT_TRUE(std::isnan(__half2float(h)));
+    EXPECT_TRUE(cache_bytes() == before);
+  }
+}
+
+}  // namespace

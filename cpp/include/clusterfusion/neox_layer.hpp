@@ -7,6 +7,9 @@
 #include "clusterfusion/weights.hpp"
 
 namespace clusterfusion {
+namespace kernels {
+struct NeoXLayerParams;
+}
 
 enum class LayerMode {
   Split,        // two launches: phase A, then phase B
@@ -55,11 +58,17 @@ class NeoXLayer {
   // LayerNorm2 -> MLP-up -> GELU into io.mlp_act). Same checks and cache bookkeeping as forward().
   void attention_mlp_up(KVCache& cache, int layer, const LayerIO& io, int position,
                         cudaStream_t stream = nullptr) const;
+  // forward() for a CUDA graph that serves every step: the kernels read the position from `position` (device
+  // memory, written by an earlier node of the graph). The caller checks positions and keeps cache.length(); a
+  // position outside [0, cache.max_seq()) makes the kernels return without writing anything.
+  void forward_at_device_position(KVCache& cache, int layer, const LayerIO& io, const int* position,
+                                  LayerMode mode, cudaStream_t stream = nullptr) const;
   // Phase B alone: io.out = x + W_o io.attn + b_o + W_down io.mlp_act + b_down.
   void mlp_down_residual(const LayerIO& io, cudaStream_t stream = nullptr) const;
 
  private:
   void check_position(const KVCache& cache, int layer, int position) const;
+  void launch(const kernels::NeoXLayerParams& p, LayerMode mode, cudaStream_t stream) const;
   ModelConfig config_;
   LayerWeights weights_;
   int max_seq_;

@@ -23,6 +23,12 @@ __device__ __forceinline__ int split_begin(int units, int parts, int i) { return
 
 enum JobListId { kQkvJobs = 0, kUpJobs = 1, kOutJobs = 2 };
 
+// The position of the new token: a launch parameter, or device memory written by an earlier kernel of the step
+// (read through L2: it changes between launches).
+__device__ __forceinline__ int step_position(const NeoXLayerParams& p) {
+  return p.device_position != nullptr ? __ldcg(p.device_position) : p.position;
+}
+
 // Where a block is in the layer, stamped into p.timeline when set (see bench/cpp/layer_timing.cu).
 enum TimelineMark {
   kMarkEntry, kMarkListed, kMarkPrimed, kMarkNormed, kMarkClusterReady, kMarkQkv, kMarkUp, kMarkHeadReady, kMarkAttention, kMarkPhaseB, kMarkEnd
@@ -56,7 +62,7 @@ constexpr long long kAttentionFixedBytes = CF_ATTENTION_FIXED_KB << 10;
 template <int kHeadDim>
 __device__ __forceinline__ PhaseAShare phase_a_share(const NeoXLayerParams& p, int block) {
   const int ranks = cluster_size(), rank = cluster_rank(), cluster = block / ranks;
-  const int head_units = 3 * kHeadDim / kBoxRows, up_units = p.ffn / kBoxRows, positions = p.position + 1;
+  const int head_units = 3 * kHeadDim / kBoxRows, up_units = p.ffn / kBoxRows, positions = step_position(p) + 1;
   const long long unit_bytes = 2LL * kBoxRows * p.hidden;
   auto qkv_units = [&](int r) { return split_begin(head_units, ranks, r + 1) - split_begin(head_units, ranks, r); };
   auto head_cost = [&](int r) {
@@ -163,8 +169,8 @@ __device__ __forceinline__ void normalize(const NeoXLayerParams& p, const SmemLa
 struct KvChunk {
   int begin, end;
   __device__ KvChunk(const NeoXLayerParams& p)
-      : begin(split_begin(p.position + 1, cluster_size(), cluster_rank())),
-        end(split_begin(p.position + 1, cluster_size(), cluster_rank() + 1)) {}
+      : begin(split_begin(step_position(p) + 1, cluster_size(), cluster_rank())),
+        end(split_begin(step_position(p) + 1, cluster_size(), cluster_rank() + 1)) {}
 };
 
 // Asks L2 for this block's cached keys and values at kernel start, so that attention, which runs after the
@@ -174,7 +180,7 @@ __device__ __forceinline__ void prefetch_kv_chunk(const NeoXLayerParams& p) {
   const int head = blockIdx.x / cluster_size();
   if (threadIdx.x != 0 || head >= p.heads) return;
   const KvChunk chunk(p);
-  const int cached_end = min(chunk.end, p.position);  // the new token is not in the cache yet
+  const int cached_end = min(chunk.end, step_position(p));  // the new token is not in the cache yet
   if (cached_end <= chunk.begin) return;
   const std::size_t offset = (std::size_t(head) * p.max_seq + chunk.begin) * kHeadDim;
   const uint32_t bytes = uint32_t(cached_end - chunk.begin) * kHeadDim * 2;
@@ -212,7 +218,7 @@ __device__ __forceinline__ void phase_a(const NeoXLayerParams& p, const SmemLayo
   float* q = qkv;
   float* k = qkv + kHeadDim;
   float* v = qkv + 2 * kHeadDim;
-  const int position = p.position;
+  const int position = step_position(p);
   Attention::rotary(q, k, position, p.rotary_dims, p.rotary_base);
   const std::size_t head_offset = std::size_t(head) * p.max_seq * kHeadDim;
   if (rank == 0) {
@@ -262,6 +268,9 @@ __device__ __forceinline__ void phase_b(const NeoXLayerParams& p, const SmemLayo
 template <int kHeadDim, bool kPhaseA, bool kPhaseB>
 __global__ void __launch_bounds__(kThreads, 1) neox_layer_kernel(const __grid_constant__ NeoXLayerParams p) {
   extern __shared__ __align__(128) unsigned char smem[];
+  // A device position past the cache (only possible through device_position: the host checks its own) makes
+  // every block return before touching anything, the same decision in every block.
+  if (const int position = step_position(p); position < 0 || position >= p.max_seq) return;
   stamp(p, kMarkEntry);
   const SmemLayout layout(p.hidden, p.ffn, kHeadDim, p.max_seq, cluster_size(), gridDim.x / cluster_size());
   // The phase B kernel alone: announce that this block has started before any rank stores into rank 0.

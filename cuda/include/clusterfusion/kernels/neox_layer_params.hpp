@@ -49,6 +49,7 @@ struct NeoXLayerParams {
   unsigned* grid_barrier;
   unsigned long long* timeline;  // optional: kTimelineMarks global-timer stamps per block (kernel tuning)
   int position;
+  const int* device_position;  // when set, the position is read from here (one CUDA graph for every step)
   int hidden, heads, ffn, max_seq, rotary_dims;
   float rotary_base, eps;
 };
