@@ -12,6 +12,7 @@
 
 #include "clusterfusion/kernels/argmax.cuh"
 #include "clusterfusion/kernels/block_reduce.cuh"
+#include "clusterfusion/kernels/dot.cuh"
 
 namespace clusterfusion::kernels {
 
@@ -35,23 +36,6 @@ __device__ __forceinline__ void final_layer_norm(const __half* __restrict__ x, c
     y[i] = fmaf((__half2float(x[i]) - mean) * rstd, __half2float(w[i]), __half2float(b[i]));
   }
   __syncthreads();
-}
-
-// acc + the dot product of 8 float16 weights with 8 floats of y, in element order.
-__device__ __forceinline__ float dot8(const uint4& w, const float* y, float acc) {
-  const __half2* h = reinterpret_cast<const __half2*>(&w);
-  const float4 y0 = *reinterpret_cast<const float4*>(y);
-  const float4 y1 = *reinterpret_cast<const float4*>(y + 4);
-  const float2 a = __half22float2(h[0]), b = __half22float2(h[1]), c = __half22float2(h[2]),
-               d = __half22float2(h[3]);
-  acc = fmaf(a.x, y0.x, acc);
-  acc = fmaf(a.y, y0.y, acc);
-  acc = fmaf(b.x, y0.z, acc);
-  acc = fmaf(b.y, y0.w, acc);
-  acc = fmaf(c.x, y1.x, acc);
-  acc = fmaf(c.y, y1.y, acc);
-  acc = fmaf(d.x, y1.z, acc);
-  return fmaf(d.y, y1.w, acc);
 }
 
 // One row's dot product with y, by one warp: lane l takes the 16-byte vectors l, l + 32, ...; the lanes' sums

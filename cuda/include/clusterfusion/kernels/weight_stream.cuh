@@ -11,6 +11,7 @@
 #include <cuda_fp16.h>
 
 #include "clusterfusion/kernels/block_reduce.cuh"
+#include "clusterfusion/kernels/dot.cuh"
 #include "clusterfusion/kernels/neox_layer_params.hpp"
 #include "clusterfusion/kernels/tma.cuh"
 
@@ -127,28 +128,11 @@ class WarpStream {
  private:
   __device__ int first_item(const JobList& list) const { return (warp_ - list.first_warp + kWarps) % kWarps; }
 
-  // Lane l takes columns 8l..8l+7 of each of the 4 box rows: 16-byte shared loads, conflict-free.
+  // Lane l takes columns 8l..8l+7 of each box row: 16-byte shared loads, conflict-free.
   __device__ void accumulate_box(const unsigned char* box, const float* vec, float (&acc)[kBoxRows]) const {
-    const float4 va = reinterpret_cast<const float4*>(vec)[2 * lane_];
-    const float4 vb = reinterpret_cast<const float4*>(vec)[2 * lane_ + 1];
 #pragma unroll
-    for (int r = 0; r < kBoxRows; ++r) {
-      const uint4 w = reinterpret_cast<const uint4*>(box + r * kBoxCols * 2)[lane_];
-      const float2 w0 = __half22float2(*reinterpret_cast<const __half2*>(&w.x));
-      const float2 w1 = __half22float2(*reinterpret_cast<const __half2*>(&w.y));
-      const float2 w2 = __half22float2(*reinterpret_cast<const __half2*>(&w.z));
-      const float2 w3 = __half22float2(*reinterpret_cast<const __half2*>(&w.w));
-      float a = acc[r];
-      a = fmaf(w0.x, va.x, a);
-      a = fmaf(w0.y, va.y, a);
-      a = fmaf(w1.x, va.z, a);
-      a = fmaf(w1.y, va.w, a);
-      a = fmaf(w2.x, vb.x, a);
-      a = fmaf(w2.y, vb.y, a);
-      a = fmaf(w3.x, vb.z, a);
-      a = fmaf(w3.y, vb.w, a);
-      acc[r] = a;
-    }
+    for (int r = 0; r < kBoxRows; ++r)
+      acc[r] = dot8(reinterpret_cast<const uint4*>(box + r * kBoxCols * 2)[lane_], vec + 8 * lane_, acc[r]);
   }
 
   // Points the producer cursor at item `item_` of list `list_`: its row and box range (divisions happen here,
