@@ -210,7 +210,7 @@ int run(const Options& o) {
               o.model_dir.c_str(), config.layers, config.hidden, config.vocab, store.bytes() / 1e9,
               cf::layer_mode_name(ctx.mode()), ctx.max_seq());
 
-  // Warm-up: the first captures and instantiation, then the same again from position 0.
+  // Warm-up: the capture and instantiation, then the same again from position 0.
   ctx.prefill(o.prompt);
   ctx.reset();
 

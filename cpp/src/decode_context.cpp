@@ -1,9 +1,9 @@
 // The decode runtime: validation, device scratch, the captured step and its replay.
 //
-// NeoXLayer::forward takes the position as a host value, so a captured step computes one position. Two
-// instantiated graphs alternate between even and odd positions: right after launching the step at p the host
-// captures the step at p + 1 and updates the other graph in place (cudaGraphExecUpdate, no re-instantiation),
-// once that graph's previous launch (p - 1) has finished. The capture overlaps the GPU's work on p.
+// Every kernel of the step reads the position from device_position_ (the embedding's token, the layers' cache
+// slot and rotary angle, the sampler's Philox counter), and the selection kernel, the step's last node, advances
+// it. So one captured graph, instantiated once, serves every position; the host only checks its own copy of the
+// position against max_seq and keeps the cache's length in step.
 #include "clusterfusion/decode_context.hpp"
 
 #include <stdexcept>
@@ -71,7 +71,7 @@ DecodeContext::DecodeContext(const ModelConfig& config, const ModelWeights& weig
     CF_CUDA_CHECK(cudaMemset(device_position_, 0, sizeof(int)));
     CF_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&host_token_), sizeof(int)));
     CF_CUDA_CHECK(cudaStreamCreateWithFlags(&capture_stream_, cudaStreamNonBlocking));
-    for (StepGraph& g : graphs_) CF_CUDA_CHECK(cudaEventCreateWithFlags(&g.done, cudaEventDisableTiming));
+    CF_CUDA_CHECK(cudaEventCreateWithFlags(&step_done_, cudaEventDisableTiming));
   } catch (...) {
     release();
     throw;
@@ -82,14 +82,11 @@ DecodeContext::~DecodeContext() { release(); }
 
 void DecodeContext::release() noexcept {
   // Nothing may be freed under a running step; a destructor cannot throw, so failures here are ignored.
-  for (StepGraph& g : graphs_) {
-    if (g.done) (void)cudaEventSynchronize(g.done);
-  }
-  for (StepGraph& g : graphs_) {
-    if (g.exec) (void)cudaGraphExecDestroy(g.exec);
-    if (g.done) (void)cudaEventDestroy(g.done);
-    g = StepGraph{};
-  }
+  if (step_done_) (void)cudaEventSynchronize(step_done_);
+  if (graph_) (void)cudaGraphExecDestroy(graph_);
+  if (step_done_) (void)cudaEventDestroy(step_done_);
+  graph_ = nullptr;
+  step_done_ = nullptr;
   if (capture_stream_) (void)cudaStreamDestroy(capture_stream_);
   capture_stream_ = nullptr;
   for (void* p : {static_cast<void*>(hidden_[0]), static_cast<void*>(hidden_[1]), static_cast<void*>(attn_),
@@ -107,11 +104,12 @@ void DecodeContext::release() noexcept {
 void DecodeContext::set_sampling(const SamplingParams& params) {
   params.validate();
   sampling_ = params;
-  invalidate_graphs();  // the parameters are baked into the captured selection kernel
-}
-
-void DecodeContext::invalidate_graphs() {
-  for (StepGraph& g : graphs_) g.position = -1;
+  // The parameters are baked into the captured selection kernel: the next step captures again. A launch still
+  // in flight is unaffected (CUDA frees an executable graph destroyed in flight when the launch completes).
+  if (graph_) {
+    CF_CUDA_CHECK(cudaGraphExecDestroy(graph_));
+    graph_ = nullptr;
+  }
 }
 
 void DecodeContext::reset() {
@@ -223,12 +221,12 @@ int DecodeContext::prefill(const std::vector<int>& prompt) {
   return last_token();
 }
 
-void DecodeContext::enqueue_kernels(int position, cudaStream_t stream) {
+void DecodeContext::enqueue_kernels(cudaStream_t stream) {
   const int hidden = config_.hidden;
   kernels::launch_embedding(half_ptr(weights_.embed_in), tokens_, device_position_, hidden_[0], hidden, stream);
   for (int l = 0; l < config_.layers; ++l) {
     const LayerIO io{hidden_[l % 2], hidden_[(l + 1) % 2], attn_, mlp_act_};
-    layers_[l]->forward(cache_, l, io, position, mode_, stream);
+    layers_[l]->forward_at_device_position(cache_, l, io, device_position_, mode_, stream);
   }
   kernels::LmHeadArgs head{hidden_[config_.layers % 2],
                            half_ptr(weights_.final_norm_weight),
@@ -240,62 +238,37 @@ void DecodeContext::enqueue_kernels(int position, cudaStream_t stream) {
                            logits_,
                            static_cast<kernels::ArgmaxPartial*>(partials_)};
   kernels::launch_final_norm_lm_head(head, kernels::LmHeadPlan{lm_head_blocks_, lm_head_smem_}, stream);
+  // Last: it reads the step's position and then advances it.
   kernels::launch_select_token(logits_, config_.vocab, static_cast<const kernels::ArgmaxPartial*>(partials_),
                                lm_head_blocks_, sampling_, device_position_, tokens_, stream);
 }
 
-void DecodeContext::prepare(StepGraph& graph, int position) {
-  if (graph.position == position) return;
-  // The graph may still be running its previous position; an update must not race that launch.
-  CF_CUDA_CHECK(cudaEventSynchronize(graph.done));
-  graph.position = -1;
-
-  // forward() checks the position against the cache's length; the kernels never read it.
-  const int length = cache_.length();
+void DecodeContext::capture() {
   CF_CUDA_CHECK(cudaStreamBeginCapture(capture_stream_, cudaStreamCaptureModeThreadLocal));
   try {
-    cache_.set_length(position);
-    enqueue_kernels(position, capture_stream_);
+    enqueue_kernels(capture_stream_);
   } catch (...) {
     cudaGraph_t broken = nullptr;
     (void)cudaStreamEndCapture(capture_stream_, &broken);
     if (broken) (void)cudaGraphDestroy(broken);
     (void)cudaGetLastError();
-    cache_.set_length(length);
     throw;
   }
-  cache_.set_length(length);
   cudaGraph_t captured = nullptr;
   CF_CUDA_CHECK(cudaStreamEndCapture(capture_stream_, &captured));
-
-  if (graph.exec != nullptr) {
-    cudaGraphExecUpdateResultInfo info{};
-    if (cudaGraphExecUpdate(graph.exec, captured, &info) != cudaSuccess) {
-      (void)cudaGetLastError();  // not sticky: clear it so the next launch check does not report it
-      (void)cudaGraphExecDestroy(graph.exec);
-      graph.exec = nullptr;
-    }
-  }
-  if (graph.exec == nullptr) {
-    const cudaError_t status = cudaGraphInstantiate(&graph.exec, captured, 0);
-    (void)cudaGraphDestroy(captured);
-    CF_CUDA_CHECK(status);
-  } else {
-    CF_CUDA_CHECK(cudaGraphDestroy(captured));
-  }
-  graph.position = position;
+  const cudaError_t status = cudaGraphInstantiate(&graph_, captured, 0);
+  (void)cudaGraphDestroy(captured);
+  if (status != cudaSuccess) graph_ = nullptr;
+  CF_CUDA_CHECK(status);
 }
 
 void DecodeContext::launch_step() {
-  const int p = position_;
-  StepGraph& graph = graphs_[p % 2];
-  prepare(graph, p);
-  CF_CUDA_CHECK(cudaGraphLaunch(graph.exec, stream_));
-  CF_CUDA_CHECK(cudaEventRecord(graph.done, stream_));
-  position_ = p + 1;
+  if (graph_ == nullptr) capture();
+  CF_CUDA_CHECK(cudaGraphLaunch(graph_, stream_));
+  CF_CUDA_CHECK(cudaEventRecord(step_done_, stream_));
+  ++position_;
   cache_.set_length(position_);
   has_token_ = true;
-  if (position_ < max_seq_) prepare(graphs_[position_ % 2], position_);
 }
 
 }  // namespace clusterfusion

@@ -74,19 +74,10 @@ class DecodeContext {
   int prefill(const std::vector<int>& prompt);
 
  private:
-  // A captured step that can be replayed for one position; two of them alternate, so the host prepares the
-  // next step while the GPU runs the current one.
-  struct StepGraph {
-    cudaGraphExec_t exec = nullptr;
-    cudaEvent_t done = nullptr;
-    int position = -1;  // the position the graph computes; -1: stale
-  };
-
   void check_step(int position) const;
-  void enqueue_kernels(int position, cudaStream_t stream);
-  void prepare(StepGraph& graph, int position);
+  void enqueue_kernels(cudaStream_t stream);
+  void capture();
   void launch_step();
-  void invalidate_graphs();
   void release() noexcept;
 
   ModelConfig config_;
@@ -94,7 +85,7 @@ class DecodeContext {
   int max_seq_;
   LayerMode mode_ = LayerMode::Split;
   cudaStream_t stream_;
-  cudaStream_t capture_stream_ = nullptr;
+  cudaStream_t capture_stream_ = nullptr;  // stream_ may be the legacy default stream, which cannot capture
   KVCache cache_;
   std::vector<std::unique_ptr<NeoXLayer>> layers_;
   int lm_head_blocks_ = 0;
@@ -113,7 +104,10 @@ class DecodeContext {
   int* device_position_ = nullptr;          // the position of the next step, advanced by the step itself
   int* host_token_ = nullptr;               // pinned: where last_token() reads the token back
 
-  StepGraph graphs_[2];
+  // The whole step, captured once and replayed at every position (each node reads *device_position_);
+  // null until the first step and after set_sampling(), whose parameters are baked into the selection node.
+  cudaGraphExec_t graph_ = nullptr;
+  cudaEvent_t step_done_ = nullptr;  // recorded after every launch of graph_
 };
 
 }  // namespace clusterfusion
