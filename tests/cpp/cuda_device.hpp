@@ -5,6 +5,8 @@
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
+#include "clusterfusion/cuda_check.hpp"
+
 namespace cf_test {
 
 // Empty when a device is usable, otherwise why not.
@@ -27,4 +29,13 @@ inline std::string no_cuda_device_reason() {
     if (const std::string reason = ::cf_test::no_cuda_device_reason(); !reason.empty()) { \
       GTEST_SKIP() << reason;                                                         \
     }                                                                                 \
+  } while (0)
+
+// The fused kernels need clusters and TMA: compute capability 9.0 or newer.
+#define CF_REQUIRE_HOPPER()                                                                   \
+  do {                                                                                        \
+    CF_REQUIRE_CUDA_DEVICE();                                                                 \
+    cudaDeviceProp prop;                                                                      \
+    CF_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));                                         \
+    if (prop.major < 9) GTEST_SKIP() << "needs compute capability 9.0+, got " << prop.name;  \
   } while (0)

@@ -30,14 +30,6 @@ namespace cf = clusterfusion;
 
 namespace {
 
-// The fused layers need clusters and TMA.
-#define CF_REQUIRE_HOPPER()                                                                  \
-  do {                                                                                       \
-    CF_REQUIRE_CUDA_DEVICE();                                                                \
-    cudaDeviceProp prop;                                                                     \
-    CF_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));                                        \
-    if (prop.major < 9) GTEST_SKIP() << "needs compute capability 9.0+, got " << prop.name; \
-  } while (0)
 
 template <class T>
 struct DeviceArray {

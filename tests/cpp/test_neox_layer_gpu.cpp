@@ -21,14 +21,6 @@ namespace cf = clusterfusion;
 
 namespace {
 
-// The fused kernels need clusters and TMA.
-#define CF_REQUIRE_HOPPER()                                                                   \
-  do {                                                                                        \
-    CF_REQUIRE_CUDA_DEVICE();                                                                 \
-    cudaDeviceProp prop;                                                                      \
-    CF_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));                                         \
-    if (prop.major < 9) GTEST_SKIP() << "needs compute capability 9.0+, got " << prop.name;  \
-  } while (0)
 
 // A device buffer of float16 values drawn from N(mean, std), with the values (as rounded) kept on the host.
 struct HalfTensor {
