@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shlex
 import statistics
 import sys
@@ -30,12 +29,13 @@ from pathlib import Path
 
 import torch
 
+from gpu_measure import gpu_tag, streaming_read_bw
+
 SYSTEMS = ["transformers_eager", "transformers_graph", "transformers_compiled", "split", "cooperative",
            "clusterfusion_graph"]
 DEFAULT_SYSTEMS = [s for s in SYSTEMS if s != "transformers_compiled"]
 DEFAULT_MODELS = ["pythia-2.8b", "pythia-6.9b"]
 DEFAULT_DECODE = [16, 128, 512, 2048]
-READ_BYTES = 2 << 30
 CTX_WINDOW = (480, 544)  # contexts whose step times make the "at ctx 512" figure
 
 
@@ -69,28 +69,6 @@ def parse_args(argv=None):
     return args
 
 
-def gpu_tag(name):
-    """'NVIDIA H100 80GB HBM3' -> 'h100'; otherwise the name made file-safe."""
-    match = re.search(r"\b([A-Z]{1,2}\d{2,4}[A-Z]?)\b", name)
-    return (match.group(1) if match else re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")).lower()
-
-
-def streaming_read_bw(iters=20):
-    """Bytes per second of torch.sum over a 2 GiB float16 buffer (median of CUDA-event-timed calls)."""
-    buffer = torch.empty(READ_BYTES // 2, dtype=torch.float16, device="cuda").normal_()
-    for _ in range(3):
-        buffer.sum()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        buffer.sum()
-        end.record()
-        times.append((start, end))
-    torch.cuda.synchronize()
-    del buffer
-    torch.cuda.empty_cache()
-    return READ_BYTES / (statistics.median(s.elapsed_time(e) for s, e in times) * 1e-3)
 
 
 def step_bytes(model, ctx):

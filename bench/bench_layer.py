@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shlex
-import statistics
 import sys
 from pathlib import Path
 
 import torch
+
+from gpu_measure import gpu_tag, median_event_ms, streaming_read_bw
 
 # Model shapes (transformers GPTNeoXConfig fields) and how many layers to rotate over.
 MODELS = {
@@ -33,7 +33,6 @@ MODES = ["split", "cooperative", "split_graph", "cooperative_graph", "transforme
 DEFAULT_CTX = [16, 128, 512, 1024, 2048]
 GRAPH_PASSES = 2  # passes over the rotated layers per graph replay
 WARMUP = 5
-READ_BYTES = 2 << 30
 CHECK_TOL = 5e-3  # each mode's last output against transformers eager, relative: flags a broken mode
 
 
@@ -65,11 +64,6 @@ def parse_args(argv=None):
     return args
 
 
-def gpu_tag(name):
-    """'NVIDIA H100 80GB HBM3' -> 'h100'; otherwise the name made file-safe."""
-    match = re.search(r"\b([A-Z]{1,2}\d{2,4}[A-Z]?)\b", name)
-    return (match.group(1) if match else re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")).lower()
-
 
 def output_path(out, gpu):
     if out is None:
@@ -78,27 +72,6 @@ def output_path(out, gpu):
     return path / f"layer_{gpu}.json" if path.is_dir() else path
 
 
-def median_event_ms(fn, iters, per_call=1):
-    """Median over `iters` CUDA-event-timed calls of fn(i), in ms per unit (fn does `per_call` units)."""
-    for i in range(WARMUP):
-        fn(i)
-    pairs = []
-    stream = torch.cuda.current_stream()
-    for i in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record(stream)
-        fn(i)
-        end.record(stream)
-        pairs.append((start, end))
-    torch.cuda.synchronize()
-    return statistics.median(s.elapsed_time(e) for s, e in pairs) / per_call
-
-
-def streaming_read_bw(iters):
-    """Bytes per second of torch.sum over a 2 GiB float16 buffer (median)."""
-    buffer = torch.empty(READ_BYTES // 2, dtype=torch.float16, device="cuda").normal_()
-    ms = median_event_ms(lambda i: buffer.sum(), iters)
-    return READ_BYTES / (ms * 1e-3)
 
 
 def captured(fn):
@@ -208,21 +181,22 @@ class ModelBench:
         self.cache.length = position
         calls = self.rotate * GRAPH_PASSES
         if mode in ("split", "cooperative"):
-            ms = median_event_ms(lambda i: self.fused_call(i % self.rotate, position, mode), iters)
+            ms = median_event_ms(lambda i: self.fused_call(i % self.rotate, position, mode), iters, warmup=WARMUP)
             return ms * 1e3, self.fused_call(last, position, mode).clone()
         if mode in ("split_graph", "cooperative_graph"):
             fused_mode = mode.removesuffix("_graph")
             graph, _ = captured(lambda: [self.fused_call(i % self.rotate, position, fused_mode) for i in range(calls)])
-            ms = median_event_ms(lambda i: graph.replay(), iters, per_call=calls)
+            ms = median_event_ms(lambda i: graph.replay(), iters, per_call=calls, warmup=WARMUP)
             return ms * 1e3, self.out.clone()
         position_ids = torch.tensor([[position]], device="cuda")
         cos_sin = self.rotary(self.x.view(1, 1, -1), position_ids)
         caches = [FixedSlotCache(keys, values, position) for keys, values in self.kv]
         if mode == "transformers_eager":
-            ms = median_event_ms(lambda i: self.hf_call(i % self.rotate, caches, cos_sin), iters)
+            ms = median_event_ms(lambda i: self.hf_call(i % self.rotate, caches, cos_sin), iters,
+                                 warmup=WARMUP)
             return ms * 1e3, self.hf_call(last, caches, cos_sin).reshape(-1)
         graph, outputs = captured(lambda: [self.hf_call(i % self.rotate, caches, cos_sin) for i in range(calls)])
-        ms = median_event_ms(lambda i: graph.replay(), iters, per_call=calls)
+        ms = median_event_ms(lambda i: graph.replay(), iters, per_call=calls, warmup=WARMUP)
         return ms * 1e3, outputs[-1].reshape(-1).clone()
 
     def reference_out(self, ctx):
