@@ -45,9 +45,9 @@ __device__ __forceinline__ void stamp(const NeoXLayerParams& p, TimelineMark mar
 // a fixed cost for the attention's latency-bound steps, and W_up rows fill each block up to the average (at
 // least a sixteenth of it, which bounds any block's job count).
 struct PhaseAShare {
-  int qkv_units;   // 4-row units of the head's q|k|v rows, and where they start
+  int qkv_units;   // kBoxRows-row units of the head's q|k|v rows, and where they start
   int qkv_first;
-  int up_first;    // 4-row units of W_up
+  int up_first;    // kBoxRows-row units of W_up
   int up_units;
 };
 
