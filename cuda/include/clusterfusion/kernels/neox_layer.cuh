@@ -264,28 +264,12 @@ __device__ __forceinline__ void phase_b(const NeoXLayerParams& p, const SmemLayo
   }
 }
 
-// Kernel parameters live in a constant bank filled per launch, and the prologue reads them one dependent miss
-// after another on thread 0. Touch every 64-byte line from a different thread at once first, and ask for the
-// tensor maps' descriptors, so the prologue and the first TMA loads find them cached.
-__device__ __forceinline__ void warm_params(const NeoXLayerParams& p) {
-  constexpr int kLines = int(sizeof(NeoXLayerParams) / 64);
-  if (threadIdx.x < kLines) {
-    const int word = reinterpret_cast<const int*>(&p)[threadIdx.x * 16];
-    asm volatile("" ::"r"(word));
-  }
-  if (threadIdx.x >= 32 && threadIdx.x < 36) {
-    const CUtensorMap* maps[4] = {&p.w_qkv, &p.w_o, &p.w_up, &p.w_down};
-    asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(maps[threadIdx.x - 32])) : "memory");
-  }
-}
-
 // One kernel body for the three launches: phase A alone, phase B alone, or both with a grid barrier between.
 template <int kHeadDim, bool kPhaseA, bool kPhaseB>
 __global__ void __launch_bounds__(kThreads, 1) neox_layer_kernel(const __grid_constant__ NeoXLayerParams p) {
   extern __shared__ __align__(128) unsigned char smem[];
   // A device position past the cache (only possible through device_position: the host checks its own) makes
   // every block return before touching anything, the same decision in every block.
-  if constexpr (kWarmParams) warm_params(p);
   if (const int position = step_position(p); position < 0 || position >= p.max_seq) return;
   stamp(p, kMarkEntry);
   const SmemLayout layout(p.hidden, p.ffn, kHeadDim, p.max_seq, cluster_size(), gridDim.x / cluster_size());

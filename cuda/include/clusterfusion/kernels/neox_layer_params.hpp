@@ -19,9 +19,6 @@ namespace clusterfusion::kernels {
 #ifndef CF_STAGES
 #define CF_STAGES 2
 #endif
-#ifndef CF_WARM_PARAMS
-#define CF_WARM_PARAMS 1
-#endif
 #ifndef CF_NORMALIZE_FIRST
 #define CF_NORMALIZE_FIRST 1
 #endif
@@ -33,7 +30,6 @@ constexpr int kBoxBytes = kBoxRows * kBoxCols * 2;
 constexpr int kWarps = CF_WARPS;
 constexpr int kThreads = kWarps * 32;
 constexpr int kStages = CF_STAGES;  // boxes in flight per warp: 16 warps x 2 x 4 KB = 128 KB per SM
-constexpr bool kWarmParams = CF_WARM_PARAMS;  // touch the parameter lines and tensor maps at kernel entry
 constexpr bool kNormalizeFirst = CF_NORMALIZE_FIRST;  // LayerNorm before (1) or after (0) priming the ring
 constexpr int kLnVecs = 2;  // 16-byte vectors of the layer input per thread: hidden <= kLnVecs * 8 * kThreads
 constexpr int kMaxItems = 512;
