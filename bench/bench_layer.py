@@ -2,8 +2,10 @@
 """Per-layer decode time of the fused GPT-NeoX layer beside transformers' own GPTNeoXLayer, on one GPU.
 
 Modes: split, cooperative (one library call per layer, launch cost included), split_graph, cooperative_graph
-(the same calls captured in a CUDA graph: kernel time only), transformers (GPTNeoXLayer.forward, eager) and
-transformers_graph (the same captured in a CUDA graph). Each is timed at several context lengths ctx: the new
+(the same calls captured in a CUDA graph: kernel time only), split_graph_overlap, cooperative_graph_overlap (the
+same graphs with each layer overlapping the previous kernel, NeoXLayer.overlap_previous_kernel, as the
+whole-model step runs them), transformers (GPTNeoXLayer.forward, eager) and transformers_graph (the same
+captured in a CUDA graph). Each is timed at several context lengths ctx: the new
 token sits at position ctx - 1 and attends to ctx positions.
 
 Weights rotate over enough distinct layers (1.3-1.6 GB) that the 50 MB L2 cannot serve them; the fused layers
@@ -29,7 +31,8 @@ MODELS = {
     "pythia-2.8b": (dict(hidden_size=2560, num_attention_heads=32, intermediate_size=10240, vocab_size=50304), 8),
     "pythia-6.9b": (dict(hidden_size=4096, num_attention_heads=32, intermediate_size=16384, vocab_size=50432), 4),
 }
-MODES = ["split", "cooperative", "split_graph", "cooperative_graph", "transformers_eager", "transformers_graph"]
+MODES = ["split", "cooperative", "split_graph", "cooperative_graph", "split_graph_overlap",
+         "cooperative_graph_overlap", "transformers_eager", "transformers_graph"]
 DEFAULT_CTX = [16, 128, 512, 1024, 2048]
 GRAPH_PASSES = 2  # passes over the rotated layers per graph replay
 WARMUP = 5
@@ -183,9 +186,16 @@ class ModelBench:
         if mode in ("split", "cooperative"):
             ms = median_event_ms(lambda i: self.fused_call(i % self.rotate, position, mode), iters, warmup=WARMUP)
             return ms * 1e3, self.fused_call(last, position, mode).clone()
-        if mode in ("split_graph", "cooperative_graph"):
-            fused_mode = mode.removesuffix("_graph")
-            graph, _ = captured(lambda: [self.fused_call(i % self.rotate, position, fused_mode) for i in range(calls)])
+        if mode.removesuffix("_overlap") in ("split_graph", "cooperative_graph"):
+            fused_mode = mode.removesuffix("_overlap").removesuffix("_graph")
+            for fused in self.fused:
+                fused.overlap_previous_kernel = mode.endswith("_overlap")
+            try:
+                graph, _ = captured(
+                    lambda: [self.fused_call(i % self.rotate, position, fused_mode) for i in range(calls)])
+            finally:
+                for fused in self.fused:
+                    fused.overlap_previous_kernel = False
             ms = median_event_ms(lambda i: graph.replay(), iters, per_call=calls, warmup=WARMUP)
             return ms * 1e3, self.out.clone()
         position_ids = torch.tensor([[position]], device="cuda")
@@ -255,6 +265,7 @@ def table(result, modes):
     cells = {(r["model"], r["ctx"], r["mode"]): r for r in result["rows"]}
     keys = sorted({(r["model"], r["ctx"]) for r in result["rows"]}, key=lambda k: (list(MODELS).index(k[0]), k[1]))
     short = {"split": "split", "cooperative": "coop", "split_graph": "split_g", "cooperative_graph": "coop_g",
+             "split_graph_overlap": "split_go", "cooperative_graph_overlap": "coop_go",
              "transformers_eager": "hf", "transformers_graph": "hf_g"}
     head = " ".join(f"{short[m]:>8}" for m in modes)
     lines = [f"read bandwidth {result['read_bw_TBps']:.3f} TB/s on {result['gpu']}; us per layer | fraction of "

@@ -28,10 +28,20 @@ void launch(const NeoXLayerParams& p, int blocks, int cluster, std::size_t smem,
   attrs[0].val.clusterDim.x = cluster;
   attrs[0].val.clusterDim.y = 1;
   attrs[0].val.clusterDim.z = 1;
-  attrs[1].id = cudaLaunchAttributeCooperative;
-  attrs[1].val.cooperative = 1;
   config.attrs = attrs;
-  config.numAttrs = cooperative ? 2 : 1;
+  config.numAttrs = 1;
+  if (p.overlap_previous) {
+    // Starts while the previous kernel finishes (programmatic dependent launch). The cooperative attribute is
+    // left out: the plan keeps the grid within the clusters the device holds at once, so every block is
+    // resident once the previous kernel's blocks have left, which is all the grid barrier needs.
+    attrs[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attrs[1].val.programmaticStreamSerializationAllowed = 1;
+    config.numAttrs = 2;
+  } else if (cooperative) {
+    attrs[1].id = cudaLaunchAttributeCooperative;
+    attrs[1].val.cooperative = 1;
+    config.numAttrs = 2;
+  }
   CF_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p));
   CF_CHECK_LAUNCH("neox_layer_kernel");
 }

@@ -142,29 +142,38 @@ int main(int argc, char** argv) {
   const cf::LayerLaunchPlan& plan = fused[0]->plan();
   std::printf("%s ctx %d: %d layers rotated, %.1f MB per layer, %d clusters of %d blocks for %d heads\n",
               model.c_str(), ctx, rotate, bytes / 1e6, plan.clusters, plan.cluster_size, config.heads);
+  const auto set_overlap = [&](bool on) {
+    for (auto* f : fused) f->set_overlap_previous_kernel(on);
+  };
   for (const cf::LayerMode mode : {cf::LayerMode::Split, cf::LayerMode::Cooperative}) {
-    if (mode == cf::LayerMode::Cooperative && !fused[0]->plan().cooperative_supported) {
+    if (mode == cf::LayerMode::Cooperative && !plan.cooperative_supported) {
       std::printf("  %-12s not supported: the grid does not fit on the device at once\n", cf::layer_mode_name(mode));
       continue;
     }
-    cache.set_length(ctx);
-    CF_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
-    for (int l = 0; l < rotate; ++l) {
-      cache.set_length(ctx);
-      fused[l]->forward(cache, l, cf::LayerIO{x.ptr, out.ptr, attn, act}, ctx, mode, stream);
+    for (const bool overlap : {false, true}) {
+      set_overlap(overlap);
+      CF_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+      for (int l = 0; l < rotate; ++l) {
+        cache.set_length(ctx);
+        fused[l]->forward(cache, l, cf::LayerIO{x.ptr, out.ptr, attn, act}, ctx, mode, stream);
+      }
+      CF_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+      CF_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+      time_graph_ms(exec, stream, 3);
+      const double us = time_graph_ms(exec, stream, iters) * 1e3 / rotate;
+      std::printf("  %-12s %-10s %8.2f us/layer  %6.1f%% of streaming read\n", cf::layer_mode_name(mode),
+                  overlap ? "overlapped" : "", us, 100.0 * bytes / (us * 1e-6) / read_bw);
+      CF_CUDA_CHECK(cudaGraphExecDestroy(exec));
+      CF_CUDA_CHECK(cudaGraphDestroy(graph));
     }
-    CF_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
-    CF_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-    time_graph_ms(exec, stream, 3);
-    const double us = time_graph_ms(exec, stream, iters) * 1e3 / rotate;
-    std::printf("  %-12s %8.2f us/layer  %6.1f%% of streaming read\n", cf::layer_mode_name(mode), us,
-                100.0 * bytes / (us * 1e-6) / read_bw);
   }
-  // Where the time goes inside one cooperative layer: per-block global-timer stamps at each stage.
+  // Where the time goes inside one cooperative layer that overlaps the one before it: per-block global-timer
+  // stamps at each stage, from the first block's entry (the previous layer is still running then).
   if (plan.cooperative_supported) {
-    constexpr int kMarks = 11;  // kernels::kTimelineMarks
-    const char* marks[kMarks] = {"entry",      "listed", "primed",    "normed",  "cluster ok", "qkv",
-                                 "up",         "head ready", "attention", "phase B", "end"};
+    set_overlap(true);
+    constexpr int kMarks = 12;  // kernels::kTimelineMarks
+    const char* marks[kMarks] = {"entry",      "listed",    "primed",    "input",   "normed", "cluster ok",
+                                 "qkv",        "up",        "head ready", "attention", "phase B", "end"};
     unsigned long long* timeline;
     const std::size_t stamps = std::size_t(plan.blocks) * kMarks;
     CF_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&timeline), stamps * sizeof(unsigned long long)));

@@ -49,6 +49,8 @@ DecodeContext::DecodeContext(const ModelConfig& config, const ModelWeights& weig
       cache_(config_, max_seq) {
   for (int i = 0; i < config_.layers; ++i) {
     layers_.push_back(std::make_unique<NeoXLayer>(config_, weights_.layers[i], max_seq_));
+    // Layer i follows the embedding or layer i-1, which write neither its weights nor the position.
+    layers_.back()->set_overlap_previous_kernel(true);
   }
   const bool cooperative_ok = layers_.front()->plan().cooperative_supported;
   if (mode == LayerMode::Cooperative && !cooperative_ok)

@@ -72,7 +72,7 @@ namespace {
 
 kernels::NeoXLayerParams make_params(const ModelConfig& c, const LayerWeights& w, const unsigned char (*maps)[128],
                                      const KVCache* cache, int layer, const LayerIO& io, int position,
-                                     unsigned* grid_barrier) {
+                                     unsigned* grid_barrier, bool overlap_previous) {
   kernels::NeoXLayerParams p = {};
   std::memcpy(&p.w_qkv, maps[kMapQkv], sizeof(CUtensorMap));
   std::memcpy(&p.w_o, maps[kMapO], sizeof(CUtensorMap));
@@ -100,6 +100,7 @@ kernels::NeoXLayerParams make_params(const ModelConfig& c, const LayerWeights& w
   p.grid_barrier = grid_barrier;
   p.timeline = io.timeline;
   p.position = position;
+  p.overlap_previous = overlap_previous;
   p.hidden = c.hidden;
   p.heads = c.heads;
   p.ffn = c.ffn;
@@ -123,7 +124,8 @@ void NeoXLayer::forward(KVCache& cache, int layer, const LayerIO& io, int positi
                         cudaStream_t stream) const {
   check_io(io, true);
   check_position(cache, layer, position);
-  launch(make_params(config_, weights_, maps_, &cache, layer, io, position, grid_barrier_), mode, stream);
+  launch(make_params(config_, weights_, maps_, &cache, layer, io, position, grid_barrier_, overlap_previous_), mode,
+         stream);
   cache.set_length(std::max(cache.length(), position + 1));
 }
 
@@ -132,7 +134,7 @@ void NeoXLayer::forward_at_device_position(KVCache& cache, int layer, const Laye
   check_io(io, true);
   if (position == nullptr) throw std::invalid_argument("position: null pointer");
   check_position(cache, layer, 0);
-  auto p = make_params(config_, weights_, maps_, &cache, layer, io, 0, grid_barrier_);
+  auto p = make_params(config_, weights_, maps_, &cache, layer, io, 0, grid_barrier_, overlap_previous_);
   p.device_position = position;
   launch(p, mode, stream);
 }
@@ -150,14 +152,15 @@ void NeoXLayer::attention_mlp_up(KVCache& cache, int layer, const LayerIO& io, i
                                  cudaStream_t stream) const {
   check_io(io, false);
   check_position(cache, layer, position);
-  const auto p = make_params(config_, weights_, maps_, &cache, layer, io, position, grid_barrier_);
+  const auto p =
+      make_params(config_, weights_, maps_, &cache, layer, io, position, grid_barrier_, overlap_previous_);
   kernels::launch_neox_phase_a(p, plan_, config_.head_dim, stream);
   cache.set_length(std::max(cache.length(), position + 1));
 }
 
 void NeoXLayer::mlp_down_residual(const LayerIO& io, cudaStream_t stream) const {
   check_io(io, true);
-  const auto p = make_params(config_, weights_, maps_, nullptr, 0, io, 0, grid_barrier_);
+  const auto p = make_params(config_, weights_, maps_, nullptr, 0, io, 0, grid_barrier_, overlap_previous_);
   kernels::launch_neox_phase_b(p, plan_, stream);
 }
 

@@ -118,6 +118,12 @@ void bind_layer(nb::module_& m) {
       .def_prop_ro("max_seq", [](const PyNeoXLayer& l) { return l.max_seq; })
       .def_prop_ro("plan", [](const PyNeoXLayer& l) { return plan_dict(l.layer->plan()); },
                    "How the kernels are laid out on this device (cluster size, blocks, threads, shared memory).")
+      .def_prop_rw(
+          "overlap_previous_kernel", [](const PyNeoXLayer& l) { return l.layer->overlap_previous_kernel(); },
+          [](PyNeoXLayer& l, bool on) { l.layer->set_overlap_previous_kernel(on); },
+          "False by default. True: each launch starts while the previous kernel in the stream finishes "
+          "(programmatic dependent launch) and waits for it only before reading x, attn and mlp_act; so that "
+          "kernel must not write this layer's weights or biases (as in a chain of layers).")
       .def(
           "forward",
           [](const PyNeoXLayer& l, KVCache& cache, int layer, nb::handle x, nb::handle out, nb::handle attn,

@@ -250,3 +250,64 @@ TEST(NeoXLayerGpuDevicePosition, MatchesHostPositionAndRefusesPastTheCache) {
 }
 
 }  // namespace
+
+namespace {
+
+// A chain of layers launched to overlap the kernel before each (programmatic dependent launch: each layer
+// reads the previous one's output) gives bitwise the output and cache of the same chain launched the ordinary
+// way, in both modes.
+TEST(NeoXLayerGpuOverlap, ChainMatchesOrdinaryLaunchesBitwise) {
+  CF_REQUIRE_HOPPER();
+  cf::ModelConfig config = cf::pythia_config("pythia-2.8b");
+  config.layers = 4;
+  const int max_seq = 512, position = 300;
+  auto& rng = cf_test::rng();
+  const RandomLayer w(config, rng);
+  cf::NeoXLayer layer(config, w.views(), max_seq);
+  EXPECT_FALSE(layer.overlap_previous_kernel());
+  cf::KVCache cache(config, max_seq);
+  HalfTensor past({int64_t(cache.layer_elems())}, 0, 1, rng), x({config.hidden}, 0, 1, rng);
+  DeviceBuffer<__half> hidden_a(config.hidden), hidden_b(config.hidden);
+  DeviceBuffer<float> attn(config.hidden), act(config.ffn);
+  // The output and every cache layer after the chain, starting from x and the same past in every layer.
+  auto run_chain = [&](cf::LayerMode mode, bool overlap) {
+    for (int l = 0; l < config.layers; ++l) {
+      CF_CUDA_CHECK(cudaMemcpy(cache.keys(l), past.dev, cache.layer_elems() * 2, cudaMemcpyDeviceToDevice));
+      CF_CUDA_CHECK(cudaMemcpy(cache.values(l), past.dev, cache.layer_elems() * 2, cudaMemcpyDeviceToDevice));
+    }
+    cache.set_length(position);
+    hidden_a.poison();
+    hidden_b.poison();
+    attn.poison();
+    act.poison();
+    layer.set_overlap_previous_kernel(overlap);
+    const __half* in = x.dev;
+    for (int l = 0; l < config.layers; ++l) {
+      __half* out = l % 2 == 0 ? hidden_a.dev : hidden_b.dev;
+      layer.forward(cache, l, cf::LayerIO{in, out, attn.dev, act.dev}, position, mode);
+      in = out;
+    }
+    CF_CUDA_CHECK(cudaDeviceSynchronize());
+    std::vector<__half> state = (config.layers % 2 == 1 ? hidden_a : hidden_b).get();
+    for (int l = 0; l < config.layers; ++l) {
+      std::vector<__half> k(cache.layer_elems()), v(cache.layer_elems());
+      CF_CUDA_CHECK(cudaMemcpy(k.data(), cache.keys(l), k.size() * 2, cudaMemcpyDeviceToHost));
+      CF_CUDA_CHECK(cudaMemcpy(v.data(), cache.values(l), v.size() * 2, cudaMemcpyDeviceToHost));
+      state.insert(state.end(), k.begin(), k.end());
+      state.insert(state.end(), v.begin(), v.end());
+    }
+    return state;
+  };
+  for (const cf::LayerMode mode : {cf::LayerMode::Split, cf::LayerMode::Cooperative}) {
+    SCOPED_TRACE(cf::layer_mode_name(mode));
+    const auto ordinary = run_chain(mode, false);
+    for (int h = 0; h < config.hidden; ++h) ASSERT_TRUE(std::isfinite(__half2float(ordinary[h]))) << h;
+    for (int repeat = 0; repeat < 3; ++repeat) {
+      const auto overlapped = run_chain(mode, true);
+      ASSERT_EQ(ordinary.size(), overlapped.size());
+      EXPECT_EQ(0, std::memcmp(ordinary.data(), overlapped.data(), ordinary.size() * 2)) << "repeat " << repeat;
+    }
+  }
+}
+
+}  // namespace

@@ -227,27 +227,35 @@ def cache_bits(cache):
 
 @pytest.mark.parametrize("setup", list(SHAPES), indirect=True)
 def test_modes_are_deterministic_and_identical(setup):
-    """50 runs of each mode give the same bits (out and the whole cache layer); split and cooperative agree."""
+    """50 runs of each mode, launched the ordinary way and overlapping the previous kernel, give the same bits
+    (out and the whole cache layer); all four agree."""
     s, layer, cache = setup, setup.layer, setup.cache
+    assert layer.overlap_previous_kernel is False
     position = 777  # splits unevenly over a cluster and over the attention tiles
     fill_past(cache, position)
     x = random_x(s.config)
     results = {}
-    for mode in MODES:
-        first_out, first_cache = None, None
-        for run in range(50):
-            out, _, _ = run_forward(layer, cache, x, position, mode)
-            bits = out.view(torch.int16).clone(), cache_bits(cache)
-            if first_out is None:
-                first_out, first_cache = bits
-                continue
-            assert torch.equal(bits[0], first_out), f"{s} {mode}: out differs on run {run}"
-            same_cache = all(torch.equal(a, b) for a, b in zip(bits[1], first_cache))
-            assert same_cache, f"{s} {mode}: cache differs on run {run}"
-        results[mode] = first_out, first_cache
-    split, cooperative = results["split"], results["cooperative"]
-    assert torch.equal(split[0], cooperative[0]), f"{s}: split and cooperative out differ"
-    assert all(torch.equal(a, b) for a, b in zip(split[1], cooperative[1])), f"{s}: split and cooperative cache differ"
+    try:
+        for mode in MODES:
+            for overlap in (False, True):
+                layer.overlap_previous_kernel = overlap
+                first_out, first_cache = None, None
+                for run in range(50):
+                    out, _, _ = run_forward(layer, cache, x, position, mode)
+                    bits = out.view(torch.int16).clone(), cache_bits(cache)
+                    if first_out is None:
+                        first_out, first_cache = bits
+                        continue
+                    assert torch.equal(bits[0], first_out), f"{s} {mode} overlap={overlap}: out differs on run {run}"
+                    same_cache = all(torch.equal(a, b) for a, b in zip(bits[1], first_cache))
+                    assert same_cache, f"{s} {mode} overlap={overlap}: cache differs on run {run}"
+                results[mode, overlap] = first_out, first_cache
+    finally:
+        layer.overlap_previous_kernel = False
+    (first_key, first), *others = results.items()
+    for key, other in others:
+        assert torch.equal(first[0], other[0]), f"{s}: out of {key} differs from {first_key}"
+        assert all(torch.equal(a, b) for a, b in zip(first[1], other[1])), f"{s}: cache of {key} differs from {first_key}"
 
 
 @pytest.mark.parametrize("setup", ["pythia-2.8b"], indirect=True)

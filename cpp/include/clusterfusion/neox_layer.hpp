@@ -24,7 +24,7 @@ struct LayerIO {
   void* out = nullptr;      // [hidden] float16: x + attention + MLP
   float* attn = nullptr;    // [hidden] float32: concatenated per-head attention outputs (before W_o)
   float* mlp_act = nullptr; // [ffn] float32: GELU(W_up LN2(x) + b_up)
-  // Optional, for kernel tuning: 11 global-timer stamps (ns) per block of the plan, at the stages of the layer.
+  // Optional, for kernel tuning: 12 global-timer stamps (ns) per block of the plan, at the stages of the layer.
   unsigned long long* timeline = nullptr;
 };
 
@@ -48,6 +48,14 @@ class NeoXLayer {
   NeoXLayer& operator=(const NeoXLayer&) = delete;
 
   const LayerLaunchPlan& plan() const { return plan_; }
+
+  // Off by default. On: every launch starts while the previous kernel in the stream finishes (programmatic
+  // dependent launch): its blocks build their work lists and fill their weight rings as that kernel's blocks
+  // leave the SMs, and wait for it only before reading x (and attn, mlp_act). So the kernel just before a
+  // launch must not write this layer's weights, biases, or the device position it reads (as in a chain of
+  // layers; DecodeContext turns it on).
+  void set_overlap_previous_kernel(bool on) { overlap_previous_ = on; }
+  bool overlap_previous_kernel() const { return overlap_previous_; }
 
   // One decode step at `position` (cache holds 0..position-1 of `layer`): appends k/v at `position` and
   // writes io.out. Throws std::out_of_range if position >= cache.max_seq() or position > cache.length()
@@ -75,6 +83,7 @@ class NeoXLayer {
   LayerLaunchPlan plan_;
   alignas(64) unsigned char maps_[4][128];  // CUtensorMap for w_qkv, w_o, w_up, w_down
   unsigned* grid_barrier_ = nullptr;        // device counter for the cooperative mode
+  bool overlap_previous_ = false;
 };
 
 }  // namespace clusterfusion

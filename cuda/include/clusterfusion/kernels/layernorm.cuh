@@ -10,21 +10,29 @@ namespace clusterfusion::kernels {
 
 // One thread's share of the LayerNorm inputs (the layer input and both norms' weights and biases), loaded
 // into registers at kernel start: issued before the weight stream saturates memory, their latency stays short.
+// The norms' parameters and the input load separately: the input may come from the previous kernel.
 struct LayerNormInputs {
   uint4 x[kLnVecs], w1[kLnVecs], b1[kLnVecs], w2[kLnVecs], b2[kLnVecs];
 
-  __device__ void load(const __half* x_, const __half* w1_, const __half* b1_, const __half* w2_, const __half* b2_,
-                       int hidden) {
+  __device__ void load_params(const __half* w1_, const __half* b1_, const __half* w2_, const __half* b2_,
+                              int hidden) {
 #pragma unroll
     for (int i = 0; i < kLnVecs; ++i) {
       const int v = threadIdx.x + i * blockDim.x;
       if (v < hidden / 8) {
-        x[i] = reinterpret_cast<const uint4*>(x_)[v];
         w1[i] = reinterpret_cast<const uint4*>(w1_)[v];
         b1[i] = reinterpret_cast<const uint4*>(b1_)[v];
         w2[i] = reinterpret_cast<const uint4*>(w2_)[v];
         b2[i] = reinterpret_cast<const uint4*>(b2_)[v];
       }
+    }
+  }
+  // Through L2 (.cg): the input was just written by another kernel.
+  __device__ void load_input(const __half* x_, int hidden) {
+#pragma unroll
+    for (int i = 0; i < kLnVecs; ++i) {
+      const int v = threadIdx.x + i * blockDim.x;
+      if (v < hidden / 8) x[i] = __ldcg(reinterpret_cast<const uint4*>(x_) + v);
     }
   }
 };

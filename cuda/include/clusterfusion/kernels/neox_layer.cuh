@@ -11,6 +11,7 @@
 
 #include "clusterfusion/kernels/cluster.cuh"
 #include "clusterfusion/kernels/decode_attention.cuh"
+#include "clusterfusion/kernels/dependent_launch.cuh"
 #include "clusterfusion/kernels/grid_barrier.cuh"
 #include "clusterfusion/kernels/layernorm.cuh"
 #include "clusterfusion/kernels/neox_layer_params.hpp"
@@ -31,7 +32,7 @@ __device__ __forceinline__ int step_position(const NeoXLayerParams& p) {
 
 // Where a block is in the layer, stamped into p.timeline when set (see bench/cpp/layer_timing.cu).
 enum TimelineMark {
-  kMarkEntry, kMarkListed, kMarkPrimed, kMarkNormed, kMarkClusterReady, kMarkQkv, kMarkUp, kMarkHeadReady, kMarkAttention, kMarkPhaseB, kMarkEnd
+  kMarkEntry, kMarkListed, kMarkPrimed, kMarkInput, kMarkNormed, kMarkClusterReady, kMarkQkv, kMarkUp, kMarkHeadReady, kMarkAttention, kMarkPhaseB, kMarkEnd
 };
 __device__ __forceinline__ void stamp(const NeoXLayerParams& p, TimelineMark mark) {
   if (p.timeline == nullptr || threadIdx.x != 0) return;
@@ -133,6 +134,11 @@ struct RowConstant {
       value = load(row);
     }
   }
+  // Adds the row's term that only exists once the previous kernel is done (the layer input).
+  template <class Load>
+  __device__ void add_later(Load&& load) {
+    if (row >= 0) value += load(row);
+  }
   template <class Load>
   __device__ float get(int r, Load&& load) const {
     return r == row ? value : load(r);
@@ -151,8 +157,14 @@ __device__ __forceinline__ auto qkv_bias_of(const NeoXLayerParams& p) {
 __device__ __forceinline__ auto up_bias_of(const NeoXLayerParams& p) {
   return [&p](int row) { return __half2float(p.b_up[row]); };
 }
+__device__ __forceinline__ auto out_biases_of(const NeoXLayerParams& p) {
+  return [&p](int row) { return __half2float(p.b_o[row]) + __half2float(p.b_down[row]); };
+}
+__device__ __forceinline__ auto layer_input_of(const NeoXLayerParams& p) {
+  return [&p](int row) { return __half2float(__ldcg(p.x + row)); };
+}
 __device__ __forceinline__ auto out_constant_of(const NeoXLayerParams& p) {
-  return [&p](int row) { return __half2float(p.x[row]) + (__half2float(p.b_o[row]) + __half2float(p.b_down[row])); };
+  return [&p](int row) { return layer_input_of(p)(row) + out_biases_of(p)(row); };
 }
 
 // LN1(x) and LN2(x) into shared memory. Also arrives on the cluster barrier: this block has started, so the
@@ -265,6 +277,11 @@ __device__ __forceinline__ void phase_b(const NeoXLayerParams& p, const SmemLayo
 }
 
 // One kernel body for the three launches: phase A alone, phase B alone, or both with a grid barrier between.
+//
+// Launched to overlap the previous kernel (p.overlap_previous, programmatic dependent launch), a block does
+// everything that needs only the weights first, fills its weight ring, and only then waits for that kernel and
+// reads the layer input. Otherwise the ring is filled after LayerNorm: its ~17 MB over the grid would queue
+// the LayerNorm loads behind them (bench/NOTES.md v7).
 template <int kHeadDim, bool kPhaseA, bool kPhaseB>
 __global__ void __launch_bounds__(kThreads, 1) neox_layer_kernel(const __grid_constant__ NeoXLayerParams p) {
   extern __shared__ __align__(128) unsigned char smem[];
@@ -272,12 +289,15 @@ __global__ void __launch_bounds__(kThreads, 1) neox_layer_kernel(const __grid_co
   // every block return before touching anything, the same decision in every block.
   if (const int position = step_position(p); position < 0 || position >= p.max_seq) return;
   stamp(p, kMarkEntry);
+  // The next kernel is scheduled once every block of ours has passed here, so never ahead of one of ours; its
+  // blocks then take the SMs ours leave.
+  allow_next_kernel_to_start();
   const SmemLayout layout(p.hidden, p.ffn, kHeadDim, p.max_seq, cluster_size(), gridDim.x / cluster_size());
   // The phase B kernel alone: announce that this block has started before any rank stores into rank 0.
   if constexpr (!kPhaseA) cluster_arrive();
   BlockInputs in;
   if constexpr (kPhaseA) {
-    in.ln.load(p.x, p.ln1_w, p.ln1_b, p.ln2_w, p.ln2_b, p.hidden);
+    in.ln.load_params(p.ln1_w, p.ln1_b, p.ln2_w, p.ln2_b, p.hidden);
     prefetch_kv_chunk<kHeadDim>(p);
   }
   build_job_lists<kHeadDim>(p, layout, smem, kPhaseA, kPhaseB);
@@ -285,12 +305,22 @@ __global__ void __launch_bounds__(kThreads, 1) neox_layer_kernel(const __grid_co
   const auto* lists = reinterpret_cast<const JobList*>(smem + SmemLayout::kJobLists);
   in.qkv_bias.prefetch(lists[kQkvJobs], qkv_bias_of(p));
   in.up_bias.prefetch(lists[kUpJobs], up_bias_of(p));
-  in.out_constant.prefetch(lists[kOutJobs], out_constant_of(p));
+  in.out_constant.prefetch(lists[kOutJobs], out_biases_of(p));
   WarpStream stream(smem, lists, kMaxJobLists);
-  if constexpr (kPhaseA && kNormalizeFirst) normalize(p, layout, smem, in);
-  stream.prime();
-  stamp(p, kMarkPrimed);
-  if constexpr (kPhaseA && !kNormalizeFirst) normalize(p, layout, smem, in);
+  const bool prime_early = p.overlap_previous || !kPhaseA;
+  if (prime_early) {
+    stream.prime();
+    stamp(p, kMarkPrimed);
+  }
+  wait_for_previous_kernel();
+  if constexpr (kPhaseA) in.ln.load_input(p.x, p.hidden);
+  in.out_constant.add_later(layer_input_of(p));
+  stamp(p, kMarkInput);
+  if constexpr (kPhaseA) normalize(p, layout, smem, in);
+  if (!prime_early) {
+    stream.prime();
+    stamp(p, kMarkPrimed);
+  }
   if constexpr (kPhaseA) phase_a<kHeadDim>(p, layout, smem, stream, in);
   // In the cooperative kernel phase B's first weight boxes are already in flight across this barrier.
   if constexpr (kPhaseA && kPhaseB) grid_barrier(p.grid_barrier);

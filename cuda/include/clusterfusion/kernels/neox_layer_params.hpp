@@ -19,9 +19,6 @@ namespace clusterfusion::kernels {
 #ifndef CF_STAGES
 #define CF_STAGES 2
 #endif
-#ifndef CF_NORMALIZE_FIRST
-#define CF_NORMALIZE_FIRST 1
-#endif
 
 // A TMA box is kBoxRows weight rows by 256 columns: one box row is one 512-byte run of a weight row.
 constexpr int kBoxRows = CF_BOX_ROWS;
@@ -30,10 +27,9 @@ constexpr int kBoxBytes = kBoxRows * kBoxCols * 2;
 constexpr int kWarps = CF_WARPS;
 constexpr int kThreads = kWarps * 32;
 constexpr int kStages = CF_STAGES;  // boxes in flight per warp: 16 warps x 2 x 4 KB = 128 KB per SM
-constexpr bool kNormalizeFirst = CF_NORMALIZE_FIRST;  // LayerNorm before (1) or after (0) priming the ring
 constexpr int kLnVecs = 2;  // 16-byte vectors of the layer input per thread: hidden <= kLnVecs * 8 * kThreads
-constexpr int kMaxItems = 512;
-constexpr int kTimelineMarks = 11;  // work items (job chunks) of one job list in one block
+constexpr int kMaxItems = 512;     // work items (job chunks) of one job list in one block
+constexpr int kTimelineMarks = 12;
 
 struct NeoXLayerParams {
   CUtensorMap w_qkv;   // [3*hidden, hidden]
@@ -50,6 +46,7 @@ struct NeoXLayerParams {
   unsigned long long* timeline;  // optional: kTimelineMarks global-timer stamps per block (kernel tuning)
   int position;
   const int* device_position;  // when set, the position is read from here (one CUDA graph for every step)
+  int overlap_previous;        // launched to start while the previous kernel runs (see neox_layer_kernel)
   int hidden, heads, ffn, max_seq, rotary_dims;
   float rotary_base, eps;
 };
