@@ -6,7 +6,9 @@ shapes) after a short prompt, for
   transformers_graph     StaticCache, one decode step captured in a CUDA graph and replayed (the strong peer)
   transformers_compiled  the same step compiled by torch.compile (inductor) before capture (opt-in: slow to build)
   split, cooperative     the library's fused layers called from Python per layer, LM head by torch
-  clusterfusion_graph    the library's whole-step graph (DecodeContext): steps fed by the device token
+  clusterfusion_graph    the library's whole-step graph (DecodeContext, default mode: split, each layer's
+                         launches overlapping the kernel before): steps fed by the device token
+  clusterfusion_graph_cooperative  the same with the cooperative layer kernel
 
 Each system generates once to the longest decode length with a CUDA event after every token; the row for N
 tokens reads the first N (TTFT: prompt start to the first token; TPOT: mean time between tokens 1..N). The
@@ -32,7 +34,7 @@ import torch
 from gpu_measure import gpu_tag, streaming_read_bw
 
 SYSTEMS = ["transformers_eager", "transformers_graph", "transformers_compiled", "split", "cooperative",
-           "clusterfusion_graph"]
+           "clusterfusion_graph", "clusterfusion_graph_cooperative"]
 DEFAULT_SYSTEMS = [s for s in SYSTEMS if s != "transformers_compiled"]
 DEFAULT_MODELS = ["pythia-2.8b", "pythia-6.9b"]
 DEFAULT_DECODE = [16, 128, 512, 2048]
@@ -217,13 +219,13 @@ def library_layers(model, prompt, n, mode):
 
 
 @torch.no_grad()
-def clusterfusion_graph(model, prompt, n, host_ms):
+def clusterfusion_graph(model, prompt, n, host_ms, mode=None):
     """The library's captured whole step, each step enqueued without waiting (its input is the previous step's
     output, on the device). host_ms receives the host time of each enqueue: the position check, one launch of the
     graph captured in the warm-up, and the binding's overhead."""
     import clusterfusion as cf
 
-    engine = cf.from_transformers(model, max_seq=len(prompt) + n)
+    engine = cf.from_transformers(model, max_seq=len(prompt) + n, mode=mode)
     context = engine.context
     for _ in engine.stream_tokens(prompt, 4):  # warm-up: the capture and instantiation
         pass
@@ -251,7 +253,8 @@ def run_system(system, model, prompt, n):
         times = library_layers(model, prompt, n, system)
     else:
         host = []
-        times = clusterfusion_graph(model, prompt, n, host)
+        mode = "cooperative" if system == "clusterfusion_graph_cooperative" else None
+        times = clusterfusion_graph(model, prompt, n, host, mode)
         extra["host_ms_per_step"] = statistics.median(host)
     return times, extra
 
@@ -317,10 +320,10 @@ def run(args):
 
 def table(result):
     lines = [f"{result['device_name']}: read {result['read_bw_TBps']:.3f} TB/s",
-             f"{'model':<12} {'system':<22} {'decode':>6} {'ttft_ms':>9} {'tpot_ms':>8} {'tok/s':>7} {'floor':>7} "
+             f"{'model':<12} {'system':<31} {'decode':>6} {'ttft_ms':>9} {'tpot_ms':>8} {'tok/s':>7} {'floor':>7} "
              f"{'x floor':>7}"]
     for r in result["rows"]:
-        lines.append(f"{r['model']:<12} {r['system']:<22} {r['decode_tokens']:>6} {r['ttft_ms']:9.2f} "
+        lines.append(f"{r['model']:<12} {r['system']:<31} {r['decode_tokens']:>6} {r['ttft_ms']:9.2f} "
                      f"{r['tpot_ms']:8.3f} {r['tok_s']:7.1f} {r['floor_ms']:7.3f} {r['tpot_ms'] / r['floor_ms']:7.2f}")
     for model, entry in result["at_ctx512"].items():
         parts = [f"{s} {v['tpot_ms']:.3f} ms ({v['vs_floor']:.2f}x)" for s, v in entry.items() if s != "floor_ms"]

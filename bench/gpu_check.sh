@@ -12,7 +12,7 @@
 #
 # Environment: OUT (default ./gpu_out), PYTHON (default python3), CF_SKIP_SANITIZER=1, CF_BENCH_ARGS="..."
 # (extra bench_layer.py flags, e.g. "--quick"), CF_E2E_ARGS="..." (bench_e2e.py flags replacing --quick),
-# CF_SKIP_E2E=1, CF_BUDGET_S.
+# CF_SKIP_E2E=1, CF_E2E_CAP_S (default 150), CF_BUDGET_S.
 set -euo pipefail
 
 OUT=${OUT:-$PWD/gpu_out}
@@ -119,7 +119,7 @@ if [[ ${results[0]} == pass ]]; then
     record e2e "skipped (CF_SKIP_E2E=1)" 0
   else
     # shellcheck disable=SC2086  # CF_E2E_ARGS is a list of flags
-    step e2e "$OUT/bench.log" 150 0 bash -c "env PYTHONPATH='$BUILD/python' '$PYTHON' bench/bench_e2e.py \
+    step e2e "$OUT/bench.log" "${CF_E2E_CAP_S:-150}" 0 bash -c "env PYTHONPATH='$BUILD/python' '$PYTHON' bench/bench_e2e.py \
       --out '$BUILD/e2e' --no-plot ${CF_E2E_ARGS:---quick}; status=\$?; cat '$BUILD'/e2e/e2e_*.json; exit \$status"
   fi
 else

@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=None, help="makes sampling reproducible")
     gen.add_argument("--max-seq", type=_positive_int, default=None, help="cache positions (default: the model's)")
     gen.add_argument("--mode", choices=["split", "cooperative"], default=None, help="layer kernels (default: "
-                     "cooperative where the device allows)")
+                     "split, the faster)")
 
     bench = commands.add_parser("bench", help="time whole-model decode (TTFT, TPOT, tokens/s)")
     bench.add_argument("--model", default="pythia-2.8b", help=f"one of {', '.join(EMBEDDED_MODELS)} (random "

@@ -222,7 +222,7 @@ class Engine:
 
 def from_transformers(model, max_seq: int | None = None, mode: str | None = None) -> Engine:
     """An Engine for a transformers GPTNeoXForCausalLM in float16 on CUDA, sharing its weights (no copy).
-    max_seq defaults to the model's max_position_embeddings; mode None picks cooperative where the device allows,
-    else split. Raises ValueError for a config the kernels do not implement and TypeError for a parameter that is
-    not float16 on CUDA, naming it."""
+    max_seq defaults to the model's max_position_embeddings; mode None picks split (the faster mode once the
+    layers' launches overlap). Raises ValueError for a config the kernels do not implement and TypeError for a
+    parameter that is not float16 on CUDA, naming it."""
     return Engine(model, max_seq=max_seq, mode=mode)

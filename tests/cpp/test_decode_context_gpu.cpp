@@ -252,8 +252,7 @@ TEST(DecodeContextGpu, StepsAreBitwiseRepeatableAndModesAgree) {
   EXPECT_EQ(first.first, again.first);
   for (std::size_t i = 0; i < first.second.size(); ++i) EXPECT_TRUE(same_bits(first.second[i], again.second[i])) << i;
 
-  // pythia-70m's layer fits a Hopper GPU at once, so the default mode must be the cooperative one.
-  ASSERT_EQ(cf::DecodeContext(config, model.weights, 128).mode(), cf::LayerMode::Cooperative);
+  ASSERT_EQ(cf::DecodeContext(config, model.weights, 128).mode(), cf::LayerMode::Split);
   cf::DecodeContext coop(config, model.weights, 128, cf::LayerMode::Cooperative);
   const auto other = run(coop);
   EXPECT_EQ(first.first, other.first);

@@ -22,8 +22,8 @@ class DecodeContext {
  public:
   // Validates the config and every weight (std::invalid_argument naming it), builds the layers (their TMA maps
   // cover the cache at max_seq) and allocates the cache and scratch on the current device. The weights are
-  // borrowed and must outlive the context. `mode` picks how each layer runs; by default Cooperative where the
-  // device holds the whole grid at once, else Split. Every step runs on `stream`.
+  // borrowed and must outlive the context. `mode` picks how each layer runs; by default Split (the faster one
+  // with overlapped launches, bench/results/layer_h100.json). Every step runs on `stream`.
   DecodeContext(const ModelConfig& config, const ModelWeights& weights, int max_seq,
                 std::optional<LayerMode> mode = std::nullopt, cudaStream_t stream = nullptr);
   ~DecodeContext();
