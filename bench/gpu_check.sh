@@ -12,7 +12,8 @@
 #
 # Environment: OUT (default ./gpu_out), PYTHON (default python3), CF_SKIP_SANITIZER=1, CF_BENCH_ARGS="..."
 # (extra bench_layer.py flags, e.g. "--quick"), CF_E2E_ARGS="..." (bench_e2e.py flags replacing --quick),
-# CF_SKIP_E2E=1, CF_E2E_CAP_S (default 150), CF_BUDGET_S.
+# CF_SKIP_TESTS=1 (no ctest, pytest, sanitizer: a benchmark-only run), CF_SKIP_E2E=1, CF_E2E_CAP_S (default 150),
+# CF_BUDGET_S.
 set -euo pipefail
 
 OUT=${OUT:-$PWD/gpu_out}
@@ -81,32 +82,36 @@ if [[ ${results[0]} == pass ]]; then
   # -k 0: build every target that can be built, so one broken file leaves the rest testable.
   step build "$OUT/build.log" 420 0 cmake --build "$BUILD" -j16 -- -k 0
 
-  : >"$OUT/ctest.log"
-  step ctest "$OUT/ctest.log" 240 0 ctest --test-dir "$BUILD" --output-on-failure --timeout 200
-
-  : >"$OUT/pytest.log"
-  step pytest "$OUT/pytest.log" 300 0 env PYTHONPATH="$BUILD/python" "$PYTHON" -m pytest tests/python -rs \
-    -p no:cacheprovider --junitxml="$OUT/pytest.xml"
-
-  : >"$OUT/sanitizer.log"
-  if [[ ${CF_SKIP_SANITIZER:-0} == 1 ]]; then
-    record sanitizer "skipped (CF_SKIP_SANITIZER=1)" 0
+  if [[ ${CF_SKIP_TESTS:-0} == 1 ]]; then
+    record tests "skipped (CF_SKIP_TESTS=1)" 0
   else
-    # Instrument only the library's kernels (torch's own would multiply the run time), where the tool can.
-    only_ours=()
-    sanitizer_help=$(compute-sanitizer --help 2>/dev/null || true)
-    if [[ $sanitizer_help == *"--kernel-name "* ]]; then
-      only_ours=(--kernel-name kns=neox_layer)
+    : >"$OUT/ctest.log"
+    step ctest "$OUT/ctest.log" 240 0 ctest --test-dir "$BUILD" --output-on-failure --timeout 200
+
+    : >"$OUT/pytest.log"
+    step pytest "$OUT/pytest.log" 300 0 env PYTHONPATH="$BUILD/python" "$PYTHON" -m pytest tests/python -rs \
+      -p no:cacheprovider --junitxml="$OUT/pytest.xml"
+
+    : >"$OUT/sanitizer.log"
+    if [[ ${CF_SKIP_SANITIZER:-0} == 1 ]]; then
+      record sanitizer "skipped (CF_SKIP_SANITIZER=1)" 0
+    else
+      # Instrument only the library's kernels (torch's own would multiply the run time), where the tool can.
+      only_ours=()
+      sanitizer_help=$(compute-sanitizer --help 2>/dev/null || true)
+      if [[ $sanitizer_help == *"--kernel-name "* ]]; then
+        only_ours=(--kernel-name kns=neox_layer)
+      fi
+      for tool in memcheck racecheck synccheck; do
+        # Without torch's caching allocator every tensor is its own allocation, so memcheck sees its bounds.
+        step "sanitizer $tool" "$OUT/sanitizer.log" 150 "$BENCH_RESERVE" env CF_SANITIZER=1 \
+          PYTORCH_NO_CUDA_MEMORY_CACHING=1 PYTHONPATH="$BUILD/python" compute-sanitizer --tool "$tool" --error-exitcode 1 \
+          ${only_ours[@]+"${only_ours[@]}"} "$PYTHON" bench/sanitize_layer.py
+      done
     fi
-    for tool in memcheck racecheck synccheck; do
-      # Without torch's caching allocator every tensor is its own allocation, so memcheck sees its bounds.
-      step "sanitizer $tool" "$OUT/sanitizer.log" 150 "$BENCH_RESERVE" env CF_SANITIZER=1 \
-        PYTORCH_NO_CUDA_MEMORY_CACHING=1 PYTHONPATH="$BUILD/python" compute-sanitizer --tool "$tool" --error-exitcode 1 \
-        ${only_ours[@]+"${only_ours[@]}"} "$PYTHON" bench/sanitize_layer.py
-    done
   fi
 
-  # Kernel-level view: per-layer time of each mode and the per-block timeline of one cooperative layer.
+  # Kernel-level view: per-layer time of each mode and the per-block timeline of one overlapped layer per mode.
   : >"$OUT/timing.log"
   step timing "$OUT/timing.log" 60 0 bash -c "$BUILD/layer_timing pythia-2.8b 512 && $BUILD/layer_timing pythia-6.9b 512"
 

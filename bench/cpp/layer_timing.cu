@@ -95,6 +95,10 @@ float time_graph_ms(cudaGraphExec_t exec, cudaStream_t stream, int iters) {
   return ms[ms.size() / 2];
 }
 
+constexpr int kMarks = 12;  // kernels::kTimelineMarks, in the order of kernels::TimelineMark
+const char* const kMarkNames[kMarks] = {"entry", "listed",     "primed",    "input",   "normed",  "cluster ok",
+                                        "qkv",   "up",         "head ready", "attention", "phase B", "end"};
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -167,43 +171,49 @@ int main(int argc, char** argv) {
       CF_CUDA_CHECK(cudaGraphDestroy(graph));
     }
   }
-  // Where the time goes inside one cooperative layer that overlaps the one before it: per-block global-timer
+  // Where the time goes inside one layer that overlaps the one before it, in each mode: per-block global-timer
   // stamps at each stage, from the first block's entry (the previous layer is still running then).
-  if (plan.cooperative_supported) {
-    set_overlap(true);
-    constexpr int kMarks = 12;  // kernels::kTimelineMarks
-    const char* marks[kMarks] = {"entry",      "listed",    "primed",    "input",   "normed", "cluster ok",
-                                 "qkv",        "up",        "head ready", "attention", "phase B", "end"};
+  set_overlap(true);
+  for (const cf::LayerMode mode : {cf::LayerMode::Split, cf::LayerMode::Cooperative}) {
+    if (mode == cf::LayerMode::Cooperative && !plan.cooperative_supported) continue;
+    const int kernels = mode == cf::LayerMode::Split ? 2 : 1;
     unsigned long long* timeline;
-    const std::size_t stamps = std::size_t(plan.blocks) * kMarks;
+    const std::size_t stamps = std::size_t(kernels) * plan.blocks * kMarks;
     CF_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&timeline), stamps * sizeof(unsigned long long)));
     CF_CUDA_CHECK(cudaMemset(timeline, 0, stamps * sizeof(unsigned long long)));
     for (int l = 0; l < rotate; ++l) {
       cache.set_length(ctx);
       fused[l]->forward(cache, l, cf::LayerIO{x.ptr, out.ptr, attn, act, l == rotate - 1 ? timeline : nullptr}, ctx,
-                        cf::LayerMode::Cooperative, stream);
+                        mode, stream);
     }
     CF_CUDA_CHECK(cudaStreamSynchronize(stream));
     std::vector<unsigned long long> t(stamps);
     CF_CUDA_CHECK(cudaMemcpy(t.data(), timeline, stamps * sizeof(unsigned long long), cudaMemcpyDeviceToHost));
+    CF_CUDA_CHECK(cudaFree(timeline));
     unsigned long long t0 = ~0ull;
     for (int b = 0; b < plan.blocks; ++b) t0 = std::min(t0, t[b * kMarks]);
-    std::printf("  cooperative timeline, us since the first block entered: min / median / max over the blocks of\n"
-                "  head clusters | of the other clusters\n");
+    std::printf("  %s timeline (overlapped), us since the first block entered: min / median / max over the blocks\n"
+                "  of head clusters | of the other clusters\n", cf::layer_mode_name(mode));
     const int head_blocks = config.heads * plan.cluster_size;
-    for (int m = 0; m < kMarks; ++m) {
-      std::printf("    %-11s", marks[m]);
-      for (const auto [b0, b1] : {std::pair{0, head_blocks}, std::pair{head_blocks, plan.blocks}}) {
-        std::vector<double> v;
-        for (int b = b0; b < b1; ++b)
-          if (t[b * kMarks + m] != 0) v.push_back((t[b * kMarks + m] - t0) * 1e-3);
-        std::sort(v.begin(), v.end());
-        if (v.empty()) std::printf(" | %23s", "-");
-        else std::printf(" | %7.2f %7.2f %7.2f", v.front(), v[v.size() / 2], v.back());
+    for (int k = 0; k < kernels; ++k) {
+      if (kernels == 2) std::printf("    phase %c kernel\n", k == 0 ? 'A' : 'B');
+      const unsigned long long* tk = t.data() + std::size_t(k) * plan.blocks * kMarks;
+      for (int m = 0; m < kMarks; ++m) {
+        bool reached = false;
+        for (int b = 0; b < plan.blocks; ++b) reached |= tk[b * kMarks + m] != 0;
+        if (!reached) continue;  // a stage this kernel does not run
+        std::printf("    %-11s", kMarkNames[m]);
+        for (const auto [b0, b1] : {std::pair{0, head_blocks}, std::pair{head_blocks, plan.blocks}}) {
+          std::vector<double> v;
+          for (int b = b0; b < b1; ++b)
+            if (tk[b * kMarks + m] != 0) v.push_back((double(tk[b * kMarks + m]) - double(t0)) * 1e-3);
+          std::sort(v.begin(), v.end());
+          if (v.empty()) std::printf(" | %23s", "-");
+          else std::printf(" | %7.2f %7.2f %7.2f", v.front(), v[v.size() / 2], v.back());
+        }
+        std::printf("\n");
       }
-      std::printf("\n");
     }
-    CF_CUDA_CHECK(cudaFree(timeline));
   }
   for (auto* f : fused) delete f;
   return 0;

@@ -144,7 +144,9 @@ void NeoXLayer::launch(const kernels::NeoXLayerParams& p, LayerMode mode, cudaSt
     kernels::launch_neox_cooperative(p, plan_, config_.head_dim, stream);
   } else {
     kernels::launch_neox_phase_a(p, plan_, config_.head_dim, stream);
-    kernels::launch_neox_phase_b(p, plan_, stream);
+    kernels::NeoXLayerParams phase_b = p;
+    if (phase_b.timeline != nullptr) phase_b.timeline += std::size_t(plan_.blocks) * kernels::kTimelineMarks;
+    kernels::launch_neox_phase_b(phase_b, plan_, stream);
   }
 }
 

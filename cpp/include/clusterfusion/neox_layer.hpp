@@ -24,7 +24,8 @@ struct LayerIO {
   void* out = nullptr;      // [hidden] float16: x + attention + MLP
   float* attn = nullptr;    // [hidden] float32: concatenated per-head attention outputs (before W_o)
   float* mlp_act = nullptr; // [ffn] float32: GELU(W_up LN2(x) + b_up)
-  // Optional, for kernel tuning: 12 global-timer stamps (ns) per block of the plan, at the stages of the layer.
+  // Optional, for kernel tuning: 12 global-timer stamps (ns) per block of the plan, at the stages of the layer;
+  // in split mode twice that, phase A's kernel's stamps then phase B's.
   unsigned long long* timeline = nullptr;
 };
 

@@ -59,6 +59,11 @@ struct PhaseAShare {
 #endif
 constexpr long long kAttentionFixedBytes = CF_ATTENTION_FIXED_KB << 10;
 
+// EXPERIMENT (NOTES v14): CF_PARALLEL_LISTS=0 restores the one-thread job lists of v13 to compare in one run.
+#ifndef CF_PARALLEL_LISTS
+#define CF_PARALLEL_LISTS 1
+#endif
+#if CF_PARALLEL_LISTS
 // Closed form: the blocks of a head cluster differ only by rank, the other blocks carry no head cost. Run by
 // warp 0, lane r pricing rank r, so that the chain of arithmetic on the kernel's critical start stays short:
 // byte counts are exact integers in double (all below 2^53), and double division is far shorter than 64-bit
@@ -130,6 +135,71 @@ __device__ __forceinline__ void build_job_lists(const NeoXLayerParams& p, const 
   __syncthreads();
 }
 
+#else
+// Closed form: the blocks of a head cluster differ only by rank, the other blocks carry no head cost.
+template <int kHeadDim>
+__device__ __forceinline__ PhaseAShare phase_a_share(const NeoXLayerParams& p, int block) {
+  const int ranks = cluster_size(), rank = cluster_rank(), cluster = block / ranks;
+  const int head_units = 3 * kHeadDim / kBoxRows, up_units = p.ffn / kBoxRows, positions = step_position(p) + 1;
+  const long long unit_bytes = 2LL * kBoxRows * p.hidden;
+  auto qkv_units = [&](int r) { return split_begin(head_units, ranks, r + 1) - split_begin(head_units, ranks, r); };
+  auto head_cost = [&](int r) {
+    const int chunk = split_begin(positions, ranks, r + 1) - split_begin(positions, ranks, r);
+    return qkv_units(r) * unit_bytes + chunk * (kHeadDim * 4LL) + kAttentionFixedBytes;  // K and V, float16
+  };
+  const long long total = p.heads * (head_units * unit_bytes + positions * (kHeadDim * 4LL)) +
+                          p.heads * ranks * kAttentionFixedBytes + up_units * unit_bytes;
+  const long long avg = total / gridDim.x;
+  auto spare = [&](long long cost) { return max(avg / 16, avg - cost); };
+  long long cluster_spare = 0, rank_spare = 0;  // of one head cluster; of its ranks before this block's
+  for (int r = 0; r < ranks; ++r) {
+    const long long s = spare(head_cost(r));
+    cluster_spare += s;
+    if (r < rank) rank_spare += s;
+  }
+  const long long all = p.heads * cluster_spare + (gridDim.x - p.heads * ranks) * avg;
+  const bool head_block = cluster < p.heads;
+  const long long before = head_block ? cluster * cluster_spare + rank_spare
+                                      : p.heads * cluster_spare + (block - p.heads * ranks) * avg;
+  const long long mine = head_block ? spare(head_cost(rank)) : avg;
+  PhaseAShare share;
+  share.qkv_units = head_block ? qkv_units(rank) : 0;
+  share.qkv_first = cluster * head_units + split_begin(head_units, ranks, rank);
+  share.up_first = int(up_units * before / all);
+  share.up_units = int(up_units * (before + mine) / all) - share.up_first;
+  return share;
+}
+
+// Thread 0 writes the job lists of this block: phase A's (qkv, up) and phase B's. Lists a kernel does not run
+// get zero jobs.
+template <int kHeadDim>
+__device__ __forceinline__ void build_job_lists(const NeoXLayerParams& p, const SmemLayout& L, unsigned char* smem,
+                                                bool phase_a, bool phase_b) {
+  auto* lists = reinterpret_cast<JobList*>(smem + SmemLayout::kJobLists);
+  if (threadIdx.x == 0) {
+    const int blocks = gridDim.x, block = blockIdx.x;
+    const PhaseAShare share = phase_a ? phase_a_share<kHeadDim>(p, block) : PhaseAShare{0, 0, 0, 0};
+    const int k_boxes = p.hidden / kBoxCols;
+    lists[kQkvJobs] = JobList{share.qkv_first * kBoxRows, share.qkv_units, 1, 0, 1,
+                              {{&p.w_qkv, reinterpret_cast<float*>(smem + L.a1), k_boxes}, {}}, 0, k_boxes};
+    lists[kUpJobs] = JobList{share.up_first * kBoxRows, share.up_units, 1, 0, 1,
+                             {{&p.w_up, reinterpret_cast<float*>(smem + L.a2), k_boxes}, {}}, 0, k_boxes};
+    // Phase B: a cluster owns output rows; its ranks split their K (W_o's boxes, then W_down's) and rank 0
+    // adds the ranks' partial sums (phase_b), so rows are shared out in clusters, not blocks: finer balance.
+    const int ranks = cluster_size(), rank = cluster_rank(), cluster = block / ranks;
+    const int out_units = p.hidden / kBoxRows, out_boxes = k_boxes + p.ffn / kBoxCols;
+    const int o0 = split_begin(out_units, blocks / ranks, cluster), o1 = split_begin(out_units, blocks / ranks, cluster + 1);
+    lists[kOutJobs] = JobList{o0 * kBoxRows, phase_b ? o1 - o0 : 0, 1, 0, 2,
+                              {{&p.w_o, reinterpret_cast<float*>(smem + L.o), k_boxes},
+                               {&p.w_down, reinterpret_cast<float*>(smem + L.g), p.ffn / kBoxCols}},
+                              split_begin(out_boxes, ranks, rank), split_begin(out_boxes, ranks, rank + 1)};
+    finish_job_lists(lists, kMaxJobLists);
+  }
+  __syncthreads();
+}
+
+#endif
+
 // An epilogue constant (bias, residual) of the row a thread handles first in a list, loaded at kernel start:
 // read later, behind the saturated weight stream, each such load would cost microseconds.
 struct RowConstant {
@@ -200,7 +270,7 @@ struct KvChunk {
 template <int kHeadDim>
 __device__ __forceinline__ void prefetch_kv_chunk(const NeoXLayerParams& p) {
   const int head = blockIdx.x / cluster_size();
-  if (threadIdx.x != 64 || head >= p.heads) return;
+  if (threadIdx.x != (CF_PARALLEL_LISTS ? 64 : 0) || head >= p.heads) return;
   const KvChunk chunk(p);
   const int cached_end = min(chunk.end, step_position(p));  // the new token is not in the cache yet
   if (cached_end <= chunk.begin) return;
