@@ -213,6 +213,18 @@ int main(int argc, char** argv) {
         }
         std::printf("\n");
       }
+      // The block that ends last, beside the other blocks of its cluster: every stage it reached.
+      int last = 0;
+      for (int b = 0; b < plan.blocks; ++b)
+        if (tk[b * kMarks + kMarks - 1] > tk[last * kMarks + kMarks - 1]) last = b;
+      const int first_of_cluster = last / plan.cluster_size * plan.cluster_size;
+      for (int b = first_of_cluster; b < first_of_cluster + plan.cluster_size; ++b) {
+        std::printf("    block %3d%s:", b, b == last ? " (ends last)" : "            ");
+        for (int m = 0; m < kMarks; ++m)
+          if (tk[b * kMarks + m] != 0)
+            std::printf(" %s %.2f,", kMarkNames[m], (double(tk[b * kMarks + m]) - double(t0)) * 1e-3);
+        std::printf("\n");
+      }
     }
   }
   for (auto* f : fused) delete f;

@@ -59,83 +59,6 @@ struct PhaseAShare {
 #endif
 constexpr long long kAttentionFixedBytes = CF_ATTENTION_FIXED_KB << 10;
 
-// EXPERIMENT (NOTES v14): CF_PARALLEL_LISTS=0 restores the one-thread job lists of v13 to compare in one run.
-#ifndef CF_PARALLEL_LISTS
-#define CF_PARALLEL_LISTS 1
-#endif
-#if CF_PARALLEL_LISTS
-// Closed form: the blocks of a head cluster differ only by rank, the other blocks carry no head cost. Run by
-// warp 0, lane r pricing rank r, so that the chain of arithmetic on the kernel's critical start stays short:
-// byte counts are exact integers in double (all below 2^53), and double division is far shorter than 64-bit
-// integer division. Every block computes the same values, so the shares tile W_up exactly.
-template <int kHeadDim>
-__device__ __forceinline__ PhaseAShare phase_a_share(const NeoXLayerParams& p, int block, int lane) {
-  const int ranks = cluster_size(), rank = cluster_rank(), cluster = block / ranks;
-  const int head_units = 3 * kHeadDim / kBoxRows, up_units = p.ffn / kBoxRows, positions = step_position(p) + 1;
-  const double unit_bytes = 2.0 * kBoxRows * p.hidden, kv_bytes = kHeadDim * 4.0;  // K and V, float16
-  const double total = p.heads * (head_units * unit_bytes + positions * kv_bytes) +
-                       double(p.heads) * ranks * kAttentionFixedBytes + up_units * unit_bytes;
-  const double avg = floor(total / gridDim.x);
-  const int qkv_units = split_begin(head_units, ranks, lane + 1) - split_begin(head_units, ranks, lane);
-  double spare = 0.0;  // of rank `lane` of a head cluster
-  if (lane < ranks) {
-    const int chunk = split_begin(positions, ranks, lane + 1) - split_begin(positions, ranks, lane);
-    spare = fmax(floor(avg / 16), avg - (qkv_units * unit_bytes + chunk * kv_bytes + kAttentionFixedBytes));
-  }
-  double cluster_spare = spare, rank_spare = lane < rank ? spare : 0.0;  // sums of integers: exact in any order
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    cluster_spare += __shfl_xor_sync(0xffffffffu, cluster_spare, o);
-    rank_spare += __shfl_xor_sync(0xffffffffu, rank_spare, o);
-  }
-  const double rank_own_spare = __shfl_sync(0xffffffffu, spare, rank);
-  const int rank_qkv_units = __shfl_sync(0xffffffffu, qkv_units, rank);
-  const double all = p.heads * cluster_spare + double(gridDim.x - p.heads * ranks) * avg;
-  const bool head_block = cluster < p.heads;
-  const double before = head_block ? cluster * cluster_spare + rank_spare
-                                   : p.heads * cluster_spare + double(block - p.heads * ranks) * avg;
-  const double mine = head_block ? rank_own_spare : avg;
-  PhaseAShare share;
-  share.qkv_units = head_block ? rank_qkv_units : 0;
-  share.qkv_first = cluster * head_units + split_begin(head_units, ranks, rank);
-  share.up_first = int(floor(up_units * before / all));
-  share.up_units = int(floor(up_units * (before + mine) / all)) - share.up_first;
-  return share;
-}
-
-// Writes the job lists of this block: phase A's (qkv, up) by warp 0, phase B's by warp 1, side by side; then
-// thread 0 chains them. Lists a kernel does not run get zero jobs.
-template <int kHeadDim>
-__device__ __forceinline__ void build_job_lists(const NeoXLayerParams& p, const SmemLayout& L, unsigned char* smem,
-                                                bool phase_a, bool phase_b) {
-  auto* lists = reinterpret_cast<JobList*>(smem + SmemLayout::kJobLists);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, block = blockIdx.x;
-  const int k_boxes = p.hidden / kBoxCols;
-  if (warp == 0) {
-    const PhaseAShare share = phase_a ? phase_a_share<kHeadDim>(p, block, lane) : PhaseAShare{0, 0, 0, 0};
-    if (lane == 0) {
-      lists[kQkvJobs] = JobList{share.qkv_first * kBoxRows, share.qkv_units, 1, 0, 1,
-                                {{&p.w_qkv, reinterpret_cast<float*>(smem + L.a1), k_boxes}, {}}, 0, k_boxes};
-      lists[kUpJobs] = JobList{share.up_first * kBoxRows, share.up_units, 1, 0, 1,
-                               {{&p.w_up, reinterpret_cast<float*>(smem + L.a2), k_boxes}, {}}, 0, k_boxes};
-    }
-  } else if (warp == 1 && lane == 0) {
-    // Phase B: a cluster owns output rows; its ranks split their K (W_o's boxes, then W_down's) and rank 0
-    // adds the ranks' partial sums (phase_b), so rows are shared out in clusters, not blocks: finer balance.
-    const int ranks = cluster_size(), rank = cluster_rank(), cluster = block / ranks, clusters = gridDim.x / ranks;
-    const int out_units = p.hidden / kBoxRows, out_boxes = k_boxes + p.ffn / kBoxCols;
-    const int o0 = split_begin(out_units, clusters, cluster), o1 = split_begin(out_units, clusters, cluster + 1);
-    lists[kOutJobs] = JobList{o0 * kBoxRows, phase_b ? o1 - o0 : 0, 1, 0, 2,
-                              {{&p.w_o, reinterpret_cast<float*>(smem + L.o), k_boxes},
-                               {&p.w_down, reinterpret_cast<float*>(smem + L.g), p.ffn / kBoxCols}},
-                              split_begin(out_boxes, ranks, rank), split_begin(out_boxes, ranks, rank + 1)};
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) finish_job_lists(lists, kMaxJobLists);
-  __syncthreads();
-}
-
-#else
 // Closed form: the blocks of a head cluster differ only by rank, the other blocks carry no head cost.
 template <int kHeadDim>
 __device__ __forceinline__ PhaseAShare phase_a_share(const NeoXLayerParams& p, int block) {
@@ -197,8 +120,6 @@ __device__ __forceinline__ void build_job_lists(const NeoXLayerParams& p, const 
   }
   __syncthreads();
 }
-
-#endif
 
 // An epilogue constant (bias, residual) of the row a thread handles first in a list, loaded at kernel start:
 // read later, behind the saturated weight stream, each such load would cost microseconds.
@@ -266,11 +187,10 @@ struct KvChunk {
 
 // Asks L2 for this block's cached keys and values at kernel start, so that attention, which runs after the
 // block's weight stream, finds them there instead of paying DRAM latency behind the other blocks' streams.
-// Issued by warp 2, beside the warps that build the job lists.
 template <int kHeadDim>
 __device__ __forceinline__ void prefetch_kv_chunk(const NeoXLayerParams& p) {
   const int head = blockIdx.x / cluster_size();
-  if (threadIdx.x != (CF_PARALLEL_LISTS ? 64 : 0) || head >= p.heads) return;
+  if (threadIdx.x != 0 || head >= p.heads) return;
   const KvChunk chunk(p);
   const int cached_end = min(chunk.end, step_position(p));  // the new token is not in the cache yet
   if (cached_end <= chunk.begin) return;
@@ -404,7 +324,10 @@ __global__ void __launch_bounds__(kThreads, 1) neox_layer_kernel(const __grid_co
   if constexpr (kPhaseA) phase_a<kHeadDim>(p, layout, smem, stream, in);
   // In the cooperative kernel phase B's first weight boxes are already in flight across this barrier.
   if constexpr (kPhaseA && kPhaseB) grid_barrier(p.grid_barrier);
-  if constexpr (!kPhaseA) cluster_wait();
+  if constexpr (!kPhaseA) {
+    cluster_wait();
+    stamp(p, kMarkClusterReady);
+  }
   if constexpr (kPhaseB) phase_b(p, layout, smem, stream, in);
   stamp(p, kMarkEnd);
 }
