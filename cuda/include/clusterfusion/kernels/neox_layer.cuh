@@ -249,17 +249,37 @@ __device__ __forceinline__ void phase_a(const NeoXLayerParams& p, const SmemLayo
   stamp(p, kMarkAttention);
 }
 
+// Copies n floats (n a multiple of 4) that another block or kernel wrote (read through L2, .cg) into shared
+// memory with kCopyBatch 16-byte loads per thread in flight: one round trip per batch, not per load. A block
+// that starts late loads behind every other block's weight stream, where each round trip costs microseconds
+// (bench/NOTES.md v15).
+constexpr int kCopyBatch = 8;
+__device__ __forceinline__ void copy_from_l2(float* dst, const float* src, int n) {
+  const int vecs = n / 4;
+  for (int base = 0; base < vecs; base += kCopyBatch * int(blockDim.x)) {
+    float4 v[kCopyBatch];
+#pragma unroll
+    for (int u = 0; u < kCopyBatch; ++u) {
+      const int i = base + u * int(blockDim.x) + int(threadIdx.x);
+      if (i < vecs) v[u] = __ldcg(reinterpret_cast<const float4*>(src) + i);
+    }
+#pragma unroll
+    for (int u = 0; u < kCopyBatch; ++u) {
+      const int i = base + u * int(blockDim.x) + int(threadIdx.x);
+      if (i < vecs) reinterpret_cast<float4*>(dst)[i] = v[u];
+    }
+  }
+}
+
 // Phase B after its inputs (attn, mlp_act) are complete in global memory.
 __device__ __forceinline__ void phase_b(const NeoXLayerParams& p, const SmemLayout& L, unsigned char* smem,
                                         WarpStream& stream, const BlockInputs& in) {
   float* o = reinterpret_cast<float*>(smem + L.o);
   float* g = reinterpret_cast<float*>(smem + L.g);
   float* rank_partials = reinterpret_cast<float*>(smem + L.rank_partials);
-  // Written by other blocks of this launch (cooperative) or the previous one: read through L2 (.cg).
-  for (int i = threadIdx.x; i < p.hidden / 4; i += blockDim.x)
-    reinterpret_cast<float4*>(o)[i] = __ldcg(reinterpret_cast<const float4*>(p.attn) + i);
-  for (int i = threadIdx.x; i < p.ffn / 4; i += blockDim.x)
-    reinterpret_cast<float4*>(g)[i] = __ldcg(reinterpret_cast<const float4*>(p.mlp_act) + i);
+  // Written by other blocks of this launch (cooperative) or the previous one.
+  copy_from_l2(o, p.attn, p.hidden);
+  copy_from_l2(g, p.mlp_act, p.ffn);
   __syncthreads();
   stamp(p, kMarkPhaseB);
   const JobList& rows_of = reinterpret_cast<const JobList*>(smem + SmemLayout::kJobLists)[kOutJobs];
