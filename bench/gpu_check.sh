@@ -89,7 +89,7 @@ if [[ ${results[0]} == pass ]]; then
     step ctest "$OUT/ctest.log" 240 0 ctest --test-dir "$BUILD" --output-on-failure --timeout 200
 
     : >"$OUT/pytest.log"
-    step pytest "$OUT/pytest.log" 300 0 env PYTHONPATH="$BUILD/python" "$PYTHON" -m pytest tests/python -rs \
+    step pytest "$OUT/pytest.log" 300 0 env PYTHONPATH="$BUILD/python" "$PYTHON" -m pytest tests/python -rs -rP \
       -p no:cacheprovider --junitxml="$OUT/pytest.xml"
 
     : >"$OUT/sanitizer.log"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds bench/cpp/layer_timing for several settings of the kernel's tuning knobs (CF_BOX_ROWS, CF_WARPS,
-# CF_STAGES, CF_ATTENTION_FIXED_KB: cuda/include/clusterfusion/kernels/neox_layer_params.hpp) side by side and times each, so
-# variants are compared in one run on one GPU. Usage: bench/tune_variants.sh [model ctx] (default pythia-2.8b 512);
+# CF_STAGES, CF_ATTENTION_FIXED_KB in cuda/include/clusterfusion/kernels/, and any other -D flag) side by side
+# and times each, so variants are compared in one run on one GPU. Usage: bench/tune_variants.sh [model ctx] (default pythia-2.8b 512);
 # variants via CF_VARIANTS="name:rows:warps:stages[:attention_fixed_kb[:extra,-D,flags]] ...".
 set -euo pipefail
 model=${1:-pythia-2.8b}
