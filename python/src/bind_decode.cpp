@@ -156,7 +156,8 @@ constexpr const char* kContextDoc =
     "decoder layer, and a CUDA graph of the whole step (embedding -> layers -> final LayerNorm -> LM head -> "
     "token selection). Weights are CUDA float16 tensors from any DLPack producer, read in place and kept alive: "
     "embed_in and lm_head [vocab, hidden], final_norm_weight/bias [hidden], and `layers`, one dict per layer with "
-    "NeoXLayer's 12 keywords. mode: None (split, the faster one), 'split' or 'cooperative'. Every step runs on `stream` (a cudaStream_t as an int; 0 is the default stream).";
+    "NeoXLayer's 12 keywords. mode: None (split, the faster one), 'split' or 'cooperative'. Every step runs on "
+    "`stream` (a cudaStream_t as an int; 0 is the default stream).";
 
 }  // namespace
 
