@@ -12,6 +12,7 @@
 
 #include "clusterfusion/cuda_check.hpp"
 #include "clusterfusion/kernels/decode_launch.hpp"
+#include "token_selection.hpp"
 
 namespace clusterfusion {
 
@@ -27,11 +28,13 @@ const __half* half_ptr(const TensorView& t) { return static_cast<const __half*>(
 // The config, once it and the weights have been checked: done before the cache is allocated.
 ModelConfig checked(const ModelConfig& config, const ModelWeights& weights, int max_seq) {
   config.validate();
-  if (config.arch != Architecture::GPTNeoX)
-    throw std::invalid_argument("ModelConfig.arch: the decode context runs GPT-NeoX models only");
   weights.check(config);
   if (max_seq <= 0) throw std::invalid_argument("max_seq: must be > 0 (got " + std::to_string(max_seq) + ")");
   return config;
+}
+
+kernels::NormKind final_norm_kind(const ModelConfig& c) {
+  return c.norm == Norm::LayerNorm ? kernels::NormKind::LayerNorm : kernels::NormKind::RMSNorm;
 }
 
 std::string shape_text(int64_t heads, const std::string& seq, int64_t head_dim) {
@@ -48,7 +51,7 @@ DecodeContext::DecodeContext(const ModelConfig& config, const ModelWeights& weig
       stream_(stream),
       cache_(config_, max_seq) {
   for (int i = 0; i < config_.layers; ++i) {
-    layers_.push_back(std::make_unique<NeoXLayer>(config_, weights_.layers[i], max_seq_));
+    layers_.push_back(std::make_unique<DecoderLayer>(config_, weights_.layers[i], max_seq_));
     // Layer i follows the embedding or layer i-1, which write neither its weights nor the position.
     layers_.back()->set_overlap_previous_kernel(true);
   }
@@ -59,12 +62,14 @@ DecodeContext::DecodeContext(const ModelConfig& config, const ModelWeights& weig
   // Split by default: with each launch overlapping the one before, it is the faster mode on the H100 for both
   // Pythia shapes at every context (bench/results/layer_h100.json, *_graph_overlap rows).
   mode_ = mode.value_or(LayerMode::Split);
-  const kernels::LmHeadPlan lm_head = kernels::plan_lm_head(config_.vocab, config_.hidden);
+  kernels::LmHeadPlan lm_head;
+  CF_CUDA_CHECK(kernels::plan_lm_head(config_.vocab, config_.hidden, final_norm_kind(config_), &lm_head));
   lm_head_blocks_ = lm_head.blocks;
   lm_head_smem_ = lm_head.smem;
   try {
     device_alloc(hidden_[0], config_.hidden);
     device_alloc(hidden_[1], config_.hidden);
+    device_alloc(h1_, config_.hidden);
     device_alloc(attn_, config_.hidden);
     device_alloc(mlp_act_, config_.ffn);
     device_alloc(logits_, config_.vocab);
@@ -93,13 +98,14 @@ void DecodeContext::release() noexcept {
   step_done_ = nullptr;
   if (capture_stream_) (void)cudaStreamDestroy(capture_stream_);
   capture_stream_ = nullptr;
-  for (void* p : {static_cast<void*>(hidden_[0]), static_cast<void*>(hidden_[1]), static_cast<void*>(attn_),
+  for (void* p : {static_cast<void*>(hidden_[0]), static_cast<void*>(hidden_[1]), static_cast<void*>(h1_),
+                  static_cast<void*>(attn_),
                   static_cast<void*>(mlp_act_), static_cast<void*>(logits_), partials_, static_cast<void*>(tokens_),
                   static_cast<void*>(device_position_)}) {
     if (p) (void)cudaFree(p);
   }
   if (host_token_) (void)cudaFreeHost(host_token_);
-  hidden_[0] = hidden_[1] = nullptr;
+  hidden_[0] = hidden_[1] = h1_ = nullptr;
   attn_ = mlp_act_ = logits_ = nullptr;
   partials_ = nullptr;
   tokens_ = device_position_ = host_token_ = nullptr;
@@ -117,7 +123,7 @@ void DecodeContext::set_sampling(const SamplingParams& params) {
 }
 
 void DecodeContext::reset() {
-  kernels::launch_store_int(device_position_, 0, stream_);
+  CF_CUDA_CHECK(kernels::launch_store_int(device_position_, 0, stream_));
   cache_.reset();
   position_ = 0;
   has_token_ = false;
@@ -125,7 +131,7 @@ void DecodeContext::reset() {
 
 void DecodeContext::load_prefix(const std::vector<TensorView>& keys, const std::vector<TensorView>& values) {
   const int layers = config_.layers;
-  const int64_t heads = config_.heads, head_dim = config_.head_dim;
+  const int64_t heads = config_.kv_heads, head_dim = config_.head_dim;
   for (const auto* list : {&keys, &values}) {
     if (list->size() != static_cast<std::size_t>(layers)) {
       throw std::invalid_argument(std::string(list == &keys ? "keys" : "values") + ": expected " +
@@ -159,7 +165,7 @@ void DecodeContext::load_prefix(const std::vector<TensorView>& keys, const std::
                                       cudaMemcpyDeviceToDevice, stream_));
     }
   }
-  kernels::launch_store_int(device_position_, static_cast<int>(seq), stream_);
+  CF_CUDA_CHECK(kernels::launch_store_int(device_position_, static_cast<int>(seq), stream_));
   cache_.set_length(static_cast<int>(seq));
   position_ = static_cast<int>(seq);
   has_token_ = false;
@@ -178,7 +184,7 @@ void DecodeContext::enqueue_step(int token) {
     throw std::invalid_argument("token: expected 0.." + std::to_string(config_.vocab - 1) + ", got " +
                                 std::to_string(token));
   }
-  kernels::launch_store_token(tokens_, device_position_, token, stream_);
+  CF_CUDA_CHECK(kernels::launch_store_token(tokens_, device_position_, token, stream_));
   launch_step();
 }
 
@@ -227,24 +233,28 @@ int DecodeContext::prefill(const std::vector<int>& prompt) {
 
 void DecodeContext::enqueue_kernels(cudaStream_t stream) {
   const int hidden = config_.hidden;
-  kernels::launch_embedding(half_ptr(weights_.embed_in), tokens_, device_position_, hidden_[0], hidden, stream);
+  CF_CUDA_CHECK(kernels::launch_embedding(half_ptr(weights_[ModelSlot::embed_in]), tokens_, device_position_,
+                                          hidden_[0], hidden, stream));
   for (int l = 0; l < config_.layers; ++l) {
-    const LayerIO io{hidden_[l % 2], hidden_[(l + 1) % 2], attn_, mlp_act_};
+    const LayerIO io{hidden_[l % 2], hidden_[(l + 1) % 2], h1_, attn_, mlp_act_};
     layers_[l]->forward_at_device_position(cache_, l, io, device_position_, mode_, stream);
   }
-  kernels::LmHeadArgs head{hidden_[config_.layers % 2],
-                           half_ptr(weights_.final_norm_weight),
-                           half_ptr(weights_.final_norm_bias),
-                           config_.norm_eps,
-                           half_ptr(weights_.lm_head),
-                           config_.vocab,
-                           hidden,
-                           logits_,
-                           static_cast<kernels::ArgmaxPartial*>(partials_)};
-  kernels::launch_final_norm_lm_head(head, kernels::LmHeadPlan{lm_head_blocks_, lm_head_smem_}, stream);
+  const kernels::LmHeadArgs head{hidden_[config_.layers % 2],
+                                 final_norm_kind(config_),
+                                 half_ptr(weights_[ModelSlot::final_norm_weight]),
+                                 half_ptr(weights_[ModelSlot::final_norm_bias]),
+                                 config_.norm_eps,
+                                 half_ptr(weights_[ModelSlot::lm_head]),
+                                 config_.vocab,
+                                 hidden,
+                                 logits_,
+                                 static_cast<kernels::ArgmaxPartial*>(partials_)};
+  CF_CUDA_CHECK(
+      kernels::launch_final_norm_lm_head(head, kernels::LmHeadPlan{lm_head_blocks_, lm_head_smem_}, stream));
   // Last: it reads the step's position and then advances it.
-  kernels::launch_select_token(logits_, config_.vocab, static_cast<const kernels::ArgmaxPartial*>(partials_),
-                               lm_head_blocks_, sampling_, device_position_, tokens_, stream);
+  CF_CUDA_CHECK(kernels::launch_select_token(logits_, config_.vocab,
+                                             static_cast<const kernels::ArgmaxPartial*>(partials_), lm_head_blocks_,
+                                             token_selection(sampling_), device_position_, tokens_, stream));
 }
 
 void DecodeContext::capture() {

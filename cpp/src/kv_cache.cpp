@@ -14,7 +14,7 @@ KVCacheIndex::KVCacheIndex(const ModelConfig& config, int max_seq) {
   config.validate();
   if (max_seq <= 0) throw std::invalid_argument("KVCache: max_seq must be > 0 (got " + std::to_string(max_seq) + ")");
   layers_ = config.layers;
-  heads_ = config.heads;
+  heads_ = config.kv_heads;  // the cache holds the kv heads (grouped-query attention)
   head_dim_ = config.head_dim;
   max_seq_ = max_seq;
 }

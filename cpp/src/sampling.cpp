@@ -4,7 +4,9 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "clusterfusion/cuda_check.hpp"
 #include "clusterfusion/kernels/decode_launch.hpp"
+#include "token_selection.hpp"
 
 namespace clusterfusion {
 
@@ -25,13 +27,18 @@ void SamplingParams::validate() const {
   if (!(top_p > 0.0f && top_p <= 1.0f)) fail("top_p", "must be in (0, 1] (1: no limit)", top_p);
 }
 
+kernels::TokenSelection token_selection(const SamplingParams& p) {
+  return {p.temperature, p.top_k, p.top_p, p.seed};
+}
+
 void select_token(const float* logits, int vocab, const SamplingParams& params, int* position, int* tokens,
                   cudaStream_t stream) {
   params.validate();
   if (vocab <= 0) throw std::invalid_argument("vocab: must be > 0 (got " + std::to_string(vocab) + ")");
   if (logits == nullptr || position == nullptr || tokens == nullptr)
     throw std::invalid_argument("select_token: logits, position and tokens must be device pointers, got a null one");
-  kernels::launch_select_token(logits, vocab, nullptr, 0, params, position, tokens, stream);
+  CF_CUDA_CHECK(kernels::launch_select_token(logits, vocab, nullptr, 0, token_selection(params), position, tokens,
+                                             stream));
 }
 
 }  // namespace clusterfusion

@@ -6,54 +6,50 @@ namespace clusterfusion {
 
 namespace {
 
-struct Checker {
-  const std::string& prefix;
+std::string name_in(const std::string& prefix, const char* name) {
+  return prefix.empty() ? std::string(name) : prefix + "." + name;
+}
 
-  std::string name(const char* field) const { return prefix + "." + field; }
-
-  void operator()(const TensorView& view, const char* field, std::initializer_list<int64_t> shape) const {
-    check_tensor(view, name(field).c_str(), shape);
-  }
-
-  // A slot the architecture leaves empty must be empty: a filled one means the caller mapped the wrong model.
-  void absent(const TensorView& view, const char* field, const char* why) const {
-    if (view.data != nullptr || !view.shape.empty()) {
-      throw std::invalid_argument(name(field) + ": expected no tensor (" + why + "), got shape " + view.shape_str());
+// Every slot of `views` is either a schema tensor of the right shape or, when the schema does not list it, empty.
+template <std::size_t N, class SlotName>
+void check_slots(const std::array<TensorView, N>& views, const std::vector<TensorSpec>& specs,
+                 const ModelConfig& config, const std::string& prefix, SlotName&& slot_name) {
+  std::array<bool, N> listed{};
+  for (const TensorSpec& spec : specs) {
+    listed[static_cast<std::size_t>(spec.slot)] = true;
+    const std::vector<int64_t> shape = shape_of(spec, config);
+    const TensorView& view = views[static_cast<std::size_t>(spec.slot)];
+    const std::string name = name_in(prefix, spec.name);
+    if (shape.size() == 1) {
+      check_tensor(view, name.c_str(), {shape[0]});
+    } else {
+      check_tensor(view, name.c_str(), {shape[0], shape[1]});
     }
   }
-};
+  for (std::size_t s = 0; s < N; ++s) {
+    const TensorView& view = views[s];
+    if (listed[s] || (view.data == nullptr && view.shape.empty())) continue;
+    throw std::invalid_argument(name_in(prefix, slot_name(s)) + ": expected no tensor (" +
+                                architecture_name(config.arch) + " has none), got shape " + view.shape_str());
+  }
+}
+
+// A slot's keyword, from whichever architecture's schema lists it.
+const char* slot_name(bool layer, std::size_t slot) {
+  for (const Architecture arch : {Architecture::GPTNeoX, Architecture::Llama}) {
+    const WeightSchema& schema = weight_schema(arch);
+    for (const TensorSpec& spec : layer ? schema.layer : schema.model) {
+      if (static_cast<std::size_t>(spec.slot) == slot) return spec.name;
+    }
+  }
+  return "?";
+}
 
 }  // namespace
 
 void LayerWeights::check(const ModelConfig& config, const std::string& prefix) const {
   config.validate();
-  const int64_t h = config.hidden, f = config.ffn;
-  const Checker c{prefix};
-  c(ln1_weight, "ln1_weight", {h});
-  c(ln2_weight, "ln2_weight", {h});
-  c(w_qkv, "w_qkv", {3 * h, h});
-  c(w_o, "w_o", {h, h});
-  if (config.arch == Architecture::GPTNeoX) {
-    c(ln1_bias, "ln1_bias", {h});
-    c(ln2_bias, "ln2_bias", {h});
-    c(b_qkv, "b_qkv", {3 * h});
-    c(b_o, "b_o", {h});
-    c(w_up, "w_up", {f, h});
-    c(b_up, "b_up", {f});
-    c(w_down, "w_down", {h, f});
-    c(b_down, "b_down", {h});
-    return;
-  }
-  // Llama: RMSNorm and bias-free projections; w_up holds gate and up stacked.
-  c(w_up, "w_up", {2 * f, h});
-  c(w_down, "w_down", {h, f});
-  const char* why = "Llama has no norm or projection biases";
-  c.absent(ln1_bias, "ln1_bias", why);
-  c.absent(ln2_bias, "ln2_bias", why);
-  c.absent(b_qkv, "b_qkv", why);
-  c.absent(b_o, "b_o", why);
-  c.absent(b_up, "b_up", why);
-  c.absent(b_down, "b_down", why);
+  check_slots(views, weight_schema(config.arch).layer, config, prefix, [](std::size_t s) { return slot_name(true, s); });
 }
 
 void ModelWeights::check(const ModelConfig& config) const {
@@ -62,17 +58,8 @@ void ModelWeights::check(const ModelConfig& config) const {
     throw std::invalid_argument("layers: expected " + std::to_string(config.layers) + " layers, got " +
                                 std::to_string(layers.size()));
   }
-  const int64_t h = config.hidden, vocab = config.vocab;
-  check_tensor(embed_in, "embed_in", {vocab, h});
+  check_slots(views, weight_schema(config.arch).model, config, "", [](std::size_t s) { return slot_name(false, s); });
   for (std::size_t i = 0; i < layers.size(); ++i) layers[i].check(config, "layers[" + std::to_string(i) + "]");
-  check_tensor(final_norm_weight, "final_norm_weight", {h});
-  if (config.norm == Norm::LayerNorm) {
-    check_tensor(final_norm_bias, "final_norm_bias", {h});
-  } else if (final_norm_bias.data != nullptr || !final_norm_bias.shape.empty()) {
-    throw std::invalid_argument("final_norm_bias: expected no tensor (RMSNorm has no bias), got shape " +
-                                final_norm_bias.shape_str());
-  }
-  check_tensor(lm_head, "lm_head", {vocab, h});
 }
 
 }  // namespace clusterfusion

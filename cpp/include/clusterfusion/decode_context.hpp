@@ -1,6 +1,6 @@
-// A whole-model decode runtime for one sequence at batch 1: the KV cache, the scratch buffers, one fused layer
-// per decoder layer, and a CUDA graph of the whole decode step (embedding lookup -> every layer -> final
-// LayerNorm -> LM head -> token selection). Tokens and the position live on the device: a step reads its input
+// A whole-model decode runtime for one sequence at batch 1, for any supported architecture: the KV cache, the
+// scratch buffers, one fused layer per decoder layer, and a CUDA graph of the whole decode step (embedding
+// lookup -> every layer -> final norm -> LM head -> token selection). Tokens and the position live on the device: a step reads its input
 // token from the device token history and writes the next one there, so steps chain with no host round trip.
 #pragma once
 #include <memory>
@@ -11,7 +11,7 @@
 
 #include "clusterfusion/config.hpp"
 #include "clusterfusion/kv_cache.hpp"
-#include "clusterfusion/neox_layer.hpp"
+#include "clusterfusion/decoder_layer.hpp"
 #include "clusterfusion/sampling.hpp"
 #include "clusterfusion/tensor.hpp"
 #include "clusterfusion/weights.hpp"
@@ -52,7 +52,7 @@ class DecodeContext {
   void reset();
 
   // Prefill computed elsewhere: per layer, the keys and values of positions 0..seq-1 in transformers' layout
-  // [1, heads, seq, head_dim] float16 (contiguous device memory), already rotated. Copies them into the cache
+  // [1, kv_heads, seq, head_dim] float16 (contiguous device memory), already rotated. Copies them into the cache
   // on stream() and sets position() = seq; the next step needs a token from the host. Throws
   // std::invalid_argument (wrong count, shape, dtype; naming "keys[3]") or std::out_of_range (seq > max_seq)
   // before anything is copied.
@@ -87,7 +87,7 @@ class DecodeContext {
   cudaStream_t stream_;
   cudaStream_t capture_stream_ = nullptr;  // stream_ may be the legacy default stream, which cannot capture
   KVCache cache_;
-  std::vector<std::unique_ptr<NeoXLayer>> layers_;
+  std::vector<std::unique_ptr<DecoderLayer>> layers_;
   int lm_head_blocks_ = 0;
   std::size_t lm_head_smem_ = 0;
   SamplingParams sampling_;
@@ -96,6 +96,7 @@ class DecodeContext {
 
   // Device scratch (one allocation each).
   __half* hidden_[2] = {nullptr, nullptr};  // [hidden] float16: layer inputs and outputs, ping-pong
+  __half* h1_ = nullptr;                    // [hidden] float16: x + attention (sequential residual)
   float* attn_ = nullptr;                   // [hidden]
   float* mlp_act_ = nullptr;                // [ffn]
   float* logits_ = nullptr;                 // [vocab]

@@ -1,4 +1,4 @@
-// The KV cache: device memory for every layer, layout [layer][head][max_seq][head_dim] float16, so the
+// The KV cache: device memory for every layer, layout [layer][kv head][max_seq][head_dim] float16, so the
 // cache of one head is one contiguous [max_seq, head_dim] matrix.
 #pragma once
 #include <cstddef>

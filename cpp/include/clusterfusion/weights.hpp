@@ -1,32 +1,34 @@
-// Views of a model's weights as the model stores them (row-major [out, in] float16, transformers' layout).
+// Views of a model's weights as the model stores them (row-major [out, in] float16, transformers' layout),
+// one slot per tensor of the weight schema.
 #pragma once
+#include <array>
 #include <string>
 #include <vector>
 
 #include "clusterfusion/config.hpp"
 #include "clusterfusion/tensor.hpp"
+#include "clusterfusion/weight_schema.hpp"
 
 namespace clusterfusion {
 
-// One GPT-NeoX decoder layer. Llama fills the same slots with its own meaning (see check()): norm biases
-// and linear biases absent, w_qkv = [q; k; v] stacked by the caller, w_up = [gate; up].
+// One decoder layer: the slots its architecture's schema lists are filled, the others empty.
 struct LayerWeights {
-  TensorView ln1_weight, ln1_bias;   // [hidden]
-  TensorView ln2_weight, ln2_bias;   // [hidden]
-  TensorView w_qkv, b_qkv;           // [3*hidden, hidden], [3*hidden] (per-head interleaved q|k|v)
-  TensorView w_o, b_o;               // [hidden, hidden], [hidden]
-  TensorView w_up, b_up;             // [ffn, hidden], [ffn]
-  TensorView w_down, b_down;         // [hidden, ffn], [hidden]
+  std::array<TensorView, kLayerSlots> views;
 
-  // Throws std::invalid_argument naming the tensor ("layers[3].w_up: expected [10240, 2560] ...").
+  TensorView& operator[](LayerSlot s) { return views[static_cast<std::size_t>(s)]; }
+  const TensorView& operator[](LayerSlot s) const { return views[static_cast<std::size_t>(s)]; }
+
+  // Throws std::invalid_argument naming the tensor ("layers[3].w_up: expected [10240, 2560] ...") for a
+  // schema tensor that is missing or misshapen, or a filled slot the architecture does not have.
   void check(const ModelConfig& config, const std::string& prefix = "layer") const;
 };
 
 struct ModelWeights {
-  TensorView embed_in;                       // [vocab, hidden]
-  std::vector<LayerWeights> layers;          // config.layers of them
-  TensorView final_norm_weight, final_norm_bias;  // [hidden]
-  TensorView lm_head;                        // [vocab, hidden]
+  std::array<TensorView, kModelSlots> views;  // embed_in, final norm, lm_head
+  std::vector<LayerWeights> layers;           // config.layers of them
+
+  TensorView& operator[](ModelSlot s) { return views[static_cast<std::size_t>(s)]; }
+  const TensorView& operator[](ModelSlot s) const { return views[static_cast<std::size_t>(s)]; }
 
   void check(const ModelConfig& config) const;
 };

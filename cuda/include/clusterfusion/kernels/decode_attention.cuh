@@ -7,7 +7,7 @@
 
 #include "clusterfusion/kernels/block_reduce.cuh"
 #include "clusterfusion/kernels/cluster.cuh"
-#include "clusterfusion/kernels/neox_layer_params.hpp"
+#include "clusterfusion/kernels/layer_params.hpp"
 
 namespace clusterfusion::kernels {
 
@@ -21,14 +21,15 @@ struct DecodeAttention {
   static constexpr int kUnroll = 8;
   static constexpr int kTile = kGroups * kUnroll;
   static_assert(kTile * kVecs <= kThreads * 8, "score partials must fit the partials buffer");
+  static_assert(kHeadDim / 2 <= kThreads, "one thread per rotary pair");
 
-  // Rotates the first rotary_dims of q and k (NeoX rotate-half) at `position` and scales q by 1/sqrt(d).
-  // The angle position * base^(-2i/r) is formed and reduced modulo 2*pi in double, so it stays exact to float
+  // Rotates the first rotary_dims of q and k (rotate-half) at `position` and scales q by 1/sqrt(d). Thread i
+  // rotates pair (i, i + rotary_dims/2) with its inverse frequency `inv_freq` (rotary_dims/2 <= blockDim.x).
+  // The angle position * inv_freq is formed and reduced modulo 2*pi in double, so it stays exact to float
   // rounding at any cache length; sin and cos of the reduced angle are then cheap in float.
-  __device__ static void rotary(float* q, float* k, int position, int rotary_dims, float base) {
+  __device__ static void rotary(float* q, float* k, int position, int rotary_dims, double inv_freq) {
     const int half_dims = rotary_dims / 2;
-    for (int i = threadIdx.x; i < half_dims; i += blockDim.x) {
-      const double inv_freq = exp(-2.0 * i / rotary_dims * log(double(base)));
+    if (const int i = threadIdx.x; i < half_dims) {
       const double theta = position * inv_freq;
       constexpr double kTwoPi = 6.283185307179586;
       float s, c;

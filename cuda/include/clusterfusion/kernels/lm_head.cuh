@@ -1,5 +1,5 @@
-// After the last layer: final LayerNorm, then logits = W_embed_out y, a memory-streaming GEMV over the
-// [vocab, hidden] float16 LM head. Every block recomputes the LayerNorm (hidden is a few KB) into shared memory;
+// After the last layer: the final norm (LayerNorm or RMSNorm), then logits = W_lm_head y, a memory-streaming GEMV
+// over the [vocab, hidden] float16 LM head. Every block recomputes the norm (hidden is a few KB) into shared memory;
 // then each warp owns whole vocab rows (strided over the grid), its lanes stream 16-byte vectors of the row
 // with an evict-first hint (the head is read once per token and is larger than L2) and accumulate in float in
 // a fixed order. Each block also leaves the argmax of its rows, so greedy selection reads a few hundred
@@ -13,27 +13,26 @@
 #include "clusterfusion/kernels/argmax.cuh"
 #include "clusterfusion/kernels/block_reduce.cuh"
 #include "clusterfusion/kernels/dot.cuh"
+#include "clusterfusion/kernels/norm.cuh"
 
 namespace clusterfusion::kernels {
 
 constexpr int kLmHeadThreads = 512;
 constexpr int kLmHeadUnroll = 4;  // 16-byte loads in flight per lane: 16 warps x 2 KB per block
 
-// y = LayerNorm(x; w, b) into shared memory, statistics in float with a centred second pass.
-__device__ __forceinline__ void final_layer_norm(const __half* __restrict__ x, const __half* __restrict__ w,
-                                                 const __half* __restrict__ b, int hidden, float eps, float* y,
-                                                 float* scratch) {
-  float sum = 0.f;
-  for (int i = threadIdx.x; i < hidden; i += blockDim.x) sum += __half2float(x[i]);
-  const float mean = block_sum(sum, scratch) / hidden;
-  float sq = 0.f;
+// y = norm(x; w, b) into shared memory.
+template <NormKind kNorm>
+__device__ __forceinline__ void final_norm(const __half* __restrict__ x, const __half* __restrict__ w,
+                                           const __half* __restrict__ b, int hidden, float eps, float* y,
+                                           float* scratch) {
+  const NormStats s = norm_stats<kNorm>(
+      [&](auto&& f) {
+        for (int i = threadIdx.x; i < hidden; i += blockDim.x) f(__half2float(x[i]));
+      },
+      hidden, eps, scratch);
   for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
-    const float c = __half2float(x[i]) - mean;
-    sq += c * c;
-  }
-  const float rstd = 1.0f / sqrtf(block_sum(sq, scratch) / hidden + eps);
-  for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
-    y[i] = fmaf((__half2float(x[i]) - mean) * rstd, __half2float(w[i]), __half2float(b[i]));
+    const float bias = kNorm == NormKind::LayerNorm ? __half2float(b[i]) : 0.f;
+    y[i] = normalized<kNorm>(__half2float(x[i]), s, __half2float(w[i]), bias);
   }
   __syncthreads();
 }
@@ -59,8 +58,9 @@ __device__ __forceinline__ float row_dot(const uint4* __restrict__ row, const fl
   return warp_sum(acc);
 }
 
-// logits[r] = W[r] . LayerNorm(x) for every vocab row r; partials[blockIdx.x] = the argmax of this block's rows.
+// logits[r] = W[r] . norm(x) for every vocab row r; partials[blockIdx.x] = the argmax of this block's rows.
 // Dynamic shared memory: hidden floats. hidden must be a multiple of 8 and the grid at most vocab / warps blocks.
+template <NormKind kNorm>
 __global__ void __launch_bounds__(kLmHeadThreads)
     final_norm_lm_head_kernel(const __half* __restrict__ x, const __half* __restrict__ norm_w,
                               const __half* __restrict__ norm_b, float eps, const __half* __restrict__ lm_head,
@@ -68,7 +68,7 @@ __global__ void __launch_bounds__(kLmHeadThreads)
   extern __shared__ float y[];  // [hidden]
   __shared__ float scratch[kLmHeadThreads / 32];
   __shared__ ArgmaxPartial best_scratch[kLmHeadThreads / 32];
-  final_layer_norm(x, norm_w, norm_b, hidden, eps, y, scratch);
+  final_norm<kNorm>(x, norm_w, norm_b, hidden, eps, y, scratch);
 
   constexpr int kWarps = kLmHeadThreads / 32;
   const int vecs = hidden / 8;

@@ -9,7 +9,7 @@
 
 #include "clusterfusion/kernels/argmax.cuh"
 #include "clusterfusion/kernels/philox.cuh"
-#include "clusterfusion/sampling.hpp"
+#include "clusterfusion/kernels/decode_launch.hpp"
 
 namespace clusterfusion::kernels {
 
@@ -135,7 +135,7 @@ __device__ Mass total_weight(const float* __restrict__ logits, int vocab, uint32
 }
 
 // A sampled token (temperature > 0), or -1 when no token has weight (non-finite logits).
-__device__ int sample_token(const float* __restrict__ logits, int vocab, float max_logit, const SamplingParams& p,
+__device__ int sample_token(const float* __restrict__ logits, int vocab, float max_logit, const TokenSelection& p,
                             int position, SelectShared& s) {
   const float inv_temperature = 1.0f / p.temperature;
   // NaN (from a non-finite logit) fails the comparison and weighs 0.
@@ -161,7 +161,7 @@ __device__ int sample_token(const float* __restrict__ logits, int vocab, float m
 // the logits. Writes tokens[p + 1] and advances *position, p = *position on entry (the Philox counter).
 __global__ void __launch_bounds__(kSelectThreads)
     select_token_kernel(const float* __restrict__ logits, int vocab, const ArgmaxPartial* __restrict__ partials,
-                        int num_partials, SamplingParams params, int* position, int* tokens) {
+                        int num_partials, TokenSelection params, int* position, int* tokens) {
   __shared__ SelectShared s;
   const int p = *position;
   ArgmaxPartial best{-INFINITY, INT_MAX};

@@ -12,7 +12,7 @@
 
 #include "clusterfusion/kernels/block_reduce.cuh"
 #include "clusterfusion/kernels/dot.cuh"
-#include "clusterfusion/kernels/neox_layer_params.hpp"
+#include "clusterfusion/kernels/layer_params.hpp"
 #include "clusterfusion/kernels/tma.cuh"
 
 namespace clusterfusion::kernels {
@@ -39,7 +39,7 @@ struct JobList {
   // Boxes [chunk_begin(c), chunk_begin(c + 1)) of a job belong to chunk c.
   __device__ int chunk_begin(int c) const { return box_begin + ((box_end - box_begin) * c) / chunks; }
 };
-constexpr int kMaxJobLists = 3;
+static_assert(sizeof(JobList) <= SmemLayout::kJobListBytes, "the job lists' shared-memory region");
 
 __device__ __forceinline__ int gcd(int a, int b) {
   while (b != 0) {
@@ -82,11 +82,15 @@ class WarpStream {
     }
     __syncwarp();
     policy_ = l2_evict_first_policy();
+  }
+
+  // Points the producer at the first box: call once, after the job lists are visible to the warp.
+  __device__ void start() {
     list_ = -1;
     next_list();
   }
 
-  // Fills the ring: call once, after the job lists are visible to the warp.
+  // Fills the ring: call once, after start().
   __device__ void prime() {
     for (int s = 0; s < kStages; ++s) issue();
   }

@@ -1,0 +1,190 @@
+// Host side of the fused decoder layer: validation, tensor maps, cache bookkeeping, launches.
+#include "clusterfusion/decoder_layer.hpp"
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "clusterfusion/cuda_check.hpp"
+#include "clusterfusion/kernels/layer_launch.hpp"
+#include "clusterfusion/tensor_map.hpp"
+#include "layer_shape.hpp"
+
+namespace clusterfusion {
+
+const char* layer_mode_name(LayerMode mode) { return mode == LayerMode::Split ? "split" : "cooperative"; }
+
+LayerMode parse_layer_mode(const std::string& name) {
+  if (name == "split") return LayerMode::Split;
+  if (name == "cooperative") return LayerMode::Cooperative;
+  throw std::invalid_argument("mode: expected \"split\" or \"cooperative\", got \"" + name + "\"");
+}
+
+namespace {
+
+// The weight each tensor map streams (GPT-NeoX's fused q|k|v and Llama's q share the first).
+struct MapSource {
+  kernels::WeightMap map;
+  LayerSlot slots[2];
+};
+constexpr MapSource kMapSources[] = {
+    {kernels::kMapQ, {LayerSlot::w_qkv, LayerSlot::w_q}}, {kernels::kMapK, {LayerSlot::w_k, LayerSlot::w_k}},
+    {kernels::kMapV, {LayerSlot::w_v, LayerSlot::w_v}},   {kernels::kMapO, {LayerSlot::w_o, LayerSlot::w_o}},
+    {kernels::kMapGate, {LayerSlot::w_gate, LayerSlot::w_gate}}, {kernels::kMapUp, {LayerSlot::w_up, LayerSlot::w_up}},
+    {kernels::kMapDown, {LayerSlot::w_down, LayerSlot::w_down}},
+};
+
+const __half* half_ptr(const TensorView& t) { return static_cast<const __half*>(t.data); }
+
+void check_io_pointer(const void* ptr, const char* name, std::size_t align) {
+  if (ptr == nullptr) throw std::invalid_argument(std::string("LayerIO.") + name + ": null pointer");
+  if (reinterpret_cast<std::uintptr_t>(ptr) % align != 0)
+    throw std::invalid_argument(std::string("LayerIO.") + name + ": expected " + std::to_string(align) +
+                                "-byte alignment");
+}
+
+}  // namespace
+
+DecoderLayer::DecoderLayer(const ModelConfig& config, const LayerWeights& weights, int max_seq)
+    : config_(config), weights_(weights), max_seq_(max_seq), params_(new kernels::DecoderLayerParams{}) {
+  config_.validate();
+  weights_.check(config_);
+  plan_ = plan_layer(config_, max_seq);
+  kernels::DecoderLayerParams& p = *params_;
+  for (const MapSource& source : kMapSources) {
+    for (const LayerSlot slot : source.slots) {
+      const TensorView& w = weights_[slot];
+      if (w.data == nullptr) continue;
+      p.maps[source.map] = make_matrix_tensor_map(w.data, w.shape[0], w.shape[1], kernels::kBoxRows, kernels::kBoxCols);
+    }
+  }
+  p.norm_weight[0] = half_ptr(weights_[LayerSlot::ln1_weight]);
+  p.norm_weight[1] = half_ptr(weights_[LayerSlot::ln2_weight]);
+  p.norm_bias[0] = half_ptr(weights_[LayerSlot::ln1_bias]);
+  p.norm_bias[1] = half_ptr(weights_[LayerSlot::ln2_bias]);
+  p.qkv_bias = half_ptr(weights_[LayerSlot::b_qkv]);
+  p.o_bias = half_ptr(weights_[LayerSlot::b_o]);
+  p.up_bias = half_ptr(weights_[LayerSlot::b_up]);
+  p.down_bias = half_ptr(weights_[LayerSlot::b_down]);
+  p.hidden = config_.hidden;
+  p.heads = config_.heads;
+  p.kv_heads = config_.kv_heads;
+  p.ffn = config_.ffn;
+  p.rotary_dims = config_.rotary_dims;
+  p.eps = config_.norm_eps;
+  const std::vector<double> inv_freq = config_.rotary_inv_freq();
+  try {
+    CF_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&inv_freq_), inv_freq.size() * sizeof(double)));
+    CF_CUDA_CHECK(cudaMemcpy(inv_freq_, inv_freq.data(), inv_freq.size() * sizeof(double), cudaMemcpyHostToDevice));
+    CF_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&grid_barrier_), sizeof(unsigned)));
+    CF_CUDA_CHECK(cudaMemset(grid_barrier_, 0, sizeof(unsigned)));
+  } catch (...) {
+    cudaFree(inv_freq_);
+    cudaFree(grid_barrier_);
+    throw;
+  }
+  p.inv_freq = inv_freq_;
+  p.grid_barrier = grid_barrier_;
+}
+
+DecoderLayer::~DecoderLayer() {
+  cudaFree(inv_freq_);
+  cudaFree(grid_barrier_);
+}
+
+std::vector<std::string> DecoderLayer::phase_names() const {
+  const kernels::LayerModel model = layer_model(config_.arch);
+  std::vector<std::string> names;
+  for (int i = 0; i < kernels::layer_phase_count(model); ++i) names.emplace_back(kernels::layer_phase_name(model, i));
+  return names;
+}
+
+void DecoderLayer::check(const KVCache& cache, int layer, const LayerIO& io, int position) const {
+  // The norms read x and h1 as 16-byte vectors; attn and mlp_act are read as float4.
+  check_io_pointer(io.x, "x", 16);
+  check_io_pointer(io.out, "out", 2);
+  if (!config_.parallel_residual) check_io_pointer(io.h1, "h1", 16);
+  check_io_pointer(io.attn, "attn", 16);
+  check_io_pointer(io.mlp_act, "mlp_act", 16);
+  if (cache.heads() != config_.kv_heads || cache.head_dim() != config_.head_dim)
+    throw std::invalid_argument("cache: built for " + std::to_string(cache.heads()) + " kv heads of " +
+                                std::to_string(cache.head_dim()) + ", the layer has " +
+                                std::to_string(config_.kv_heads) + " kv heads of " + std::to_string(config_.head_dim));
+  if (cache.max_seq() > max_seq_)
+    throw std::invalid_argument("cache: max_seq " + std::to_string(cache.max_seq()) +
+                                " is larger than the layer's max_seq " + std::to_string(max_seq_));
+  cache.check_layer(layer);
+  cache.check_append(position);
+}
+
+kernels::DecoderLayerParams DecoderLayer::step_params(const KVCache& cache, int layer, const LayerIO& io) const {
+  kernels::DecoderLayerParams p = *params_;
+  p.x = static_cast<const __half*>(io.x);
+  p.h1 = static_cast<__half*>(io.h1);
+  p.out = static_cast<__half*>(io.out);
+  p.attn = io.attn;
+  p.act = io.mlp_act;
+  p.k_cache = cache.keys(layer);
+  p.v_cache = cache.values(layer);
+  p.max_seq = cache.max_seq();
+  p.timeline = io.timeline;
+  p.overlap_previous = overlap_previous_;
+  return p;
+}
+
+void DecoderLayer::forward(KVCache& cache, int layer, const LayerIO& io, int position, LayerMode mode,
+                           cudaStream_t stream) const {
+  check(cache, layer, io, position);
+  kernels::DecoderLayerParams p = step_params(cache, layer, io);
+  p.position = position;
+  launch(p, mode, stream);
+  cache.set_length(std::max(cache.length(), position + 1));
+}
+
+void DecoderLayer::forward_at_device_position(KVCache& cache, int layer, const LayerIO& io, const int* position,
+                                              LayerMode mode, cudaStream_t stream) const {
+  if (position == nullptr) throw std::invalid_argument("position: null pointer");
+  check(cache, layer, io, 0);
+  kernels::DecoderLayerParams p = step_params(cache, layer, io);
+  p.device_position = position;
+  launch(p, mode, stream);
+}
+
+void DecoderLayer::run_phase(KVCache& cache, int layer, const LayerIO& io, int position, int phase,
+                             cudaStream_t stream) const {
+  const int phases = static_cast<int>(plan_.smem_phase.size());
+  if (phase < 0 || phase >= phases)
+    throw std::out_of_range("phase: expected 0.." + std::to_string(phases - 1) + ", got " + std::to_string(phase));
+  check(cache, layer, io, position);
+  kernels::DecoderLayerParams p = step_params(cache, layer, io);
+  p.position = position;
+  launch(p, phase, phase, stream);
+  if (kernels::layer_phase_attends(layer_model(config_.arch), phase))
+    cache.set_length(std::max(cache.length(), position + 1));
+}
+
+void DecoderLayer::launch(const kernels::DecoderLayerParams& p, LayerMode mode, cudaStream_t stream) const {
+  const int phases = static_cast<int>(plan_.smem_phase.size());
+  if (mode == LayerMode::Cooperative) {
+    if (!plan_.cooperative_supported)
+      throw std::runtime_error("cooperative mode: the " + std::to_string(plan_.blocks) +
+                               " blocks of this config do not fit on the device at once; use split mode");
+    launch(p, 0, phases - 1, stream);
+    return;
+  }
+  for (int i = 0; i < phases; ++i) {
+    kernels::DecoderLayerParams phase = p;
+    if (phase.timeline != nullptr) phase.timeline += std::size_t(i) * plan_.blocks * kernels::kTimelineMarks;
+    launch(phase, i, i, stream);
+  }
+}
+
+void DecoderLayer::launch(const kernels::DecoderLayerParams& p, int first, int last, cudaStream_t stream) const {
+  const std::size_t smem = first == last ? plan_.smem_phase[first] : plan_.smem_cooperative;
+  const kernels::LayerGrid grid{plan_.blocks, plan_.cluster_size, smem};
+  CF_CUDA_CHECK(kernels::launch_decoder_layer(p, layer_shape(config_, max_seq_), first, last, grid, stream));
+}
+
+}  // namespace clusterfusion

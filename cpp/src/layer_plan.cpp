@@ -1,0 +1,90 @@
+// The launch plan of the decoder-layer kernels: what the kernels support, and the grid for this device.
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+
+#include "clusterfusion/cuda_check.hpp"
+#include "clusterfusion/decoder_layer.hpp"
+#include "clusterfusion/kernels/layer_launch.hpp"
+#include "layer_shape.hpp"
+
+namespace clusterfusion {
+
+namespace {
+
+constexpr int kMaxClusterSize = 8;  // the portable limit
+
+void require_multiple(const char* field, int value, int of) {
+  if (value % of != 0)
+    throw std::invalid_argument(std::string("ModelConfig.") + field + ": must be a multiple of " + std::to_string(of) +
+                                " for the TMA boxes (got " + std::to_string(value) + ")");
+}
+
+}  // namespace
+
+LayerLaunchPlan plan_layer(const ModelConfig& c, int max_seq) {
+  c.validate();
+  if (max_seq <= 0) throw std::invalid_argument("max_seq: must be positive (got " + std::to_string(max_seq) + ")");
+  require_multiple("hidden", c.hidden, kernels::kBoxCols);
+  require_multiple("ffn", c.ffn, kernels::kBoxCols);
+  constexpr int kMaxHidden = kernels::kLnVecs * 8 * kernels::kThreads;
+  if (c.hidden > kMaxHidden)
+    throw std::invalid_argument("ModelConfig.hidden: at most " + std::to_string(kMaxHidden) + " (got " +
+                                std::to_string(c.hidden) + ")");
+  const kernels::LayerShape shape = layer_shape(c, max_seq);
+  const int phases = kernels::layer_phase_count(shape.model);
+  int device = 0;
+  CF_CUDA_CHECK(cudaGetDevice(&device));
+  cudaDeviceProp prop;
+  CF_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+  if (prop.major < 9)
+    throw std::runtime_error("the fused layer needs thread-block clusters and TMA (compute capability 9.0+), "
+                             "device " + std::string(prop.name) + " is " + std::to_string(prop.major) + "." +
+                             std::to_string(prop.minor));
+
+  // One block per SM. Pick the cluster size N and cluster count C with the most blocks C*N such that every
+  // head gets a cluster (C >= heads) and all C clusters are resident at once (the cooperative grid barrier
+  // needs it; the split kernels then also run in one wave). Clusters beyond the heads stream MLP and output
+  // rows only. Ties go to the larger N, which spreads each head's attention over more blocks.
+  const std::size_t limit = prop.sharedMemPerBlockOptin;
+  auto fill = [&](LayerLaunchPlan& plan, int n, int clusters) {
+    plan.cluster_size = n;
+    plan.clusters = clusters;
+    plan.blocks = clusters * n;
+    plan.smem_phase.clear();
+    for (int i = 0; i < phases; ++i) plan.smem_phase.push_back(kernels::layer_smem(shape, i, i, n, clusters));
+    plan.smem_cooperative = kernels::layer_smem(shape, 0, phases - 1, n, clusters);
+  };
+  LayerLaunchPlan plan;
+  plan.threads = kernels::kThreads;
+  for (int n = kMaxClusterSize; n >= 1; --n) {
+    if (n > 3 * c.head_dim / kernels::kBoxRows) continue;
+    // Shared memory shrinks as clusters grow (fewer output rows each): bound it at the fewest admissible
+    // clusters, one per head, for the occupancy query.
+    const std::size_t smem_bound = kernels::layer_smem(shape, 0, phases - 1, n, c.heads);
+    if (smem_bound > limit) continue;
+    int resident = 0;
+    CF_CUDA_CHECK(kernels::max_active_layer_clusters(shape, n, smem_bound, &resident));
+    const int clusters = std::min(resident, prop.multiProcessorCount / n);
+    if (clusters < c.heads || clusters * n <= plan.blocks) continue;
+    fill(plan, n, clusters);
+    plan.cooperative_supported = true;
+  }
+  if (plan.blocks == 0) {
+    // More heads than resident clusters: the split kernels still run (in waves), the cooperative one cannot.
+    for (int i = 0; i < phases; ++i) {
+      const std::size_t smem = kernels::layer_smem(shape, i, i, 1, c.heads);
+      if (smem <= limit) continue;
+      const std::string what = kernels::layer_phase_attends(shape.model, i)
+                                   ? "max_seq: " + std::to_string(max_seq)
+                                   : "ModelConfig.ffn: " + std::to_string(c.ffn);
+      throw std::invalid_argument(what + " needs " + std::to_string(smem) +
+                                  " bytes of shared memory per block, over the " + std::to_string(limit) +
+                                  " available");
+    }
+    fill(plan, 1, c.heads);
+  }
+  return plan;
+}
+
+}  // namespace clusterfusion

@@ -1,0 +1,6 @@
+// The GPT-NeoX decoder-layer kernels, for every supported head dimension.
+#include "clusterfusion/kernels/decoder_layer_host.cuh"
+
+namespace clusterfusion::kernels {
+CF_MODEL_TEMPLATES(, GptNeoX)
+}  // namespace clusterfusion::kernels

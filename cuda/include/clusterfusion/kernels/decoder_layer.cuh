@@ -1,0 +1,511 @@
+// The fused decoder layer: one kernel body for every architecture (Model traits, model_traits.hpp) and head
+// dimension, running phases kFirst..kLast of the model's phase list, with a grid barrier between phases.
+//
+// norm_qkv_rope_attend, block (head h, cluster rank r):
+//   norm(input) -> its share of head h's q|k|v rows, broadcast to every block of the cluster (DSMEM)
+//   -> [norm_up in the same phase: its share of the MLP's up rows] -> rotary, cache append (rank 0 of the
+//   first head of a kv group) -> attention over its chunk of positions -> partials combined on rank 0 -> attn.
+// norm_up: every block's share of the up rows (GELU(up + b), or silu(gate) * up with gate and up rows of the
+//   same output as two dot products combined in the epilogue).
+// proj_residual: a cluster owns output rows, its ranks split K (W_o's boxes, then W_down's) and rank 0 adds
+//   the ranks' partial sums to the residual.
+#pragma once
+#include <cuda_fp16.h>
+
+#include "clusterfusion/kernels/cluster.cuh"
+#include "clusterfusion/kernels/decode_attention.cuh"
+#include "clusterfusion/kernels/dependent_launch.cuh"
+#include "clusterfusion/kernels/grid_barrier.cuh"
+#include "clusterfusion/kernels/layer_params.hpp"
+#include "clusterfusion/kernels/model_traits.hpp"
+#include "clusterfusion/kernels/norm.cuh"
+#include "clusterfusion/kernels/weight_stream.cuh"
+
+namespace clusterfusion::kernels {
+
+// Splits `units` work units over `parts` as evenly as possible; part i gets [begin(i), begin(i+1)).
+__device__ __forceinline__ int split_begin(int units, int parts, int i) { return units * i / parts; }
+
+// The position of the new token: a launch parameter, or device memory written by an earlier kernel of the step
+// (read through L2: it changes between launches).
+__device__ __forceinline__ int step_position(const DecoderLayerParams& p) {
+  return p.device_position != nullptr ? __ldcg(p.device_position) : p.position;
+}
+
+// Where a block is in the layer, stamped into p.timeline when set (see bench/cpp/layer_timing.cu).
+enum TimelineMark {
+  kMarkEntry, kMarkListed, kMarkPrimed, kMarkInput, kMarkNormed, kMarkClusterReady, kMarkQkv, kMarkUp, kMarkHeadReady, kMarkAttention, kMarkProj, kMarkEnd
+};
+static_assert(kMarkEnd + 1 == kTimelineMarks, "one stamp slot per mark");
+__device__ __forceinline__ void stamp(const DecoderLayerParams& p, TimelineMark mark) {
+  if (p.timeline == nullptr || threadIdx.x != 0) return;
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  p.timeline[blockIdx.x * kTimelineMarks + mark] = t;
+}
+
+__device__ __forceinline__ const __half* layer_vec(const DecoderLayerParams& p, LayerVec v) {
+  return v == LayerVec::X ? p.x : v == LayerVec::H1 ? p.h1 : p.out;
+}
+__device__ __forceinline__ __half* layer_out_vec(const DecoderLayerParams& p, LayerVec v) {
+  return v == LayerVec::H1 ? p.h1 : p.out;
+}
+
+// The grid is `clusters` clusters of `ranks` blocks; in a phase that attends, cluster c < heads serves
+// attention head c. Every block streams about the same number of bytes: head blocks carry their q|k|v rows,
+// their KV-cache chunk and a fixed cost for the attention's latency-bound steps, and up rows (when the phase
+// has them) fill each block up to the average (at least a sixteenth of it, which bounds any block's job count).
+struct NormPhaseShare {
+  int qkv_units;  // kBoxRows-row units of the head's q|k|v rows, from qkv_first of them
+  int qkv_first;
+  int up_first;   // kBoxRows-row units of the up rows
+  int up_units;
+};
+
+// Attention's rotary, reductions and cluster barriers run after the block's weight stream (timeline,
+// bench/NOTES.md); they are charged as this many bytes of streaming. Tunable at build time.
+#ifndef CF_ATTENTION_FIXED_KB
+#define CF_ATTENTION_FIXED_KB 256
+#endif
+constexpr long long kAttentionFixedBytes = CF_ATTENTION_FIXED_KB << 10;
+
+// Closed form: the blocks of a head cluster differ only by rank, the other blocks carry no head cost.
+template <int kHeadDim>
+__device__ __forceinline__ NormPhaseShare norm_phase_share(const DecoderLayerParams& p, int block, int position,
+                                                           bool attend, bool up) {
+  const int ranks = cluster_size(), rank = cluster_rank(), cluster = block / ranks;
+  const int heads = attend ? p.heads : 0;
+  const int head_units = 3 * kHeadDim / kBoxRows, up_units = up ? p.ffn / kBoxRows : 0, positions = position + 1;
+  const long long unit_bytes = 2LL * kBoxRows * p.hidden;
+  auto qkv_units = [&](int r) { return split_begin(head_units, ranks, r + 1) - split_begin(head_units, ranks, r); };
+  auto head_cost = [&](int r) {
+    const int chunk = split_begin(positions, ranks, r + 1) - split_begin(positions, ranks, r);
+    return qkv_units(r) * unit_bytes + chunk * (kHeadDim * 4LL) + kAttentionFixedBytes;  // K and V, float16
+  };
+  const long long total = heads * (head_units * unit_bytes + positions * (kHeadDim * 4LL)) +
+                          heads * ranks * kAttentionFixedBytes + up_units * unit_bytes;
+  const long long avg = total / gridDim.x;
+  auto spare = [&](long long cost) { return max(avg / 16, avg - cost); };
+  long long cluster_spare = 0, rank_spare = 0;  // of one head cluster; of its ranks before this block's
+  for (int r = 0; r < ranks; ++r) {
+    const long long s = spare(head_cost(r));
+    cluster_spare += s;
+    if (r < rank) rank_spare += s;
+  }
+  const long long all = heads * cluster_spare + (gridDim.x - heads * ranks) * avg;
+  const bool head_block = cluster < heads;
+  const long long before = head_block ? cluster * cluster_spare + rank_spare
+                                      : heads * cluster_spare + (block - heads * ranks) * avg;
+  const long long mine = head_block ? spare(head_cost(rank)) : avg;
+  NormPhaseShare share;
+  share.qkv_units = head_block ? qkv_units(rank) : 0;
+  share.qkv_first = split_begin(head_units, ranks, rank);
+  share.up_first = int(up_units * before / all);
+  share.up_units = int(up_units * (before + mine) / all) - share.up_first;
+  return share;
+}
+
+// Head h's q|k|v rows as up to three pieces of the weight maps, in the order of the head's qkv vector in
+// shared memory: GPT-NeoX's fused matrix (q|k|v interleaved per head), or Llama's q rows of head h and k and v
+// rows of its kv head. A piece's row `row` lands at qkv[row + shift].
+struct QkvPiece {
+  int map, row0, units, shift;
+};
+template <class Model, int kHeadDim>
+__device__ __forceinline__ QkvPiece qkv_piece(const DecoderLayerParams& p, int head, int piece) {
+  constexpr int kUnits = kHeadDim / kBoxRows;
+  if constexpr (Model::kFusedQkv) {
+    const int row0 = head * 3 * kHeadDim;
+    return piece == 0 ? QkvPiece{kMapQ, row0, 3 * kUnits, -row0} : QkvPiece{kMapQ, 0, 0, 0};
+  } else {
+    const int kv_head = head / (p.heads / p.kv_heads);
+    const int row0 = piece == 0 ? head * kHeadDim : kv_head * kHeadDim;
+    return QkvPiece{kMapQ + piece, row0, kUnits, piece * kHeadDim - row0};
+  }
+}
+
+// Thread 0 writes the job lists of phases kFirst..kLast, in the order the stream runs them.
+template <class Model, int kHeadDim, int kFirst, int kLast>
+__device__ __forceinline__ void build_job_lists(const DecoderLayerParams& p, const SmemLayout& L, unsigned char* smem,
+                                                int position) {
+  auto* lists = reinterpret_cast<JobList*>(smem + SmemLayout::kJobLists);
+  if (threadIdx.x == 0) {
+    const int blocks = gridDim.x, block = blockIdx.x;
+    const int ranks = cluster_size(), rank = cluster_rank(), cluster = block / ranks;
+    const int k_boxes = p.hidden / kBoxCols;
+    float* a1 = reinterpret_cast<float*>(smem + L.a1);
+    float* a2 = reinterpret_cast<float*>(smem + L.a2);
+    int l = 0;
+    for (int phase = kFirst; phase <= kLast; ++phase) {
+      const PhaseSpec spec = Model::phase(phase);
+      if (spec.attend || spec.up) {
+        const NormPhaseShare share = norm_phase_share<kHeadDim>(p, block, position, spec.attend, spec.up);
+        if (spec.attend) {
+          // This rank's units [u0, u1) of the head's concatenated pieces.
+          const int u0 = share.qkv_first, u1 = share.qkv_first + share.qkv_units;
+          int piece_begin = 0;
+          for (int piece = 0; piece < kQkvLists; ++piece) {
+            const QkvPiece q = qkv_piece<Model, kHeadDim>(p, cluster, piece);
+            const int lo = max(u0, piece_begin), hi = min(u1, piece_begin + q.units);
+            lists[l++] = JobList{q.row0 + (lo - piece_begin) * kBoxRows, max(0, hi - lo), 1, 0, 1,
+                                 {{&p.maps[q.map], a1, k_boxes}, {}}, 0, k_boxes};
+            piece_begin += q.units;
+          }
+        }
+        if (spec.up) {
+          const int gate_jobs = Model::kMlp == MlpKind::SwiGlu ? share.up_units : 0;
+          lists[l++] = JobList{share.up_first * kBoxRows, gate_jobs, 1, 0, 1, {{&p.maps[kMapGate], a2, k_boxes}, {}},
+                               0, k_boxes};
+          lists[l++] = JobList{share.up_first * kBoxRows, share.up_units, 1, 0, 1,
+                               {{&p.maps[kMapUp], a2, k_boxes}, {}}, 0, k_boxes};
+        }
+      }
+      if (spec.o_proj || spec.down_proj) {
+        // A cluster owns output rows; its ranks split their K and rank 0 adds the ranks' partial sums
+        // (proj_residual), so rows are shared out in clusters, not blocks: finer balance.
+        const Segment o{&p.maps[kMapO], reinterpret_cast<float*>(smem + L.o), k_boxes};
+        const Segment down{&p.maps[kMapDown], reinterpret_cast<float*>(smem + L.g), p.ffn / kBoxCols};
+        const int out_units = p.hidden / kBoxRows;
+        const int o0 = split_begin(out_units, blocks / ranks, cluster);
+        const int o1 = split_begin(out_units, blocks / ranks, cluster + 1);
+        JobList list{o0 * kBoxRows, o1 - o0, 1, 0, spec.o_proj && spec.down_proj ? 2 : 1,
+                     {spec.o_proj ? o : down, down}, 0, 0};
+        const int boxes = list.seg[0].boxes + (list.segments == 2 ? list.seg[1].boxes : 0);
+        list.box_begin = split_begin(boxes, ranks, rank);
+        list.box_end = split_begin(boxes, ranks, rank + 1);
+        lists[l++] = list;
+      }
+    }
+    finish_job_lists(lists, l);
+  }
+  __syncthreads();
+}
+
+// An epilogue constant (bias, residual) of the row a thread handles first in a list, loaded at kernel start:
+// read later, behind the saturated weight stream, each such load would cost microseconds.
+struct RowConstant {
+  int row = -1;
+  float value = 0.f;
+
+  template <class Load>
+  __device__ void prefetch(const JobList& list, Load&& load) {
+    if (threadIdx.x < list.jobs * kBoxRows) {
+      row = list.row0 + threadIdx.x;
+      value = load(row);
+    }
+  }
+  // Adds the row's term that only exists once the previous kernel or phase is done (the residual).
+  template <class Load>
+  __device__ void add_later(Load&& load) {
+    if (row >= 0) value += load(row);
+  }
+  template <class Load>
+  __device__ float get(int r, Load&& load) const {
+    return r == row ? value : load(r);
+  }
+};
+
+__device__ __forceinline__ float half_or_zero(const __half* v, int row) {
+  return v != nullptr ? __half2float(v[row]) : 0.f;
+}
+
+// This block's positions of its head's cache: [begin, end) of 0..position (the last one is the new token).
+struct KvChunk {
+  int begin, end;
+  __device__ explicit KvChunk(int position)
+      : begin(split_begin(position + 1, cluster_size(), cluster_rank())),
+        end(split_begin(position + 1, cluster_size(), cluster_rank() + 1)) {}
+};
+
+// Copies n floats (n a multiple of 4) that another block or kernel wrote (read through L2, .cg) into shared
+// memory with kCopyBatch 16-byte loads per thread in flight: one round trip per batch, not per load. A block
+// that starts late loads behind every other block's weight stream, where each round trip costs microseconds.
+constexpr int kCopyBatch = 8;
+__device__ __forceinline__ void copy_from_l2(float* dst, const float* src, int n) {
+  const int vecs = n / 4;
+  for (int base = 0; base < vecs; base += kCopyBatch * int(blockDim.x)) {
+    float4 v[kCopyBatch];
+#pragma unroll
+    for (int u = 0; u < kCopyBatch; ++u) {
+      const int i = base + u * int(blockDim.x) + int(threadIdx.x);
+      if (i < vecs) v[u] = __ldcg(reinterpret_cast<const float4*>(src) + i);
+    }
+#pragma unroll
+    for (int u = 0; u < kCopyBatch; ++u) {
+      const int i = base + u * int(blockDim.x) + int(threadIdx.x);
+      if (i < vecs) reinterpret_cast<float4*>(dst)[i] = v[u];
+    }
+  }
+}
+
+// One block's run of phases kFirst..kLast. The constructor is the prologue (everything that needs only the
+// weights); run() waits for the previous kernel and executes the phases.
+//
+// Launched to overlap the previous kernel (p.overlap_previous, programmatic dependent launch), a block does
+// everything that needs only the weights first, fills its weight ring, and only then waits for that kernel and
+// reads the layer input. Otherwise the ring is filled after the first norm: its ~17 MB over the grid would
+// queue the norm's loads behind them.
+template <class Model, int kHeadDim, int kFirst, int kLast>
+class LayerBlock {
+  static constexpr PhaseSpec kFirstSpec = Model::phase(kFirst);
+  static constexpr bool kFirstNorms = kFirstSpec.attend || kFirstSpec.up;
+  static constexpr int kCount = kLast - kFirst + 1;
+  static constexpr bool any_phase(bool PhaseSpec::*field) {
+    bool any = false;
+    for (int i = kFirst; i <= kLast; ++i) any = any || Model::phase(i).*field;
+    return any;
+  }
+  using Attention = DecodeAttention<kHeadDim>;
+
+ public:
+  __device__ LayerBlock(const DecoderLayerParams& p, unsigned char* smem, int position)
+      : p_(p),
+        smem_(smem),
+        position_(position),
+        layout_(p.hidden, p.ffn, kHeadDim, p.max_seq, cluster_size(), gridDim.x / cluster_size(),
+                gate_rows(p.ffn, gridDim.x)),
+        lists_(reinterpret_cast<const JobList*>(smem + SmemLayout::kJobLists)),
+        stream_(smem, lists_, total_lists()) {
+    // A launch that starts with proj_residual: announce that this block has started before any rank stores
+    // into rank 0 (waited for in the phase).
+    if constexpr (!kFirstNorms) cluster_arrive();
+    if constexpr (any_phase(&PhaseSpec::attend)) {
+      norm_.load_params(0, p.norm_weight[0], p.norm_bias[0], p.hidden);
+      prefetch_kv_chunk();
+      if (threadIdx.x < p.rotary_dims / 2) inv_freq_ = p.inv_freq[threadIdx.x];
+    }
+    if constexpr (any_phase(&PhaseSpec::up)) norm_.load_params(1, p.norm_weight[1], p.norm_bias[1], p.hidden);
+    build_job_lists<Model, kHeadDim, kFirst, kLast>(p, layout_, smem, position);
+    stamp(p, kMarkListed);
+    prefetch_constants();
+    stream_.start();
+    if (prime_early()) {
+      stream_.prime();
+      stamp(p, kMarkPrimed);
+    }
+  }
+
+  // The most rows of SwiGLU's gate any block holds: norm_up alone shares the up rows evenly.
+  __host__ __device__ static int gate_rows(int ffn, int blocks) {
+    return Model::kMlp == MlpKind::SwiGlu ? (ffn / kBoxRows + blocks - 1) / blocks * kBoxRows : 0;
+  }
+
+  __device__ void run() {
+    wait_for_previous_kernel();
+    run_phase<kFirst>();
+    stamp(p_, kMarkEnd);
+  }
+
+ private:
+  static constexpr int total_lists() { return phase_list_base<Model>(kFirst, kLast + 1); }
+  __device__ bool prime_early() const { return p_.overlap_previous || !kFirstNorms; }
+
+  template <int kPhase>
+  __device__ void run_phase() {
+    constexpr PhaseSpec spec = Model::phase(kPhase);
+    constexpr bool first = kPhase == kFirst;
+    // In the cooperative kernel the next phase's first weight boxes are already in flight across this barrier.
+    if constexpr (!first) grid_barrier(p_.grid_barrier);
+    constexpr int base = phase_list_base<Model>(kFirst, kPhase);
+    if constexpr (spec.attend || spec.up) {
+      norm_.load_input(layer_vec(p_, spec.input), p_.hidden);
+      stamp(p_, kMarkInput);
+      // Arrives on the cluster barrier: this block has started, so the others may write its shared memory
+      // once they have all arrived (attend waits).
+      if constexpr (spec.attend) cluster_arrive();
+      norm_.normalize(p_.hidden, p_.eps, spec.attend, vec(layout_.a1), spec.up, vec(layout_.a2), scratch());
+      stamp(p_, kMarkNormed);
+      if (first && !prime_early()) {
+        stream_.prime();
+        stamp(p_, kMarkPrimed);
+      }
+      if constexpr (spec.attend) {
+        attend<base>(spec.up, constants_[kPhase - kFirst]);
+      } else {
+        up_rows(base, constants_[kPhase - kFirst]);
+      }
+    }
+    if constexpr (spec.o_proj || spec.down_proj) {
+      const __half* residual = layer_vec(p_, spec.residual);
+      constants_[kPhase - kFirst].out.add_later([residual](int row) { return __half2float(__ldcg(residual + row)); });
+      if constexpr (first) {
+        cluster_wait();
+        stamp(p_, kMarkClusterReady);
+      }
+      proj_residual<spec.o_proj, spec.down_proj>(base + phase_lists(spec) - 1, residual,
+                                                 layer_out_vec(p_, spec.output), constants_[kPhase - kFirst]);
+    }
+    if constexpr (kPhase < kLast) run_phase<kPhase + 1>();
+  }
+
+  struct PhaseConstants {
+    RowConstant qkv_bias, up_bias, out;  // b_qkv, b_up, and residual + biases of the output rows
+  };
+
+  __device__ void prefetch_constants() {
+    for (int i = 0; i < kCount; ++i) {
+      const PhaseSpec spec = Model::phase(kFirst + i);
+      int l = phase_list_base<Model>(kFirst, kFirst + i);
+      if (spec.attend) {
+        if constexpr (Model::kBiases) constants_[i].qkv_bias.prefetch(lists_[l], qkv_bias());
+        l += kQkvLists;
+      }
+      if (spec.up) {
+        if constexpr (Model::kBiases) constants_[i].up_bias.prefetch(lists_[l + 1], up_bias());
+        l += kUpLists;
+      }
+      if (spec.o_proj || spec.down_proj) constants_[i].out.prefetch(lists_[l], out_biases(spec.o_proj, spec.down_proj));
+    }
+  }
+
+  // The output rows' biases of a proj_residual phase (none without biases).
+  __device__ auto out_biases(bool o, bool down) const {
+    const __half* o_bias = Model::kBiases && o ? p_.o_bias : nullptr;
+    const __half* down_bias = Model::kBiases && down ? p_.down_bias : nullptr;
+    return [o_bias, down_bias](int row) { return half_or_zero(o_bias, row) + half_or_zero(down_bias, row); };
+  }
+  __device__ auto qkv_bias() const {
+    return [b = p_.qkv_bias](int row) { return __half2float(b[row]); };
+  }
+  __device__ auto up_bias() const {
+    return [b = p_.up_bias](int row) { return __half2float(b[row]); };
+  }
+
+  // Asks L2 for this block's cached keys and values at kernel start, so that attention, which runs after the
+  // block's weight stream, finds them there instead of paying DRAM latency behind the other blocks' streams.
+  __device__ void prefetch_kv_chunk() const {
+    const int head = blockIdx.x / cluster_size();
+    if (threadIdx.x != 0 || head >= p_.heads) return;
+    const KvChunk chunk(position_);
+    const int cached_end = min(chunk.end, position_);  // the new token is not in the cache yet
+    if (cached_end <= chunk.begin) return;
+    const std::size_t offset = (std::size_t(kv_head(head)) * p_.max_seq + chunk.begin) * kHeadDim;
+    const uint32_t bytes = uint32_t(cached_end - chunk.begin) * kHeadDim * 2;
+    bulk_prefetch_l2(p_.k_cache + offset, bytes);
+    bulk_prefetch_l2(p_.v_cache + offset, bytes);
+  }
+
+  __device__ int kv_head(int head) const { return head / (p_.heads / p_.kv_heads); }
+  __device__ float* vec(std::size_t offset) const { return reinterpret_cast<float*>(smem_ + offset); }
+  __device__ float* scratch() const { return vec(SmemLayout::kScratch); }
+
+  // norm_qkv_rope_attend (lists base.. of the phase), with norm_up's lists in the same phase when `up`.
+  template <int kBase>
+  __device__ void attend(bool up, const PhaseConstants& c) {
+    float* qkv = vec(layout_.qkv);
+    const int ranks = cluster_size(), rank = cluster_rank(), head = blockIdx.x / ranks;
+
+    cluster_wait();  // every block of the cluster has started (see run_phase): DSMEM stores are safe
+    stamp(p_, kMarkClusterReady);
+    // q|k|v rows of this head: every block of the cluster gets every row.
+    for (int piece = 0; piece < kQkvLists; ++piece) {
+      const int shift = qkv_piece<Model, kHeadDim>(p_, head, piece).shift;
+      stream_.run(kBase + piece, [&](int row, float sum) {
+        float value = sum;
+        if constexpr (Model::kBiases) value += c.qkv_bias.get(row, qkv_bias());
+        const float* local = qkv + row + shift;
+        for (int dst = 0; dst < ranks; ++dst) dsmem_store(local, dst, value);
+      });
+    }
+    stamp(p_, kMarkQkv);
+    cluster_arrive();
+    if (up) up_rows(kBase + kQkvLists, c);
+    stamp(p_, kMarkUp);
+    cluster_wait();  // the head's q|k|v is complete in every block
+    stamp(p_, kMarkHeadReady);
+    if (head >= p_.heads) return;  // a cluster with no head: its share of up rows was its whole phase
+
+    float* q = qkv;
+    float* k = qkv + kHeadDim;
+    float* v = qkv + 2 * kHeadDim;
+    Attention::rotary(q, k, position_, p_.rotary_dims, inv_freq_);
+    const std::size_t head_offset = std::size_t(kv_head(head)) * p_.max_seq * kHeadDim;
+    // The first query head of a kv group appends; the group's other clusters computed the same k and v.
+    if (rank == 0 && head % (p_.heads / p_.kv_heads) == 0) {
+      for (int e = threadIdx.x; e < kHeadDim; e += blockDim.x) {
+        p_.k_cache[head_offset + std::size_t(position_) * kHeadDim + e] = __float2half_rn(k[e]);
+        p_.v_cache[head_offset + std::size_t(position_) * kHeadDim + e] = __float2half_rn(v[e]);
+      }
+    }
+    const KvChunk chunk(position_);
+    float* combine = vec(layout_.combine);
+    Attention::partial(q, k, v, p_.k_cache + head_offset, p_.v_cache + head_offset, position_, chunk.begin,
+                       chunk.end, vec(layout_.scores), vec(layout_.partials), combine, scratch());
+    cluster_sync();  // every rank's partials are on rank 0; no shared memory is touched remotely after this
+    if (rank == 0) Attention::combine_partials(combine, ranks, p_.attn + head * kHeadDim);
+    stamp(p_, kMarkAttention);
+  }
+
+  // norm_up's lists (gate, up) from list l: act = GELU(up + b_up), or silu(gate) * up.
+  __device__ void up_rows(int l, const PhaseConstants& c) {
+    if constexpr (Model::kMlp == MlpKind::SwiGlu) {
+      float* gate = vec(layout_.gate);
+      const int row0 = lists_[l].row0;
+      stream_.run(l, [&](int row, float sum) { gate[row - row0] = sum; });
+      stream_.run(l + 1, [&](int row, float sum) { p_.act[row] = silu(gate[row - row0]) * sum; });
+    } else {
+      stream_.run(l, [](int, float) {});
+      stream_.run(l + 1, [&](int row, float sum) {
+        float value = sum;
+        if constexpr (Model::kBiases) value += c.up_bias.get(row, up_bias());
+        p_.act[row] = gelu_erf(value);
+      });
+    }
+  }
+
+  // proj_residual after its inputs (attn and/or act) are complete in global memory.
+  template <bool kO, bool kDown>
+  __device__ void proj_residual(int l, const __half* residual, __half* out, const PhaseConstants& c) {
+    float* rank_partials = vec(layout_.rank_partials);
+    // Written by other blocks of this launch (cooperative) or the previous one.
+    if constexpr (kO) copy_from_l2(vec(layout_.o), p_.attn, p_.hidden);
+    if constexpr (kDown) copy_from_l2(vec(layout_.g), p_.act, p_.ffn);
+    __syncthreads();
+    stamp(p_, kMarkProj);
+    const JobList& rows_of = lists_[l];
+    const int rank = cluster_rank(), ranks = cluster_size(), row0 = rows_of.row0, rows = rows_of.jobs * kBoxRows;
+    const int stride = layout_.rows_per_cluster;
+    stream_.run(l, [&](int row, float sum) { dsmem_store(rank_partials + rank * stride + (row - row0), 0, sum); });
+    cluster_sync();  // every rank's partial sums are on rank 0
+    if (rank != 0) return;
+    const auto biases = out_biases(kO, kDown);
+    const auto constant = [&](int row) { return biases(row) + __half2float(__ldcg(residual + row)); };
+    for (int t = threadIdx.x; t < rows; t += blockDim.x) {
+      float sum = 0.f;
+      for (int r = 0; r < ranks; ++r) sum += rank_partials[r * stride + t];
+      out[row0 + t] = __float2half_rn(sum + c.out.get(row0 + t, constant));
+    }
+  }
+
+  const DecoderLayerParams& p_;
+  unsigned char* smem_;
+  int position_;
+  SmemLayout layout_;
+  const JobList* lists_;
+  WarpStream stream_;
+  NormInputs<Model::kNorm> norm_;
+  double inv_freq_ = 0.0;
+  PhaseConstants constants_[kCount];
+};
+
+}  // namespace clusterfusion::kernels
+
+namespace clusterfusion::kernels {
+
+// Phases kFirst..kLast of one decoder layer for one new token; one block per SM, clusters of cluster_size.
+template <class Model, int kHeadDim, int kFirst, int kLast>
+__global__ void __launch_bounds__(kThreads, 1) decoder_layer_kernel(const __grid_constant__ DecoderLayerParams p) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  // A device position past the cache (only possible through device_position: the host checks its own) makes
+  // every block return before touching anything, the same decision in every block.
+  const int position = step_position(p);
+  if (position < 0 || position >= p.max_seq) return;
+  stamp(p, kMarkEntry);
+  // The next kernel is scheduled once every block of ours has passed here, so never ahead of one of ours; its
+  // blocks then take the SMs ours leave.
+  allow_next_kernel_to_start();
+  LayerBlock<Model, kHeadDim, kFirst, kLast> block(p, smem, position);
+  block.run();
+}
+
+}  // namespace clusterfusion::kernels

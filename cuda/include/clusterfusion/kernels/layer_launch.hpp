@@ -1,0 +1,40 @@
+// Host entry points of the fused decoder-layer kernels (defined in cuda/decoder_layer_kernels.cu): what the
+// runtime's launch plan needs (shared memory, co-resident clusters) and the launches of any phase of a model's
+// phase list. Plain C++ and CUDA runtime types only.
+#pragma once
+#include <cstddef>
+
+#include <cuda_runtime_api.h>
+
+#include "clusterfusion/kernels/layer_params.hpp"
+
+namespace clusterfusion::kernels {
+
+enum class LayerModel { GptNeoX, Llama };
+
+struct LayerShape {
+  LayerModel model;
+  int hidden, heads, kv_heads, head_dim, ffn, max_seq;
+};
+
+// One launch: `blocks` blocks in clusters of `cluster`, `smem` bytes of dynamic shared memory each.
+struct LayerGrid {
+  int blocks, cluster;
+  std::size_t smem;
+};
+
+int layer_phase_count(LayerModel model);
+const char* layer_phase_name(LayerModel model, int phase);  // "norm_qkv_rope_attend", ...
+bool layer_phase_attends(LayerModel model, int phase);
+
+// Dynamic shared memory of a launch of phases first..last on `clusters` clusters of `cluster` blocks.
+std::size_t layer_smem(const LayerShape& shape, int first, int last, int cluster, int clusters);
+// How many clusters of `cluster` blocks of the all-phases kernel with `smem` bytes fit on the current device.
+cudaError_t max_active_layer_clusters(const LayerShape& shape, int cluster, std::size_t smem, int* clusters);
+
+// Launches phase `first` alone (first == last), or every phase as one cooperative launch with grid barriers
+// (first == 0, last == the last phase). Throws std::invalid_argument for an unsupported head_dim or phase range.
+cudaError_t launch_decoder_layer(const DecoderLayerParams& p, const LayerShape& shape, int first, int last,
+                                 const LayerGrid& grid, cudaStream_t stream);
+
+}  // namespace clusterfusion::kernels

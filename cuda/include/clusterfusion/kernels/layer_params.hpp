@@ -1,0 +1,102 @@
+// What the fused decoder-layer kernels receive (one __grid_constant__ struct), how they lay out their shared
+// memory, and the launch plan. Plain C++: shared by the host launcher and the device code.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include <cuda.h>
+#include <cuda_fp16.h>
+
+namespace clusterfusion::kernels {
+
+// Tuning knobs, overridable at build time (-DCF_BOX_ROWS=8 ...) to compare variants in one GPU session.
+#ifndef CF_BOX_ROWS
+#define CF_BOX_ROWS 8
+#endif
+#ifndef CF_WARPS
+#define CF_WARPS 16
+#endif
+#ifndef CF_STAGES
+#define CF_STAGES 2
+#endif
+
+// A TMA box is kBoxRows weight rows by 256 columns: one box row is one 512-byte run of a weight row.
+constexpr int kBoxRows = CF_BOX_ROWS;
+constexpr int kBoxCols = 256;
+constexpr int kBoxBytes = kBoxRows * kBoxCols * 2;
+constexpr int kWarps = CF_WARPS;
+constexpr int kThreads = kWarps * 32;
+constexpr int kStages = CF_STAGES;  // boxes in flight per warp: 16 warps x 2 x 4 KB = 128 KB per SM
+constexpr int kLnVecs = 2;  // 16-byte vectors of the layer input per thread: hidden <= kLnVecs * 8 * kThreads
+constexpr int kMaxItems = 256;     // work items (job chunks) of one job list in one block
+constexpr int kMaxJobLists = 8;    // the lists of every phase of one launch
+constexpr int kTimelineMarks = 12;
+
+// The weight matrices a layer streams (TMA tensor maps). GPT-NeoX's fused q|k|v matrix takes kMapQ.
+enum WeightMap { kMapQ, kMapK, kMapV, kMapO, kMapGate, kMapUp, kMapDown, kWeightMaps };
+
+struct DecoderLayerParams {
+  CUtensorMap maps[kWeightMaps];
+  const __half* norm_weight[2];  // the attention norm, the MLP norm
+  const __half* norm_bias[2];    // LayerNorm only
+  const __half *qkv_bias, *o_bias, *up_bias, *down_bias;  // architectures with biases only
+  const double* inv_freq;  // [rotary_dims / 2] rotary inverse frequencies
+  const __half* x;  // [hidden] the layer input
+  __half* h1;       // [hidden] x + attention (sequential residual)
+  __half* out;      // [hidden] the layer output
+  float* attn;      // [heads * head_dim] attention outputs before W_o
+  float* act;       // [ffn] the MLP activation before W_down
+  __half* k_cache;  // this layer: [kv_heads][max_seq][head_dim]
+  __half* v_cache;
+  unsigned* grid_barrier;
+  unsigned long long* timeline;  // optional: kTimelineMarks global-timer stamps per block (kernel tuning)
+  int position;
+  const int* device_position;  // when set, the position is read from here (one CUDA graph for every step)
+  int overlap_previous;        // launched to start while the previous kernel runs (see decoder_layer_kernel)
+  int hidden, heads, kv_heads, ffn, max_seq, rotary_dims;
+  float eps;
+};
+
+__host__ __device__ constexpr std::size_t align_up(std::size_t n, std::size_t a) { return (n + a - 1) / a * a; }
+
+// Shared memory of one block. The weight ring and its barriers come first and are common to every phase, so
+// the cooperative kernel keeps streaming across its grid barriers; the phase-specific vectors follow, each
+// phase's from kVectors on.
+struct SmemLayout {
+  static constexpr std::size_t kRingBytes = std::size_t(kWarps) * kStages * kBoxBytes;
+  static constexpr std::size_t kBarriers = kRingBytes;
+  static constexpr std::size_t kJobLists = kBarriers + align_up(kWarps * kStages * 8, 128);
+  static constexpr std::size_t kJobListBytes = 80;  // sizeof(JobList), checked where it is defined
+  static constexpr std::size_t kScratch = kJobLists + align_up(kMaxJobLists * kJobListBytes, 128);  // reductions
+  static constexpr std::size_t kItemPartials = kScratch + 128;  // kBoxRows row sums per work item
+  static constexpr std::size_t kVectors = kItemPartials + kMaxItems * kBoxRows * 4;  // phase-specific vectors
+
+  // norm_qkv_rope_attend and norm_up: the two norms of the input, the head's q|k|v, scores of this block's
+  // positions, reduction partials, the cluster's softmax partials (m, l, o) gathered on rank 0, and SwiGLU's
+  // gate values of this block's rows.
+  std::size_t a1, a2, qkv, scores, partials, combine, gate, norm_end;
+  // proj_residual: the attention output, the MLP activation, and on rank 0 every rank's partial sums of the
+  // cluster's output rows.
+  std::size_t o, g, rank_partials, proj_end;
+  int rows_per_cluster;  // the most output rows any cluster owns
+
+  __host__ __device__ SmemLayout(int hidden, int ffn, int head_dim, int max_seq, int cluster, int clusters,
+                                 int gate_rows) {
+    const int chunk = (max_seq + cluster - 1) / cluster;
+    a1 = kVectors;
+    a2 = a1 + align_up(hidden * 4, 16);
+    qkv = a2 + align_up(hidden * 4, 16);
+    scores = qkv + align_up(3 * head_dim * 4, 16);
+    partials = scores + align_up(chunk * 4, 16);
+    combine = partials + align_up(kThreads * 8 * 4, 16);
+    gate = combine + align_up(cluster * (head_dim + 2) * 4, 16);
+    norm_end = gate + align_up(gate_rows * 4, 16);
+    o = kVectors;
+    g = o + align_up(hidden * 4, 16);
+    rank_partials = g + align_up(ffn * 4, 16);
+    rows_per_cluster = (hidden / kBoxRows + clusters - 1) / clusters * kBoxRows;
+    proj_end = rank_partials + align_up(std::size_t(cluster) * rows_per_cluster * 4, 16);
+  }
+};
+
+}  // namespace clusterfusion::kernels
