@@ -1,4 +1,5 @@
-// Generation with a GPT-NeoX (Pythia) checkpoint from C++ alone: loads the weights from safetensors, runs the
+// Generation with a GPT-NeoX (Pythia) or Llama checkpoint from C++ alone: loads the weights from safetensors (the
+// tensors the library's weight schema lists for the architecture), runs the
 // prompt through the decode step, generates tokens and prints them with the time per output token.
 //
 //   cf_generate MODEL_DIR [--prompt 12,345,6789] [--new 128] [--max-seq N] [--mode split|cooperative]
@@ -27,6 +28,7 @@
 #include "clusterfusion/cuda_check.hpp"
 #include "clusterfusion/decode_context.hpp"
 #include "clusterfusion/safetensors.hpp"
+#include "clusterfusion/weight_schema.hpp"
 
 namespace cf = clusterfusion;
 
@@ -85,42 +87,87 @@ Options parse_options(int argc, char** argv) {
 }
 
 // The number at `key` of a JSON object, or of its "rope_parameters" object (transformers 5 keeps the rotary
-// settings there), trying each name in turn.
-double number_at(const cf::JsonValue& config, std::initializer_list<const char*> keys, const std::string& path) {
+// settings there; 4.x's Llama "rope_scaling"), trying each name in turn.
+// A negative fallback means the number is required.
+double number_at(const cf::JsonValue& config, std::initializer_list<const char*> keys, const std::string& path,
+                 double fallback = -1.0) {
   const cf::JsonValue* rope = config.find("rope_parameters");
+  if (rope == nullptr) rope = config.find("rope_scaling");
   for (const char* key : keys) {
     for (const cf::JsonValue* scope : {&config, rope}) {
       const cf::JsonValue* v = scope ? scope->find(key) : nullptr;
       if (v != nullptr && v->kind == cf::JsonValue::Kind::Number) return v->number;
     }
   }
+  if (fallback >= 0.0) return fallback;
   throw std::invalid_argument(path + ": no number for " + *keys.begin());
 }
 
-// The ModelConfig of a transformers GPTNeoXConfig, refusing what the kernels do not compute.
+const cf::JsonValue* rope_scope(const cf::JsonValue& config) {
+  const cf::JsonValue* rope = config.find("rope_parameters");
+  return rope != nullptr ? rope : config.find("rope_scaling");
+}
+
+// The text at `key` of the config or of its rope settings, or `fallback`.
+std::string text_at(const cf::JsonValue& config, const char* key, const std::string& fallback) {
+  for (const cf::JsonValue* scope : {&config, rope_scope(config)}) {
+    const cf::JsonValue* v = scope ? scope->find(key) : nullptr;
+    if (v != nullptr && v->kind == cf::JsonValue::Kind::String) return v->text;
+  }
+  return fallback;
+}
+
+bool flag_at(const cf::JsonValue& config, const char* key, bool fallback) {
+  const cf::JsonValue* v = config.find(key);
+  return v != nullptr && v->kind == cf::JsonValue::Kind::Bool ? v->boolean : fallback;
+}
+
+// The ModelConfig of a transformers GPTNeoXConfig or LlamaConfig, refusing what the kernels do not compute.
 cf::ModelConfig read_config(const std::string& dir) {
   const std::string path = dir + "/config.json";
   std::ifstream in(path);
   if (!in) throw std::runtime_error(path + ": cannot open");
   const cf::JsonValue j = cf::parse_json(std::string(std::istreambuf_iterator<char>(in), {}));
-  const cf::JsonValue* type = j.find("model_type");
-  if (type == nullptr || type->text != "gpt_neox")
-    throw std::invalid_argument(path + ": model_type: expected \"gpt_neox\"");
-  const cf::JsonValue* act = j.find("hidden_act");
-  if (act == nullptr || act->text != "gelu") throw std::invalid_argument(path + ": hidden_act: expected \"gelu\"");
-  const cf::JsonValue* parallel = j.find("use_parallel_residual");
-  if (parallel != nullptr && !parallel->boolean)
+  const std::string type = text_at(j, "model_type", "");
+  if (type != "gpt_neox" && type != "llama")
+    throw std::invalid_argument(path + ": model_type: expected \"gpt_neox\" or \"llama\", got \"" + type + "\"");
+  const bool llama = type == "llama";
+  cf::ModelConfig c = cf::model_config(llama ? "llama-2-7b" : "pythia-70m");  // the architecture's recipe
+  const std::string act = text_at(j, "hidden_act", "");
+  if (act != (llama ? "silu" : "gelu"))
+    throw std::invalid_argument(path + ": hidden_act: expected \"" + (llama ? "silu" : "gelu") + "\", got \"" + act + "\"");
+  if (!llama && !flag_at(j, "use_parallel_residual", true))
     throw std::invalid_argument(path + ": use_parallel_residual: expected true");
-  cf::ModelConfig c;
+  for (const char* bias : {"attention_bias", "mlp_bias"}) {
+    if (llama && flag_at(j, bias, false))
+      throw std::invalid_argument(path + ": " + bias + ": expected false (the Llama kernels have no biases)");
+  }
   c.hidden = int(number_at(j, {"hidden_size"}, path));
   c.heads = int(number_at(j, {"num_attention_heads"}, path));
-  c.head_dim = c.hidden / c.heads;
+  c.kv_heads = llama && j.find("num_key_value_heads") ? int(number_at(j, {"num_key_value_heads"}, path)) : c.heads;
+  c.head_dim = j.find("head_dim") ? int(number_at(j, {"head_dim"}, path)) : c.heads > 0 ? c.hidden / c.heads : 0;
   c.ffn = int(number_at(j, {"intermediate_size"}, path));
   c.layers = int(number_at(j, {"num_hidden_layers"}, path));
   c.vocab = int(number_at(j, {"vocab_size"}, path));
-  c.rotary_dims = int(c.head_dim * number_at(j, {"partial_rotary_factor", "rotary_pct"}, path));
-  c.rotary_base = float(number_at(j, {"rope_theta", "rotary_emb_base"}, path));
-  c.norm_eps = float(number_at(j, {"layer_norm_eps"}, path));
+  const double rotary_fraction =
+      llama && !rope_scope(j) ? 1.0 : number_at(j, {"partial_rotary_factor", "rotary_pct"}, path, llama ? 1.0 : -1.0);
+  c.rotary_dims = int(c.head_dim * rotary_fraction);
+  c.rotary_base = float(number_at(j, {"rope_theta", "rotary_emb_base"}, path, llama ? 10000.0 : -1.0));
+  c.norm_eps = float(number_at(j, {llama ? "rms_norm_eps" : "layer_norm_eps"}, path));
+  c.tied_embeddings = llama && flag_at(j, "tie_word_embeddings", false);
+  const std::string rope = text_at(j, "rope_type", text_at(j, "type", "default"));
+  if (rope == "linear" || rope == "llama3") {
+    c.rope_scaling.type = rope == "linear" ? cf::RopeType::Linear : cf::RopeType::Llama3;
+    c.rope_scaling.factor = float(number_at(j, {"factor"}, path));
+  }
+  if (rope == "llama3") {
+    c.rope_scaling.low_freq_factor = float(number_at(j, {"low_freq_factor"}, path));
+    c.rope_scaling.high_freq_factor = float(number_at(j, {"high_freq_factor"}, path));
+    c.rope_scaling.original_max_positions = int(number_at(j, {"original_max_position_embeddings"}, path));
+  } else if (rope != "linear" && rope != "default") {
+    throw std::invalid_argument(path + ": rope_scaling: rope_type \"" + rope + "\" is not supported");
+  }
+  if (!llama && rope != "default") throw std::invalid_argument(path + ": rope_scaling: GPT-NeoX takes the default rope");
   c.validate();
   return c;
 }
@@ -166,32 +213,30 @@ class DeviceWeights {
   std::size_t bytes_ = 0;
 };
 
+// The schema's tensors of the architecture, by their transformers names; a tied LM head is the embedding.
 cf::ModelWeights load_weights(DeviceWeights& store, const cf::ModelConfig& c) {
+  const cf::WeightSchema& schema = cf::weight_schema(c.arch);
   cf::ModelWeights w;
-  w.embed_in = store.load("gpt_neox.embed_in.weight");
-  for (int i = 0; i < c.layers; ++i) {
-    const std::string p = "gpt_neox.layers." + std::to_string(i) + ".";
-    cf::LayerWeights l;
-    l.ln1_weight = store.load(p + "input_layernorm.weight");
-    l.ln1_bias = store.load(p + "input_layernorm.bias");
-    l.ln2_weight = store.load(p + "post_attention_layernorm.weight");
-    l.ln2_bias = store.load(p + "post_attention_layernorm.bias");
-    l.w_qkv = store.load(p + "attention.query_key_value.weight");
-    l.b_qkv = store.load(p + "attention.query_key_value.bias");
-    l.w_o = store.load(p + "attention.dense.weight");
-    l.b_o = store.load(p + "attention.dense.bias");
-    l.w_up = store.load(p + "mlp.dense_h_to_4h.weight");
-    l.b_up = store.load(p + "mlp.dense_h_to_4h.bias");
-    l.w_down = store.load(p + "mlp.dense_4h_to_h.weight");
-    l.b_down = store.load(p + "mlp.dense_4h_to_h.bias");
-    w.layers.push_back(l);
+  for (const cf::TensorSpec& spec : schema.model) {
+    cf::TensorView& view = w.views[static_cast<std::size_t>(spec.slot)];
+    if (store.contains(spec.hf_name)) {
+      view = store.load(spec.hf_name);
+    } else if (!schema.lm_head_alias.empty() && spec.slot == int(cf::ModelSlot::lm_head) &&
+               store.contains(schema.lm_head_alias)) {
+      view = store.load(schema.lm_head_alias);
+    }
   }
-  w.final_norm_weight = store.load("gpt_neox.final_layer_norm.weight");
-  w.final_norm_bias = store.load("gpt_neox.final_layer_norm.bias");
-  // Checkpoints name the output projection embed_out; a tied model stores only the input embedding.
-  w.lm_head = store.contains("embed_out.weight")  ? store.load("embed_out.weight")
-              : store.contains("lm_head.weight") ? store.load("lm_head.weight")
-                                                 : w.embed_in;
+  if (c.tied_embeddings && w[cf::ModelSlot::lm_head].data == nullptr) w[cf::ModelSlot::lm_head] = w[cf::ModelSlot::embed_in];
+  for (const cf::TensorSpec& spec : schema.model) {
+    if (w.views[static_cast<std::size_t>(spec.slot)].data == nullptr)
+      throw std::out_of_range("checkpoint: no tensor '" + std::string(spec.hf_name) + "'");
+  }
+  for (int i = 0; i < c.layers; ++i) {
+    cf::LayerWeights layer;
+    for (const cf::TensorSpec& spec : schema.layer)
+      layer.views[static_cast<std::size_t>(spec.slot)] = store.load(cf::hf_layer_name(schema, i, spec));
+    w.layers.push_back(layer);
+  }
   return w;
 }
 

@@ -1,7 +1,7 @@
-"""ClusterFusion: fused batch-1 decode kernels for GPT-NeoX (Pythia) on Hopper GPUs (sm_90a).
+"""ClusterFusion: fused batch-1 decode kernels for GPT-NeoX (Pythia) and Llama on Hopper GPUs (sm_90a).
 
-Importing the package touches no GPU; KVCache, NeoXLayer and DecodeContext need one. torch is optional: the
-kernels take any DLPack tensor, and only the transformers bridges (FusedNeoXLayer, from_transformers) use torch.
+Importing the package touches no GPU; KVCache, DecoderLayer and DecodeContext need one. torch is optional: the
+kernels take any DLPack tensor, and only the transformers bridges (FusedLayer, from_transformers) use torch.
 """
 
 from ._C import (
@@ -10,17 +10,21 @@ from ._C import (
     CacheView,
     CudaError,
     DecodeContext,
+    DecoderLayer,
     KVCache,
     ModelConfig,
-    NeoXLayer,
     Norm,
+    RopeScaling,
+    RopeType,
     SamplingParams,
     __version__,
+    model_names,
     reference_neox_layer,
+    weight_schema,
 )
 from .config import config_from_transformers
 from .engine import Engine, from_transformers
-from .layer import FusedNeoXLayer, allocate_scratch
+from .layer import FusedLayer, allocate_scratch
 
 __all__ = [
     "Activation",
@@ -28,16 +32,20 @@ __all__ = [
     "CacheView",
     "CudaError",
     "DecodeContext",
+    "DecoderLayer",
     "Engine",
-    "FusedNeoXLayer",
+    "FusedLayer",
     "KVCache",
     "ModelConfig",
-    "NeoXLayer",
     "Norm",
+    "RopeScaling",
+    "RopeType",
     "SamplingParams",
     "__version__",
     "allocate_scratch",
     "config_from_transformers",
     "from_transformers",
+    "model_names",
     "reference_neox_layer",
+    "weight_schema",
 ]

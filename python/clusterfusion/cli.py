@@ -1,9 +1,10 @@
 """The `clusterfusion` command line.
 
   clusterfusion generate --model PATH_OR_NAME --prompt TEXT [--max-new-tokens N] [sampling options]
-  clusterfusion bench --model pythia-2.8b|pythia-6.9b|PATH_OR_NAME [--prompt-tokens 32] [--decode-tokens 256]
+  clusterfusion bench --model pythia-2.8b|llama-2-7b|...|PATH_OR_NAME [--prompt-tokens 32] [--decode-tokens 256]
 
-`bench` with an embedded model name (pythia-70m ... gpt-neox-20b) that is not a local path builds a model with
+`bench` with an embedded model name (pythia-70m ... gpt-neox-20b, llama-2-7b, tinyllama-1.1b, llama-3-8b,
+llama-3.2-1b) that is not a local path builds a model with
 random weights at that model's real shapes, so it runs on any Hopper GPU with no download.
 """
 
@@ -14,30 +15,51 @@ import sys
 import time
 from pathlib import Path
 
-from ._C import ModelConfig
+from ._C import Architecture, ModelConfig, RopeType, model_names
 
-EMBEDDED_MODELS = ["pythia-70m", "pythia-160m", "pythia-410m", "pythia-1b", "pythia-1.4b", "pythia-2.8b",
-                   "pythia-6.9b", "pythia-12b", "gpt-neox-20b"]
+EMBEDDED_MODELS = model_names()
+
+
+def _llama_rope(c: ModelConfig) -> dict:
+    rope = dict(rope_type="default", rope_theta=c.rotary_base)
+    r = c.rope_scaling
+    if r.type == RopeType.Linear:
+        rope.update(rope_type="linear", factor=r.factor)
+    elif r.type == RopeType.Llama3:
+        rope.update(rope_type="llama3", factor=r.factor, low_freq_factor=r.low_freq_factor,
+                    high_freq_factor=r.high_freq_factor, original_max_position_embeddings=r.original_max_positions)
+    return rope
 
 
 def hf_config_for(name: str):
-    """A transformers GPTNeoXConfig at the shapes of an embedded model (ValueError listing the names)."""
-    from transformers import GPTNeoXConfig
+    """A transformers GPTNeoXConfig or LlamaConfig at the shapes of an embedded model (ValueError listing the
+    names)."""
+    c = ModelConfig.named(name)
+    if c.arch == Architecture.GPTNeoX:
+        from transformers import GPTNeoXConfig
 
-    c = ModelConfig.pythia(name)
-    config = GPTNeoXConfig(hidden_size=c.hidden, num_attention_heads=c.heads, intermediate_size=c.ffn,
-                           num_hidden_layers=c.layers, vocab_size=c.vocab, rotary_pct=c.rotary_dims / c.head_dim,
-                           rotary_emb_base=c.rotary_base, layer_norm_eps=c.norm_eps, use_parallel_residual=True,
-                           hidden_act="gelu", tie_word_embeddings=False, max_position_embeddings=2048)
+        config = GPTNeoXConfig(hidden_size=c.hidden, num_attention_heads=c.heads, intermediate_size=c.ffn,
+                               num_hidden_layers=c.layers, vocab_size=c.vocab, rotary_pct=c.rotary_dims / c.head_dim,
+                               rotary_emb_base=c.rotary_base, layer_norm_eps=c.norm_eps, use_parallel_residual=True,
+                               hidden_act="gelu", tie_word_embeddings=False, max_position_embeddings=2048)
+    else:
+        from transformers import LlamaConfig
+
+        rope = _llama_rope(c)
+        config = LlamaConfig(hidden_size=c.hidden, num_attention_heads=c.heads, num_key_value_heads=c.kv_heads,
+                             head_dim=c.head_dim, intermediate_size=c.ffn, num_hidden_layers=c.layers,
+                             vocab_size=c.vocab, rms_norm_eps=c.norm_eps, hidden_act="silu",
+                             tie_word_embeddings=c.tied_embeddings, rope_theta=c.rotary_base, rope_scaling=rope,
+                             max_position_embeddings=4 * rope.get("original_max_position_embeddings", 1024))
     config._attn_implementation = "sdpa"  # what from_pretrained picks on a CUDA machine
     return config
 
 
 def random_model(name: str, device="cuda", seed: int = 0):
-    """A float16 GPTNeoXForCausalLM with random weights at an embedded model's shapes: linear weights and biases
-    and embeddings N(0, 0.02), LayerNorm weights N(1, 0.1) and biases N(0, 0.05)."""
+    """A float16 causal LM with random weights at an embedded model's shapes: linear weights and biases and
+    embeddings N(0, 0.02), norm weights N(1, 0.1) and biases N(0, 0.05)."""
     import torch
-    from transformers import GPTNeoXForCausalLM
+    from transformers import AutoModelForCausalLM
 
     # Built in float16 on the device (transformers' own initialisation, then every parameter is drawn again from
     # the seeded generator); buffers such as the rotary frequencies are computed as usual.
@@ -45,13 +67,13 @@ def random_model(name: str, device="cuda", seed: int = 0):
     torch.set_default_dtype(torch.float16)
     try:
         with torch.device(device):
-            model = GPTNeoXForCausalLM(hf_config_for(name)).eval()
+            model = AutoModelForCausalLM.from_config(hf_config_for(name)).eval()
     finally:
         torch.set_default_dtype(default_dtype)
     generator = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
         for param_name, param in model.named_parameters():
-            if "layernorm" in param_name or "layer_norm" in param_name:
+            if "norm" in param_name:
                 mean, std = (1.0, 0.1) if param_name.endswith("weight") else (0.0, 0.05)
             else:
                 mean, std = 0.0, 0.02
@@ -62,9 +84,9 @@ def random_model(name: str, device="cuda", seed: int = 0):
 def load_model(name_or_path: str, device="cuda"):
     """A checkpoint through transformers' from_pretrained, in float16 on `device`."""
     import torch
-    from transformers import GPTNeoXForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    return GPTNeoXForCausalLM.from_pretrained(name_or_path, dtype=torch.float16).to(device).eval()
+    return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float16).to(device).eval()
 
 
 def progress(iterable, total: int, desc: str):

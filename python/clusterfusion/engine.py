@@ -1,5 +1,6 @@
-"""Engine: text generation with a transformers GPTNeoXForCausalLM, the prompt through transformers and every
-decode step through the library's captured whole-model step (DecodeContext), the weights shared in place.
+"""Engine: text generation with a transformers causal LM (GPTNeoXForCausalLM, LlamaForCausalLM), the prompt
+through transformers and every decode step through the library's captured whole-model step (DecodeContext), the
+weights shared in place.
 
 torch and transformers are imported where they are used: the package itself needs neither.
 """
@@ -11,7 +12,7 @@ from typing import Callable, Iterator
 
 from ._C import DecodeContext, SamplingParams
 from .config import config_from_transformers
-from .layer import HF_PARAMETERS
+from .weights import model_weights
 
 
 def sampling_params(temperature=0.0, top_k=0, top_p=1.0, seed=None) -> SamplingParams:
@@ -68,39 +69,6 @@ def check_request(ids: list[int], max_new_tokens, max_seq: int, vocab: int) -> N
         raise ValueError(f"input_ids: expected tokens in 0..{vocab - 1}, got {bad[:8]}")
 
 
-def _cuda_half(tensor, name):
-    import torch
-
-    if tensor.dtype != torch.float16 or tensor.device.type != "cuda":
-        raise TypeError(f"{name}: expected a float16 CUDA tensor, got {tensor.dtype} on {tensor.device} (load the "
-                        "model with dtype=torch.float16, then .cuda())")
-    return tensor.detach()  # torch exports no tensor that requires grad; the view shares the parameter's memory
-
-
-def decode_weights(model) -> dict:
-    """DecodeContext's weight keywords for a GPTNeoXForCausalLM: detached views of its parameters (no copy).
-    TypeError / ValueError name the transformers parameter."""
-    base = getattr(model, "gpt_neox", None)
-    # transformers 5 names the output projection lm_head; 4.x (and the checkpoints) embed_out.
-    head_name = next((name for name in ("lm_head", "embed_out") if getattr(model, name, None) is not None), None)
-    if base is None or head_name is None:
-        raise TypeError(f"model: expected a transformers GPTNeoXForCausalLM, got {type(model).__name__}")
-    weights = dict(embed_in=_cuda_half(base.embed_in.weight, "gpt_neox.embed_in.weight"),
-                   final_norm_weight=_cuda_half(base.final_layer_norm.weight, "gpt_neox.final_layer_norm.weight"),
-                   final_norm_bias=_cuda_half(base.final_layer_norm.bias, "gpt_neox.final_layer_norm.bias"),
-                   lm_head=_cuda_half(getattr(model, head_name).weight, f"{head_name}.weight"), layers=[])
-    for i, layer in enumerate(base.layers):
-        params = dict(layer.named_parameters())
-        entry = {}
-        for keyword, hf_name in HF_PARAMETERS.items():
-            name = f"gpt_neox.layers.{i}.{hf_name}"
-            if hf_name not in params:
-                raise ValueError(f"{name}: missing (expected a GPTNeoXLayer with biases)")
-            entry[keyword] = _cuda_half(params[hf_name], name)
-        weights["layers"].append(entry)
-    return weights
-
-
 def _cache_tensors(cache):
     """Per-layer keys and values [1, heads, seq, head_dim] of a transformers DynamicCache (5.x or 4.x)."""
     if hasattr(cache, "layers"):
@@ -124,7 +92,7 @@ def _streamer_callback(streamer, prompt_tensor) -> tuple[Callable[[int], None], 
 
 
 class Engine:
-    """Generation for one GPTNeoXForCausalLM (float16, CUDA) at batch 1. The library reads the model's parameters
+    """Generation for one GPTNeoXForCausalLM or LlamaForCausalLM (float16, CUDA) at batch 1. The library reads the model's parameters
     in place: keep the model unchanged while the engine lives. Use from_transformers(model)."""
 
     def __init__(self, model, max_seq: int | None = None, mode: str | None = None):
@@ -132,7 +100,7 @@ class Engine:
 
         self.model = model
         self.config = config_from_transformers(model.config)
-        weights = decode_weights(model)
+        weights = model_weights(model, self.config)
         self.device = weights["embed_in"].device
         if max_seq is None:
             max_seq = model.config.max_position_embeddings
@@ -171,8 +139,8 @@ class Engine:
         except TypeError:  # transformers 4.x
             cache = DynamicCache()
         with torch.no_grad(), torch.cuda.device(self.device):
-            self.model.gpt_neox(input_ids=torch.tensor([ids[:-1]], device=self.device), past_key_values=cache,
-                                use_cache=True)
+            self.model.base_model(input_ids=torch.tensor([ids[:-1]], device=self.device), past_key_values=cache,
+                                  use_cache=True)
             keys, values = _cache_tensors(cache)
             keys = [k.contiguous() for k in keys]  # transformers keeps the first update's transposed view
             values = [v.contiguous() for v in values]
@@ -221,7 +189,7 @@ class Engine:
 
 
 def from_transformers(model, max_seq: int | None = None, mode: str | None = None) -> Engine:
-    """An Engine for a transformers GPTNeoXForCausalLM in float16 on CUDA, sharing its weights (no copy).
+    """An Engine for a transformers GPTNeoXForCausalLM or LlamaForCausalLM in float16 on CUDA, sharing its weights (no copy).
     max_seq defaults to the model's max_position_embeddings; mode None picks split (the faster mode once the
     layers' launches overlap). Raises ValueError for a config the kernels do not implement and TypeError for a
     parameter that is not float16 on CUDA, naming it."""

@@ -15,6 +15,7 @@
 #include "bindings.hpp"
 #include "clusterfusion/cuda_check.hpp"
 #include "clusterfusion/decode_context.hpp"
+#include "weight_args.hpp"
 
 namespace clusterfusion::python {
 
@@ -31,34 +32,6 @@ struct PyDecodeContext {
   std::unique_ptr<DecodeContext> context;
 };
 
-// A NeoXLayer keyword and the LayerWeights slot it fills, with its shape in units of hidden (h) and ffn (f).
-struct LayerSlot {
-  const char* name;
-  TensorView LayerWeights::*view;
-  int64_t rows_h, rows_f, cols_h, cols_f;  // shape = [rows_h*h + rows_f*f] or [.., cols_h*h + cols_f*f]
-  bool matrix;
-};
-constexpr LayerSlot kLayerSlots[12] = {
-    {"ln1_weight", &LayerWeights::ln1_weight, 1, 0, 0, 0, false},
-    {"ln1_bias", &LayerWeights::ln1_bias, 1, 0, 0, 0, false},
-    {"ln2_weight", &LayerWeights::ln2_weight, 1, 0, 0, 0, false},
-    {"ln2_bias", &LayerWeights::ln2_bias, 1, 0, 0, 0, false},
-    {"w_qkv", &LayerWeights::w_qkv, 3, 0, 1, 0, true},
-    {"b_qkv", &LayerWeights::b_qkv, 3, 0, 0, 0, false},
-    {"w_o", &LayerWeights::w_o, 1, 0, 1, 0, true},
-    {"b_o", &LayerWeights::b_o, 1, 0, 0, 0, false},
-    {"w_up", &LayerWeights::w_up, 0, 1, 1, 0, true},
-    {"b_up", &LayerWeights::b_up, 0, 1, 0, 0, false},
-    {"w_down", &LayerWeights::w_down, 1, 0, 0, 1, true},
-    {"b_down", &LayerWeights::b_down, 1, 0, 0, 0, false},
-};
-
-std::vector<int64_t> slot_shape(const LayerSlot& s, const ModelConfig& c) {
-  const int64_t rows = s.rows_h * c.hidden + s.rows_f * c.ffn;
-  if (!s.matrix) return {rows};
-  return {rows, s.cols_h * c.hidden + s.cols_f * c.ffn};
-}
-
 ArraySpec cuda_spec(nb::dlpack::dtype dtype, std::vector<int64_t> shape, std::size_t align = 16) {
   return {nb::device::cuda::value, dtype, std::move(shape), align};
 }
@@ -70,17 +43,13 @@ TensorView keep(std::vector<InArray>& owned, nb::handle obj, const std::string& 
   return TensorView(const_cast<void*>(owned.back().data()), std::move(shape), DType::Float16);
 }
 
-void init_context(PyDecodeContext* self, const ModelConfig& config, int max_seq, nb::handle embed_in,
-                  nb::handle final_norm_weight, nb::handle final_norm_bias, nb::handle lm_head, nb::sequence layers,
-                  const std::optional<std::string>& mode, std::uintptr_t stream) {
+void init_context(PyDecodeContext* self, const ModelConfig& config, int max_seq, nb::sequence layers,
+                  const std::optional<std::string>& mode, std::uintptr_t stream, nb::kwargs model_tensors) {
   config.validate();  // the expected shapes mean nothing for an invalid config
-  const int64_t h = config.hidden, vocab = config.vocab;
   std::vector<InArray> owned;
   ModelWeights w;
-  w.embed_in = keep(owned, embed_in, "embed_in", {vocab, h});
-  w.final_norm_weight = keep(owned, final_norm_weight, "final_norm_weight", {h});
-  w.final_norm_bias = keep(owned, final_norm_bias, "final_norm_bias", {h});
-  w.lm_head = keep(owned, lm_head, "lm_head", {vocab, h});
+  for (auto& [slot, view] : schema_views(model_tensors, weight_schema(config.arch).model, config, "", owned))
+    w.views[static_cast<std::size_t>(slot)] = std::move(view);
   const std::size_t count = nb::len(layers);
   if (count != static_cast<std::size_t>(config.layers)) {
     throw nb::value_error(("layers: expected " + std::to_string(config.layers) + " dicts of layer weights, got " +
@@ -91,17 +60,11 @@ void init_context(PyDecodeContext* self, const ModelConfig& config, int max_seq,
     const std::string prefix = "layers[" + std::to_string(i) + "]";
     nb::dict dict;
     if (!nb::try_cast(layers[i], dict)) {
-      throw nb::type_error((prefix + ": expected a dict of the 12 NeoXLayer weights, got " +
-                            std::string(nb::type_name(layers[i].type()).c_str()))
+      throw nb::type_error((prefix + ": expected a dict of the layer's weights (weight_schema(config)['layer']), "
+                                     "got " + std::string(nb::type_name(layers[i].type()).c_str()))
                                .c_str());
     }
-    LayerWeights lw;
-    for (const LayerSlot& slot : kLayerSlots) {
-      const std::string name = prefix + "." + slot.name;
-      if (!dict.contains(slot.name)) throw nb::value_error((name + ": missing").c_str());
-      lw.*slot.view = keep(owned, dict[slot.name], name, slot_shape(slot, config));
-    }
-    w.layers.push_back(std::move(lw));
+    w.layers.push_back(layer_weights(dict, config, prefix, owned));
   }
   std::optional<LayerMode> parsed;
   if (mode) parsed = parse_layer_mode(*mode);
@@ -152,12 +115,13 @@ nb::str sampling_repr(const SamplingParams& p) {
 }
 
 constexpr const char* kContextDoc =
-    "A whole-model GPT-NeoX decode runtime for one sequence at batch 1: KV cache, scratch, one fused layer per "
-    "decoder layer, and a CUDA graph of the whole step (embedding -> layers -> final LayerNorm -> LM head -> "
-    "token selection). Weights are CUDA float16 tensors from any DLPack producer, read in place and kept alive: "
-    "embed_in and lm_head [vocab, hidden], final_norm_weight/bias [hidden], and `layers`, one dict per layer with "
-    "NeoXLayer's 12 keywords. mode: None (split, the faster one), 'split' or 'cooperative'. Every step runs on "
-    "`stream` (a cudaStream_t as an int; 0 is the default stream).";
+    "A whole-model decode runtime (GPT-NeoX or Llama) for one sequence at batch 1: KV cache, scratch, one fused "
+    "layer per decoder layer, and a CUDA graph of the whole step (embedding -> layers -> final norm -> LM head "
+    "-> token selection). Weights are CUDA float16 tensors from any DLPack producer, read in place and kept "
+    "alive: the model tensors as keyword arguments named by weight_schema(config)['model'] (embed_in, "
+    "final_norm_weight, final_norm_bias for GPT-NeoX, lm_head: the embedding itself when tied), and `layers`, "
+    "one dict per layer keyed by weight_schema(config)['layer']. mode: None (split, the faster one), 'split' or "
+    "'cooperative'. Every step runs on `stream` (a cudaStream_t as an int; 0 is the default stream).";
 
 }  // namespace
 
@@ -182,14 +146,8 @@ void bind_decode(nb::module_& m) {
   nb::class_<PyDecodeContext>(m, "DecodeContext", kContextDoc)
       .def(
           "__init__",
-          [](PyDecodeContext* self, const ModelConfig& config, int max_seq, nb::handle embed_in,
-             nb::handle final_norm_weight, nb::handle final_norm_bias, nb::handle lm_head, nb::sequence layers,
-             const std::optional<std::string>& mode, std::uintptr_t stream) {
-            init_context(self, config, max_seq, embed_in, final_norm_weight, final_norm_bias, lm_head, layers, mode,
-                         stream);
-          },
-          "config"_a, "max_seq"_a, nb::kw_only(), "embed_in"_a.none(), "final_norm_weight"_a.none(),
-          "final_norm_bias"_a.none(), "lm_head"_a.none(), "layers"_a, "mode"_a = nb::none(), "stream"_a = 0)
+          &init_context, "config"_a, "max_seq"_a, nb::kw_only(), "layers"_a, "mode"_a = nb::none(), "stream"_a = 0,
+          "weights"_a)
       .def_prop_ro("config", [](const PyDecodeContext& c) { return c.context->config(); })
       .def_prop_ro("max_seq", [](const PyDecodeContext& c) { return c.context->max_seq(); })
       .def_prop_ro("mode", [](const PyDecodeContext& c) { return std::string(layer_mode_name(c.context->mode())); })
@@ -216,7 +174,7 @@ void bind_decode(nb::module_& m) {
             CF_CUDA_CHECK(cudaStreamSynchronize(c.context->stream()));
           },
           "keys"_a, "values"_a,
-          "Copies a prefill computed elsewhere into the cache: per layer, keys and values [1, heads, seq, "
+          "Copies a prefill computed elsewhere into the cache: per layer, keys and values [1, kv_heads, seq, "
           "head_dim] float16 CUDA tensors (transformers' cache layout, rotated keys). Sets position = seq; the "
           "next step needs a token. ValueError / IndexError (seq > max_seq) before anything is copied.")
       .def(
