@@ -1,5 +1,5 @@
-// Times the fused GPT-NeoX layer (split and cooperative) against a streaming-read kernel, in one process,
-// for kernel work without Python: `layer_timing pythia-2.8b 512 [iters]`. Weights are rotated over enough
+// Times the fused decoder layer of any supported model (split and cooperative) against a streaming-read kernel,
+// in one process, for kernel work without Python: `layer_timing pythia-2.8b|llama-2-7b|... 512 [iters]`. Weights are rotated over enough
 // layers that L2 (50 MB) cannot serve them; each layer is timed inside a CUDA graph of all rotated layers.
 #include <algorithm>
 #include <cstdio>
@@ -11,7 +11,8 @@
 
 #include "clusterfusion/cuda_check.hpp"
 #include "clusterfusion/kv_cache.hpp"
-#include "clusterfusion/neox_layer.hpp"
+#include "clusterfusion/decoder_layer.hpp"
+#include "clusterfusion/weight_schema.hpp"
 
 namespace cf = clusterfusion;
 
@@ -51,18 +52,19 @@ struct DeviceHalf {
   cf::TensorView view() const { return cf::TensorView(ptr, shape, cf::DType::Float16); }
 };
 
+// Every tensor of the architecture's weight schema, at realistic scales.
 struct Layer {
-  std::vector<DeviceHalf> t;  // ln1_w ln1_b ln2_w ln2_b w_qkv b_qkv w_o b_o w_up b_up w_down b_down
+  std::vector<DeviceHalf> t;
+  cf::LayerWeights weights;
   Layer(const cf::ModelConfig& c, uint32_t seed) {
-    const int64_t h = c.hidden, f = c.ffn;
-    const std::vector<std::pair<std::vector<int64_t>, float>> specs = {
-        {{h}, 1.f}, {{h}, .05f}, {{h}, 1.f}, {{h}, .05f}, {{3 * h, h}, .02f}, {{3 * h}, .02f},
-        {{h, h}, .02f}, {{h}, .02f}, {{f, h}, .02f}, {{f}, .02f}, {{h, f}, .02f}, {{h}, .02f}};
-    for (std::size_t i = 0; i < specs.size(); ++i) t.emplace_back(specs[i].first, specs[i].second, seed * 16 + i);
-  }
-  cf::LayerWeights views() const {
-    return {t[0].view(), t[1].view(), t[2].view(), t[3].view(), t[4].view(), t[5].view(),
-            t[6].view(), t[7].view(), t[8].view(), t[9].view(), t[10].view(), t[11].view()};
+    const auto& specs = cf::weight_schema(c.arch).layer;
+    t.reserve(specs.size());
+    for (std::size_t i = 0; i < specs.size(); ++i) {
+      const std::string name = specs[i].name;
+      const float scale = name == "ln1_weight" || name == "ln2_weight" ? 1.f : name.find("ln") == 0 ? .05f : .02f;
+      t.emplace_back(cf::shape_of(specs[i], c), scale, seed * 16 + uint32_t(i));
+      weights.views[static_cast<std::size_t>(specs[i].slot)] = t.back().view();
+    }
   }
   std::size_t bytes() const {
     std::size_t b = 0;
@@ -96,8 +98,8 @@ float time_graph_ms(cudaGraphExec_t exec, cudaStream_t stream, int iters) {
 }
 
 constexpr int kMarks = 12;  // kernels::kTimelineMarks, in the order of kernels::TimelineMark
-const char* const kMarkNames[kMarks] = {"entry", "listed",     "primed",    "input",   "normed",  "cluster ok",
-                                        "qkv",   "up",         "head ready", "attention", "phase B", "end"};
+const char* const kMarkNames[kMarks] = {"entry", "listed",     "primed",    "input",     "normed", "cluster ok",
+                                        "qkv",   "up",         "head ready", "attention", "proj",   "end"};
 
 }  // namespace
 
@@ -105,9 +107,11 @@ int main(int argc, char** argv) {
   const std::string model = argc > 1 ? argv[1] : "pythia-2.8b";
   const int ctx = argc > 2 ? std::atoi(argv[2]) : 512;
   const int iters = argc > 3 ? std::atoi(argv[3]) : 30;
-  cf::ModelConfig config = cf::pythia_config(model);
+  cf::ModelConfig config = cf::model_config(model);
   // Rotate over >= 1.2 GB of weights so that each layer comes from HBM.
-  const int rotate = std::max(4, int(1.2e9 / (12.0 * config.hidden * config.hidden * 2 + 1)));
+  const double layer_bytes = 2.0 * config.hidden * (2.0 * config.q_rows() + 2.0 * config.kv_rows() +
+                                                    (config.parallel_residual ? 2.0 : 3.0) * config.ffn);
+  const int rotate = std::max(4, int(1.2e9 / layer_bytes));
   config.layers = rotate;
   const int max_seq = std::max(ctx + 1, 2048);
   cudaStream_t stream;
@@ -129,20 +133,21 @@ int main(int argc, char** argv) {
   std::printf("streaming read: %.3f TB/s\n", read_bw / 1e12);
 
   std::vector<Layer> layers;
-  std::vector<cf::NeoXLayer*> fused;
+  std::vector<cf::DecoderLayer*> fused;
+  layers.reserve(rotate);
   for (int l = 0; l < rotate; ++l) layers.emplace_back(config, 1000 + l);
-  for (int l = 0; l < rotate; ++l) fused.push_back(new cf::NeoXLayer(config, layers[l].views(), max_seq));
+  for (int l = 0; l < rotate; ++l) fused.push_back(new cf::DecoderLayer(config, layers[l].weights, max_seq));
   cf::KVCache cache(config, max_seq);
   for (int l = 0; l < rotate; ++l) {
     fill_random<<<1024, 256>>>(cache.keys(l), cache.layer_elems(), 77 + l, 1.f);
     fill_random<<<1024, 256>>>(cache.values(l), cache.layer_elems(), 99 + l, 1.f);
   }
-  DeviceHalf x({config.hidden}, 1.f, 5), out({config.hidden}, 1.f, 6);
+  DeviceHalf x({config.hidden}, 1.f, 5), out({config.hidden}, 1.f, 6), h1({config.hidden}, 1.f, 8);
   float *attn, *act;
   CF_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&attn), config.hidden * sizeof(float)));
   CF_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&act), config.ffn * sizeof(float)));
   CF_CUDA_CHECK(cudaDeviceSynchronize());
-  const std::size_t bytes = layers[0].bytes() + std::size_t(2) * ctx * config.hidden * 2;
+  const std::size_t bytes = layers[0].bytes() + std::size_t(2) * ctx * config.kv_rows() * 2;
   const cf::LayerLaunchPlan& plan = fused[0]->plan();
   std::printf("%s ctx %d: %d layers rotated, %.1f MB per layer, %d clusters of %d blocks for %d heads\n",
               model.c_str(), ctx, rotate, bytes / 1e6, plan.clusters, plan.cluster_size, config.heads);
@@ -159,7 +164,7 @@ int main(int argc, char** argv) {
       CF_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
       for (int l = 0; l < rotate; ++l) {
         cache.set_length(ctx);
-        fused[l]->forward(cache, l, cf::LayerIO{x.ptr, out.ptr, attn, act}, ctx, mode, stream);
+        fused[l]->forward(cache, l, cf::LayerIO{x.ptr, out.ptr, h1.ptr, attn, act}, ctx, mode, stream);
       }
       CF_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
       CF_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
@@ -176,14 +181,15 @@ int main(int argc, char** argv) {
   set_overlap(true);
   for (const cf::LayerMode mode : {cf::LayerMode::Split, cf::LayerMode::Cooperative}) {
     if (mode == cf::LayerMode::Cooperative && !plan.cooperative_supported) continue;
-    const int kernels = mode == cf::LayerMode::Split ? 2 : 1;
+    const std::vector<std::string> phases = fused[0]->phase_names();
+    const int kernels = mode == cf::LayerMode::Split ? int(phases.size()) : 1;
     unsigned long long* timeline;
     const std::size_t stamps = std::size_t(kernels) * plan.blocks * kMarks;
     CF_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&timeline), stamps * sizeof(unsigned long long)));
     CF_CUDA_CHECK(cudaMemset(timeline, 0, stamps * sizeof(unsigned long long)));
     for (int l = 0; l < rotate; ++l) {
       cache.set_length(ctx);
-      fused[l]->forward(cache, l, cf::LayerIO{x.ptr, out.ptr, attn, act, l == rotate - 1 ? timeline : nullptr}, ctx,
+      fused[l]->forward(cache, l, cf::LayerIO{x.ptr, out.ptr, h1.ptr, attn, act, l == rotate - 1 ? timeline : nullptr}, ctx,
                         mode, stream);
     }
     CF_CUDA_CHECK(cudaStreamSynchronize(stream));
@@ -196,7 +202,7 @@ int main(int argc, char** argv) {
                 "  of head clusters | of the other clusters\n", cf::layer_mode_name(mode));
     const int head_blocks = config.heads * plan.cluster_size;
     for (int k = 0; k < kernels; ++k) {
-      if (kernels == 2) std::printf("    phase %c kernel\n", k == 0 ? 'A' : 'B');
+      if (kernels > 1) std::printf("    %s kernel\n", phases[k].c_str());
       const unsigned long long* tk = t.data() + std::size_t(k) * plan.blocks * kMarks;
       for (int m = 0; m < kMarks; ++m) {
         bool reached = false;

@@ -64,6 +64,12 @@ void ModelConfig::validate() const {
     }
     require_positive("rope_scaling.original_max_positions", rope_scaling.original_max_positions);
   }
+  if (neox && kv_heads != heads) {
+    fail("kv_heads", "GPTNeoX requires kv_heads == heads = " + std::to_string(heads), kv_heads);
+  }
+  if (neox && rope_scaling.type != RopeType::Default) {
+    fail("rope_scaling.type", "GPTNeoX requires the default rope", rope_type_name(rope_scaling.type));
+  }
   if (tied_embeddings && neox) fail("tied_embeddings", "GPTNeoX has a separate LM head", tied_embeddings);
 
   // The kernels implement exactly these two layer recipes; any other mix would be silently wrong math.
@@ -197,7 +203,8 @@ std::vector<double> ModelConfig::rotary_inv_freq() const {
         scaled = f / s.factor;
       } else if (wavelen >= high_wavelen) {
         const double smooth =
-            (double(s.original_max_positions) / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+            (double(s.original_max_positions) / wavelen - s.low_freq_factor) /
+            (double(s.high_freq_factor) - double(s.low_freq_factor));
         scaled = (1.0 - smooth) * f / s.factor + smooth * f;
       }
     }

@@ -31,10 +31,12 @@ def _llama_rope(c: ModelConfig) -> dict:
     return rope
 
 
-def hf_config_for(name: str):
+def hf_config_for(name: str, layers: int | None = None):
     """A transformers GPTNeoXConfig or LlamaConfig at the shapes of an embedded model (ValueError listing the
-    names)."""
+    names), with `layers` decoder layers instead of the model's when given."""
     c = ModelConfig.named(name)
+    if layers is not None:
+        c.layers = layers
     if c.arch == Architecture.GPTNeoX:
         from transformers import GPTNeoXConfig
 
@@ -55,9 +57,9 @@ def hf_config_for(name: str):
     return config
 
 
-def random_model(name: str, device="cuda", seed: int = 0):
-    """A float16 causal LM with random weights at an embedded model's shapes: linear weights and biases and
-    embeddings N(0, 0.02), norm weights N(1, 0.1) and biases N(0, 0.05)."""
+def random_model(name: str, device="cuda", seed: int = 0, layers: int | None = None):
+    """A float16 causal LM with random weights at an embedded model's shapes (`layers` decoder layers when
+    given): linear weights and biases and embeddings N(0, 0.02), norm weights N(1, 0.1) and biases N(0, 0.05)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -67,7 +69,7 @@ def random_model(name: str, device="cuda", seed: int = 0):
     torch.set_default_dtype(torch.float16)
     try:
         with torch.device(device):
-            model = AutoModelForCausalLM.from_config(hf_config_for(name)).eval()
+            model = AutoModelForCausalLM.from_config(hf_config_for(name, layers)).eval()
     finally:
         torch.set_default_dtype(default_dtype)
     generator = torch.Generator(device=device).manual_seed(seed)

@@ -5,7 +5,9 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
+#include <map>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -23,10 +25,13 @@
 #include "clusterfusion/host_reference.hpp"
 #include "clusterfusion/sampling.hpp"
 #include "cuda_device.hpp"
+#include "device_tensors.hpp"
 #include "random_inputs.hpp"
 #include "thrown_message.hpp"
 
 namespace cf = clusterfusion;
+using cf_test::HalfTensor;
+using cf_test::RandomLayer;
 
 namespace {
 
@@ -54,65 +59,27 @@ std::vector<T> download(const T* dev, std::size_t n) {
 
 double round_half(double v) { return __half2float(__double2half(v)); }
 
-// A float16 device tensor drawn from N(mean, std), with its values (as rounded) on the host.
-struct HalfTensor {
-  std::vector<double> host;
-  DeviceArray<__half> dev;
-  std::vector<int64_t> shape;
-  HalfTensor(std::vector<int64_t> s, double mean, double std, std::mt19937_64& rng)
-      : dev(count(s)), shape(std::move(s)) {
-    std::normal_distribution<double> dist(mean, std);
-    std::vector<__half> h(dev.n);
-    host.resize(dev.n);
-    for (std::size_t i = 0; i < dev.n; ++i) {
-      h[i] = __double2half(dist(rng));
-      host[i] = __half2float(h[i]);
-    }
-    dev.put(h);
-  }
-  static std::size_t count(const std::vector<int64_t>& s) {
-    std::size_t n = 1;
-    for (auto d : s) n *= static_cast<std::size_t>(d);
-    return n;
-  }
-  cf::TensorView view() const { return cf::TensorView(dev.dev, shape, cf::DType::Float16); }
-};
-
-// A whole model with random weights at realistic scales: linear weights and biases N(0, 0.02), LayerNorm weights
-// N(1, 0.1) and biases N(0, 0.05), embeddings N(0, 1) (the layer tests' input scale).
+// A whole model with random weights at realistic scales (cf_test::random_tensor), every tensor of its
+// architecture's schema; the LM head is the embedding when the config ties them.
 struct RandomModel {
   cf::ModelConfig config;
-  std::vector<std::unique_ptr<HalfTensor>> tensors;
+  std::vector<std::unique_ptr<RandomLayer>> layers;
+  std::map<std::string, std::unique_ptr<HalfTensor>> tensors;
   cf::ModelWeights weights;
-  std::vector<cf::reference::HostLayer> host_layers;
-  const HalfTensor *embed = nullptr, *norm_w = nullptr, *norm_b = nullptr, *head = nullptr;
 
   RandomModel(const cf::ModelConfig& c, std::mt19937_64& rng) : config(c) {
-    const int64_t h = c.hidden, f = c.ffn;
-    embed = add({c.vocab, h}, 0, 1, rng);
-    for (int l = 0; l < c.layers; ++l) {
-      const HalfTensor* t[12] = {add({h}, 1, 0.1, rng),     add({h}, 0, 0.05, rng),   add({h}, 1, 0.1, rng),
-                                 add({h}, 0, 0.05, rng),    add({3 * h, h}, 0, 0.02, rng), add({3 * h}, 0, 0.02, rng),
-                                 add({h, h}, 0, 0.02, rng), add({h}, 0, 0.02, rng),   add({f, h}, 0, 0.02, rng),
-                                 add({f}, 0, 0.02, rng),    add({h, f}, 0, 0.02, rng), add({h}, 0, 0.02, rng)};
-      weights.layers.push_back({t[0]->view(), t[1]->view(), t[2]->view(), t[3]->view(), t[4]->view(), t[5]->view(),
-                                t[6]->view(), t[7]->view(), t[8]->view(), t[9]->view(), t[10]->view(), t[11]->view()});
-      host_layers.push_back({t[0]->host, t[1]->host, t[2]->host, t[3]->host, t[4]->host, t[5]->host, t[6]->host,
-                             t[7]->host, t[8]->host, t[9]->host, t[10]->host, t[11]->host});
+    for (const cf::TensorSpec& spec : cf::weight_schema(c.arch).model) {
+      if (spec.slot == int(cf::ModelSlot::lm_head) && c.tied_embeddings) continue;
+      auto& t = tensors[spec.name] = cf_test::random_tensor(spec, c, rng);
+      weights.views[static_cast<std::size_t>(spec.slot)] = t->view();
     }
-    norm_w = add({h}, 1, 0.1, rng);
-    norm_b = add({h}, 0, 0.05, rng);
-    head = add({c.vocab, h}, 0, 0.02, rng);
-    weights.embed_in = embed->view();
-    weights.final_norm_weight = norm_w->view();
-    weights.final_norm_bias = norm_b->view();
-    weights.lm_head = head->view();
+    if (c.tied_embeddings) weights[cf::ModelSlot::lm_head] = weights[cf::ModelSlot::embed_in];
+    for (int l = 0; l < c.layers; ++l) {
+      layers.push_back(std::make_unique<RandomLayer>(c, rng));
+      weights.layers.push_back(layers.back()->views());
+    }
   }
-
-  const HalfTensor* add(std::vector<int64_t> shape, double mean, double std, std::mt19937_64& rng) {
-    tensors.push_back(std::make_unique<HalfTensor>(std::move(shape), mean, std, rng));
-    return tensors.back().get();
-  }
+  const std::vector<double>& host(const char* name) const { return tensors.at(name)->host; }
 };
 
 // The whole model in double precision, one token at a time. Layer outputs and cached keys/values are rounded to
@@ -130,8 +97,8 @@ struct HostModel {
   std::vector<double> logits(int token, int position) {
     const cf::ModelConfig& c = m.config;
     const int h = c.hidden, d = c.head_dim, heads = c.heads;
-    std::vector<double> x(m.embed->host.begin() + std::size_t(token) * h,
-                          m.embed->host.begin() + std::size_t(token + 1) * h);
+    const std::vector<double>& embed = m.host("embed_in");
+    std::vector<double> x(embed.begin() + std::size_t(token) * h, embed.begin() + std::size_t(token + 1) * h);
     for (int l = 0; l < c.layers; ++l) {
       std::vector<double> kp(std::size_t(heads) * position * d), vp(kp.size());
       for (int hh = 0; hh < heads; ++hh)
@@ -140,7 +107,7 @@ struct HostModel {
             kp[(std::size_t(hh) * position + t) * d + e] = k[l][(std::size_t(hh) * max_seq + t) * d + e];
             vp[(std::size_t(hh) * position + t) * d + e] = v[l][(std::size_t(hh) * max_seq + t) * d + e];
           }
-      const auto r = cf::reference::neox_layer(c, m.host_layers[l], x, kp, vp, position);
+      const auto r = cf::reference::neox_layer(c, m.layers[l]->neox_host(), x, kp, vp, position);
       for (int hh = 0; hh < heads; ++hh)
         for (int e = 0; e < d; ++e) {
           k[l][(std::size_t(hh) * max_seq + position) * d + e] = round_half(r.k[hh * d + e]);
@@ -154,11 +121,13 @@ struct HostModel {
     for (double e : x) var += (e - mean) * (e - mean);
     const double rstd = 1.0 / std::sqrt(var / h + c.norm_eps);
     std::vector<double> y(h);
-    for (int i = 0; i < h; ++i) y[i] = (x[i] - mean) * rstd * m.norm_w->host[i] + m.norm_b->host[i];
+    const std::vector<double>&norm_w = m.host("final_norm_weight"), &norm_b = m.host("final_norm_bias");
+    for (int i = 0; i < h; ++i) y[i] = (x[i] - mean) * rstd * norm_w[i] + norm_b[i];
+    const std::vector<double>& head = m.host("lm_head");
     std::vector<double> out(c.vocab);
     for (int r = 0; r < c.vocab; ++r) {
       double acc = 0;
-      for (int i = 0; i < h; ++i) acc += m.head->host[std::size_t(r) * h + i] * y[i];
+      for (int i = 0; i < h; ++i) acc += head[std::size_t(r) * h + i] * y[i];
       out[r] = acc;
     }
     return out;
@@ -183,13 +152,22 @@ std::vector<float> context_logits(const cf::DecodeContext& ctx) {
   return download(ctx.logits(), ctx.config().vocab);
 }
 
-// pythia-70m's layer shapes, two layers, a vocab that no block or warp count divides.
-cf::ModelConfig small_config() {
-  cf::ModelConfig c = cf::pythia_config("pythia-70m");
+// A model's layer shapes, two layers, a vocab that no block or warp count divides.
+cf::ModelConfig small_config(const char* name = "pythia-70m") {
+  cf::ModelConfig c = cf::model_config(name);
   c.layers = 2;
   c.vocab = 5003;
   return c;
 }
+
+// The architectures at small real shapes: GPT-NeoX, and Llama with grouped-query attention and a tied head.
+class DecodeContextModels : public ::testing::TestWithParam<const char*> {};
+INSTANTIATE_TEST_SUITE_P(Models, DecodeContextModels, ::testing::Values("pythia-70m", "llama-3.2-1b"),
+                         [](const auto& info) {
+                           std::string name = info.param;
+                           for (char& ch : name) ch = std::isalnum(static_cast<unsigned char>(ch)) ? ch : '_';
+                           return name;
+                         });
 
 std::vector<int> random_tokens(int n, int vocab) {
   std::vector<int> t(n);
@@ -228,9 +206,9 @@ TEST(DecodeContextGpu, GreedyStepsMatchHostReference) {
   EXPECT_EQ(history, prompt);
 }
 
-TEST(DecodeContextGpu, StepsAreBitwiseRepeatableAndModesAgree) {
+TEST_P(DecodeContextModels, StepsAreBitwiseRepeatableAndModesAgree) {
   CF_REQUIRE_HOPPER();
-  const cf::ModelConfig config = small_config();
+  const cf::ModelConfig config = small_config(GetParam());
   const RandomModel model(config, cf_test::rng());
   const std::vector<int> prompt = random_tokens(7, config.vocab);
 
@@ -259,9 +237,9 @@ TEST(DecodeContextGpu, StepsAreBitwiseRepeatableAndModesAgree) {
   for (std::size_t i = 0; i < first.second.size(); ++i) EXPECT_TRUE(same_bits(first.second[i], other.second[i])) << i;
 }
 
-TEST(DecodeContextGpu, LoadedPrefixMatchesStandalonePrefillBitwise) {
+TEST_P(DecodeContextModels, LoadedPrefixMatchesStandalonePrefillBitwise) {
   CF_REQUIRE_HOPPER();
-  const cf::ModelConfig config = small_config();
+  const cf::ModelConfig config = small_config(GetParam());
   const int max_seq = 48;
   const RandomModel model(config, cf_test::rng());
   const std::vector<int> prompt = random_tokens(cf_test::uniform_int(2, 20), config.vocab);
@@ -271,8 +249,8 @@ TEST(DecodeContextGpu, LoadedPrefixMatchesStandalonePrefillBitwise) {
   const int token_a = a.prefill(prompt);
   const std::vector<float> logits_a = context_logits(a);
 
-  // a's cache for positions 0..seq-1 in transformers' layout [1, heads, seq, head_dim].
-  const std::size_t per_layer = std::size_t(config.heads) * seq * config.head_dim;
+  // a's cache for positions 0..seq-1 in transformers' layout [1, kv_heads, seq, head_dim].
+  const std::size_t per_layer = std::size_t(config.kv_heads) * seq * config.head_dim;
   const std::size_t row = std::size_t(seq) * config.head_dim * sizeof(__half);
   const std::size_t cache_row = std::size_t(max_seq) * config.head_dim * sizeof(__half);
   std::vector<std::unique_ptr<DeviceArray<__half>>> buffers;
@@ -281,9 +259,10 @@ TEST(DecodeContextGpu, LoadedPrefixMatchesStandalonePrefillBitwise) {
     for (int kv = 0; kv < 2; ++kv) {
       buffers.push_back(std::make_unique<DeviceArray<__half>>(per_layer));
       const __half* src = kv == 0 ? a.cache().keys(l) : a.cache().values(l);
-      CF_CUDA_CHECK(cudaMemcpy2D(buffers.back()->dev, row, src, cache_row, row, config.heads, cudaMemcpyDeviceToDevice));
+      CF_CUDA_CHECK(
+          cudaMemcpy2D(buffers.back()->dev, row, src, cache_row, row, config.kv_heads, cudaMemcpyDeviceToDevice));
       (kv == 0 ? keys : values)
-          .emplace_back(buffers.back()->dev, std::vector<int64_t>{1, config.heads, seq, config.head_dim},
+          .emplace_back(buffers.back()->dev, std::vector<int64_t>{1, config.kv_heads, seq, config.head_dim},
                         cf::DType::Float16);
     }
   }
@@ -342,9 +321,9 @@ TEST(DecodeContextGpu, FullCacheAndBadInputThrowBeforeEnqueuing) {
   EXPECT_THROW(ctx.set_sampling(cf::SamplingParams{-1.0f, 0, 1.0f, 0}), std::invalid_argument);
 }
 
-TEST(DecodeContextGpu, SamplingIsReproducibleBySeed) {
+TEST_P(DecodeContextModels, SamplingIsReproducibleBySeed) {
   CF_REQUIRE_HOPPER();
-  const cf::ModelConfig config = small_config();
+  const cf::ModelConfig config = small_config(GetParam());
   const RandomModel model(config, cf_test::rng());
   const std::vector<int> prompt = random_tokens(4, config.vocab);
   cf::DecodeContext ctx(config, model.weights, 64);

@@ -20,6 +20,7 @@ using Vec = std::vector<double>;
 cf::ModelConfig tiny() {
   cf::ModelConfig c = cf::pythia_config("pythia-70m");
   c.heads = 3;
+  c.kv_heads = 3;  // GPT-NeoX: every head has its own key and value
   c.head_dim = 16;
   c.hidden = 48;
   c.rotary_dims = 8;  // wider than head_dim/4 so several rotary pairs are exercised

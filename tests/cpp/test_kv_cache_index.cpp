@@ -31,6 +31,41 @@ TEST(KVCacheIndex, TakesItsShapeFromTheConfig) {
   EXPECT_EQ(index.layer_elems(), std::size_t{32} * max_seq * 80);
 }
 
+TEST(KVCacheIndex, HoldsTheKvHeadsOfGroupedQueryAttention) {
+  const int max_seq = cf_test::uniform_int(1, 4096);
+  const struct {
+    const char* name;
+    int kv_heads, head_dim, layers;
+  } models[] = {{"tinyllama-1.1b", 4, 64, 22}, {"llama-3-8b", 8, 128, 32}, {"llama-3.2-1b", 8, 64, 16},
+                {"llama-2-7b", 32, 128, 32}};
+  for (const auto& m : models) {
+    SCOPED_TRACE(m.name);
+    const cf::KVCacheIndex index(cf::model_config(m.name), max_seq);
+    EXPECT_EQ(index.heads(), m.kv_heads);  // not the 32 query heads
+    EXPECT_EQ(index.head_dim(), m.head_dim);
+    EXPECT_EQ(index.layers(), m.layers);
+    EXPECT_EQ(index.layer_elems(), std::size_t(m.kv_heads) * max_seq * m.head_dim);
+  }
+
+  // A random grouped config: the cache follows kv_heads, whatever heads is.
+  cf::ModelConfig c = cf::model_config("tinyllama-1.1b");
+  c.kv_heads = cf_test::uniform_int(1, 8);
+  c.heads = c.kv_heads * cf_test::uniform_int(1, 8);
+  c.head_dim = 2 * cf_test::uniform_int(1, 64);
+  c.hidden = c.heads * c.head_dim;
+  c.rotary_dims = c.head_dim;
+  const cf::KVCacheIndex index(c, max_seq);
+  EXPECT_EQ(index.heads(), c.kv_heads) << "heads " << c.heads;
+  EXPECT_EQ(index.layer_elems(), std::size_t(c.kv_heads) * max_seq * c.head_dim);
+}
+
+TEST(KVCacheIndex, RejectsAKvHeadCountThatDoesNotDivideTheHeads) {
+  cf::ModelConfig c = cf::model_config("tinyllama-1.1b");
+  c.kv_heads = 5;
+  EXPECT_EQ(cf_test::thrown_message<std::invalid_argument>([&] { cf::KVCacheIndex(c, 16); }),
+            "ModelConfig.kv_heads: must divide heads = 32 (got 5)");
+}
+
 TEST(KVCacheIndex, RejectsBadMaxSeqAndConfig) {
   const cf::ModelConfig c = cf::pythia_config("pythia-70m");
   const int bad = -cf_test::uniform_int(0, 100);

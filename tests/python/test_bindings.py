@@ -1,10 +1,13 @@
 """The nanobind module clusterfusion._C and the Python package around it.
 
 CPU tests: configs, the transformers bridge, the C++ reference against the Python one, and every tensor check
-(a check runs before the C++ library sees a pointer, and the device is checked last, so CPU tensors reach each).
+(a check runs before the C++ library sees a pointer, and the device is checked last, so CPU tensors reach each),
+the weight keywords of DecoderLayer and DecodeContext for GPT-NeoX and Llama (the checks run in schema order, so
+tensors ahead of the one under test are exported as CUDA tensors over CPU memory: see FakeCuda).
 GPU tests (marker `gpu`): zero-copy cache views, the layer against the reference, and what the layer keeps alive.
 """
 
+import ctypes
 import gc
 import random
 import types
@@ -30,7 +33,7 @@ except ImportError:
 needs_torch = pytest.mark.skipif(torch is None, reason="needs torch")
 needs_transformers = pytest.mark.skipif(transformers is None or torch is None, reason="needs transformers and torch")
 
-# NeoXLayer keyword -> shape, in units of hidden (h) and ffn (f).
+# GPT-NeoX DecoderLayer keyword -> shape, in units of hidden (h) and ffn (f).
 WEIGHT_DIMS = dict(ln1_weight="h", ln1_bias="h", ln2_weight="h", ln2_bias="h", w_qkv="3h,h", b_qkv="3h",
                    w_o="h,h", b_o="h", w_up="f,h", b_up="f", w_down="h,f", b_down="h")
 
@@ -76,7 +79,8 @@ def rel_err(actual, expected):
 def test_stubs_and_marker_sit_next_to_the_module():
     package = Path(cf._C.__file__).parent
     stub = (package / "_C.pyi").read_text()
-    for name in ("class ModelConfig", "class KVCache", "class NeoXLayer", "def reference_neox_layer",
+    for name in ("class ModelConfig", "class RopeScaling", "class KVCache", "class DecoderLayer",
+                 "class DecodeContext", "def weight_schema", "def model_names", "def reference_neox_layer",
                  "class CudaError(RuntimeError)"):
         assert name in stub
     assert (package / "py.typed").exists()
@@ -116,13 +120,21 @@ def test_llama2_7b():
     c.validate()
 
 
+def random_float32(low, high):
+    return float(np.float32(random.uniform(low, high)))
+
+
 def test_fields_are_read_write_and_repr_evaluates_back():
     c = cf.ModelConfig()
-    values = dict(hidden=random.randint(1, 9999), heads=random.randint(1, 99), head_dim=random.randint(1, 256),
-                  ffn=random.randint(1, 99999), layers=random.randint(1, 99), vocab=random.randint(1, 99999),
-                  rotary_dims=random.randint(1, 256), rotary_base=float(np.float32(random.uniform(1, 1e6))),
-                  norm_eps=float(np.float32(random.uniform(1e-7, 1e-3))), parallel_residual=False,
-                  arch=cf.Architecture.Llama, norm=cf.Norm.RMSNorm, activation=cf.Activation.SiLU)
+    rope = cf.RopeScaling(type=random.choice([cf.RopeType.Default, cf.RopeType.Linear, cf.RopeType.Llama3]),
+                          factor=random_float32(1, 64), low_freq_factor=random_float32(0.5, 2),
+                          high_freq_factor=random_float32(2, 8), original_max_positions=random.randint(1, 1 << 17))
+    values = dict(hidden=random.randint(1, 9999), heads=random.randint(1, 99), kv_heads=random.randint(1, 99),
+                  head_dim=random.randint(1, 256), ffn=random.randint(1, 99999), layers=random.randint(1, 99),
+                  vocab=random.randint(1, 99999), rotary_dims=random.randint(1, 256),
+                  rotary_base=random_float32(1, 1e6), rope_scaling=rope, norm_eps=random_float32(1e-7, 1e-3),
+                  parallel_residual=False, arch=cf.Architecture.Llama, norm=cf.Norm.RMSNorm,
+                  activation=cf.Activation.SiLU, tied_embeddings=random.choice([False, True]))
     for field, value in values.items():
         setattr(c, field, value)
     assert {field: getattr(c, field) for field in values} == values
@@ -131,6 +143,9 @@ def test_fields_are_read_write_and_repr_evaluates_back():
     assert "norm_eps=" in repr(cf.ModelConfig.pythia("pythia-70m")) and "1e-05" in repr(cf.ModelConfig())
     c.layers += 1
     assert c != cf.ModelConfig(**values)
+    c.layers -= 1
+    c.rope_scaling.factor *= 2  # the field is the config's own, not a copy
+    assert c.rope_scaling.factor == 2 * values["rope_scaling"].factor and c != cf.ModelConfig(**values)
 
 
 def test_validate_names_the_field():
@@ -167,6 +182,9 @@ def test_config_from_transformers_matches_transformers_and_the_python_reference(
     assert c.rotary_dims == hf_neox.GPTNeoXAttention(hf, layer_idx=0).rotary_ndims
     # ModelConfig keeps rotary_base and norm_eps in float32.
     assert asdict(ref_config(ref, c)) == pytest.approx(asdict(ref.RefConfig.from_transformers(hf)), rel=1e-7)
+    assert (c.arch, c.kv_heads, c.head_dim, c.rope_scaling, c.tied_embeddings) == (
+        cf.Architecture.GPTNeoX, hf.num_attention_heads, hf.hidden_size // hf.num_attention_heads, cf.RopeScaling(),
+        False)
 
 
 @needs_transformers
@@ -193,7 +211,7 @@ def test_config_from_transformers_4x_attributes():
     (dict(use_parallel_residual=False), "use_parallel_residual"),
     (dict(attention_bias=False), "attention_bias"),
     (dict(rope_parameters=dict(rope_type="linear", factor=2.0, rope_theta=10000.0, partial_rotary_factor=0.25)),
-     r"rope_parameters\['rope_type'\]"),
+     r"rope_scaling: expected the default rope for GPT-NeoX, got 'linear'"),
 ])
 def test_config_from_transformers_rejects_what_the_kernels_do_not_compute(override, field):
     with pytest.raises(ValueError, match=rf"^hf_config\.{field}"):
@@ -202,9 +220,9 @@ def test_config_from_transformers_rejects_what_the_kernels_do_not_compute(overri
 
 @needs_transformers
 def test_config_from_transformers_rejects_other_models():
-    llama = transformers.LlamaConfig(hidden_size=256, num_attention_heads=4, intermediate_size=512)
-    with pytest.raises(ValueError, match=r"^hf_config\.model_type: expected 'gpt_neox', got 'llama'"):
-        cf.config_from_transformers(llama)
+    gpt2 = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=64, vocab_size=128)
+    with pytest.raises(ValueError, match=r"^hf_config\.model_type: expected one of 'gpt_neox', 'llama', got 'gpt2'"):
+        cf.config_from_transformers(gpt2)
 
 
 # ---- reference_neox_layer (C++) against reference.neox_layer (Python) ------------------------------------------
@@ -284,7 +302,7 @@ def test_cpp_reference_argument_errors(case, error, message):
         cf.reference_neox_layer(**args)
 
 
-# ---- NeoXLayer tensor checks, on the CPU -----------------------------------------------------------------------
+# ---- DecoderLayer tensor checks, on the CPU --------------------------------------------------------------------
 
 def torch_weights(cfg, device="cpu"):
     return {name: torch.from_numpy(w).to(device=device, dtype=torch.float16) for name, w in random_weights(cfg).items()}
@@ -323,7 +341,7 @@ def test_layer_checks_each_tensor_before_the_library_sees_it(case, error, messag
         "None": lambda: None,
     }[case]()
     with pytest.raises(error, match=message.format(h=h, h1=h + 1)):
-        cf.NeoXLayer(cfg, 64, **w)
+        cf.DecoderLayer(cfg, 64, **w)
 
 
 @needs_torch
@@ -332,7 +350,226 @@ def test_layer_rejects_an_invalid_config_before_the_tensors():
     w = torch_weights(cfg)
     cfg.heads += 1
     with pytest.raises(ValueError, match=r"^ModelConfig\.hidden"):
-        cf.NeoXLayer(cfg, 64, **w)
+        cf.DecoderLayer(cfg, 64, **w)
+    cfg = small_llama_config()
+    w = cpu_layer_weights(cfg, LLAMA_WEIGHT_DIMS)
+    cfg.kv_heads = cfg.heads + 1
+    with pytest.raises(ValueError, match=rf"^ModelConfig\.kv_heads: must divide heads = {cfg.heads}"):
+        cf.DecoderLayer(cfg, 64, **w)
+
+
+# ---- the weight keywords of DecoderLayer and DecodeContext, GPT-NeoX and Llama, on the CPU ----------------------
+
+# Llama DecoderLayer keyword -> shape: h hidden, kv the kv rows (kv_heads * head_dim), f ffn.
+LLAMA_WEIGHT_DIMS = dict(ln1_weight="h", w_q="h,h", w_k="kv,h", w_v="kv,h", w_o="h,h", ln2_weight="h", w_gate="f,h",
+                         w_up="f,h", w_down="h,f")
+ARCH_DIMS = {"GPTNeoX": WEIGHT_DIMS, "Llama": LLAMA_WEIGHT_DIMS}
+
+
+def small_llama_config(tied=False):
+    """A random small Llama config with grouped-query attention (kv_heads < heads, so w_k is not w_q's shape)."""
+    heads, head_dim = random.choice([(4, 64), (8, 64), (8, 128), (16, 64)])
+    kv_heads = random.choice([k for k in (1, 2, 4, 8) if k < heads and heads % k == 0])
+    hidden = heads * head_dim
+    return cf.ModelConfig(arch=cf.Architecture.Llama, hidden=hidden, heads=heads, kv_heads=kv_heads,
+                          head_dim=head_dim, ffn=random.choice([2, 3]) * hidden, layers=random.randint(2, 4),
+                          vocab=512, rotary_dims=head_dim, rotary_base=500000.0, norm=cf.Norm.RMSNorm,
+                          activation=cf.Activation.SiLU, parallel_residual=False, tied_embeddings=tied)
+
+
+def arch_config(arch):
+    return small_config() if arch == "GPTNeoX" else small_llama_config()
+
+
+def layer_shapes(cfg, dims):
+    sizes = {"h": cfg.hidden, "3h": 3 * cfg.hidden, "kv": cfg.kv_heads * cfg.head_dim, "f": cfg.ffn}
+    return {name: tuple(sizes[d] for d in spec.split(",")) for name, spec in dims.items()}
+
+
+class FakeCuda:
+    """A CPU tensor that exports itself through DLPack as a CUDA tensor on device 0, so that the checks after its
+    own run on a machine without a GPU (the weights are checked one by one in schema order). Only for arguments a
+    later check refuses: a layer or context built on it would point the GPU at host memory."""
+
+    def __init__(self, tensor):
+        self.tensor = tensor
+
+    def __dlpack__(self, **kwargs):
+        capsule = self.tensor.__dlpack__()
+        get_name = ctypes.pythonapi.PyCapsule_GetName
+        get_name.restype, get_name.argtypes = ctypes.c_char_p, [ctypes.py_object]
+        get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
+        get_pointer.restype, get_pointer.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+        name = get_name(capsule)
+        # DLTensor.device.device_type sits after the data pointer; a versioned capsule puts version, manager
+        # context, deleter and flags (32 bytes) before the DLTensor.
+        offset = {b"dltensor": 8, b"dltensor_versioned": 40}[name]
+        ctypes.c_int32.from_address(get_pointer(capsule, name) + offset).value = 2  # kDLCUDA
+        return capsule
+
+    def __dlpack_device__(self):
+        return (2, 0)
+
+
+def fake_layer_weights(cfg, dims):
+    return {name: FakeCuda(torch.zeros(shape, dtype=torch.float16)) for name, shape in layer_shapes(cfg, dims).items()}
+
+
+def cpu_layer_weights(cfg, dims):
+    return {name: torch.zeros(shape, dtype=torch.float16) for name, shape in layer_shapes(cfg, dims).items()}
+
+
+@needs_torch
+def test_fake_cuda_tensors_pass_every_check_but_none_other():
+    cfg = small_llama_config()
+    w = fake_layer_weights(cfg, LLAMA_WEIGHT_DIMS)
+    w["w_up"] = FakeCuda(torch.zeros(layer_shapes(cfg, LLAMA_WEIGHT_DIMS)["w_up"]))  # float32
+    with pytest.raises(TypeError, match=r"^w_up: expected float16, got float32$"):  # not ln1_weight's device
+        cf.DecoderLayer(cfg, 64, **w)
+
+
+@needs_torch
+@pytest.mark.parametrize("arch, foreign", [("GPTNeoX", "w_gate"), ("GPTNeoX", "w_q"), ("Llama", "w_qkv"),
+                                           ("Llama", "b_o"), ("Llama", "ln1_bias")])
+def test_layer_refuses_a_keyword_of_another_architecture(arch, foreign):
+    cfg = arch_config(arch)
+    w = cpu_layer_weights(cfg, ARCH_DIMS[arch])
+    w[foreign] = torch.zeros(cfg.hidden, dtype=torch.float16)
+    expected = ", ".join(ARCH_DIMS[arch])  # in schema order
+    with pytest.raises(ValueError, match=rf"^{foreign}: not a weight of {arch} \(expected {expected}\)$"):
+        cf.DecoderLayer(cfg, 64, **w)
+
+
+@needs_torch
+@pytest.mark.parametrize("arch", ["GPTNeoX", "Llama"])
+def test_layer_names_a_missing_keyword(arch):
+    cfg = arch_config(arch)
+    names = list(ARCH_DIMS[arch])
+    missing = random.choice(names)
+    w = fake_layer_weights(cfg, ARCH_DIMS[arch])
+    del w[missing]
+    with pytest.raises(ValueError, match=rf"^{missing}: missing$"):
+        cf.DecoderLayer(cfg, 64, **w)
+
+
+@needs_torch
+@pytest.mark.parametrize("case", ["q's shape (kv_heads taken for heads)", "transposed"])
+def test_llama_layer_checks_w_k_against_the_kv_heads(case):
+    cfg = small_llama_config()
+    h, kv = cfg.hidden, cfg.kv_heads * cfg.head_dim
+    w = fake_layer_weights(cfg, LLAMA_WEIGHT_DIMS)
+    wrong = (h, h) if case.startswith("q") else (h, kv)
+    w["w_k"] = FakeCuda(torch.zeros(wrong, dtype=torch.float16))
+    with pytest.raises(ValueError, match=rf"^w_k: expected shape \[{kv}, {h}\], got \[{wrong[0]}, {wrong[1]}\]$"):
+        cf.DecoderLayer(cfg, 64, **w)
+
+
+@needs_torch
+@pytest.mark.parametrize("arch", ["GPTNeoX", "Llama"])
+def test_layer_checks_every_keyword_shape(arch):
+    cfg = arch_config(arch)
+    shapes = layer_shapes(cfg, ARCH_DIMS[arch])
+    name = random.choice(list(shapes))
+    w = fake_layer_weights(cfg, ARCH_DIMS[arch])
+    wrong = (shapes[name][0] + 8,) + shapes[name][1:]
+    w[name] = FakeCuda(torch.zeros(wrong, dtype=torch.float16))
+    want, got = (", ".join(map(str, dims)) for dims in (shapes[name], wrong))
+    with pytest.raises(ValueError, match=rf"^{name}: expected shape \[{want}\], got \[{got}\]$"):
+        cf.DecoderLayer(cfg, 64, **w)
+
+
+MODEL_DIMS = {"GPTNeoX": dict(embed_in="v,h", final_norm_weight="h", final_norm_bias="h", lm_head="v,h"),
+              "Llama": dict(embed_in="v,h", final_norm_weight="h", lm_head="v,h")}
+
+
+def model_tensors(cfg, arch, make=FakeCuda):
+    sizes = {"h": cfg.hidden, "v": cfg.vocab}
+    return {name: make(torch.zeros(tuple(sizes[d] for d in spec.split(",")), dtype=torch.float16))
+            for name, spec in MODEL_DIMS[arch].items()}
+
+
+def context_args(arch, tied=False):
+    cfg = small_config() if arch == "GPTNeoX" else small_llama_config(tied)
+    layers = [fake_layer_weights(cfg, ARCH_DIMS[arch]) for _ in range(cfg.layers)]
+    return cfg, model_tensors(cfg, arch), layers
+
+
+@needs_torch
+@pytest.mark.parametrize("arch, foreign", [("Llama", "final_norm_bias"), ("Llama", "embed_out"),
+                                           ("GPTNeoX", "norm_weight")])
+def test_context_refuses_an_unknown_model_keyword(arch, foreign):
+    cfg, tensors, layers = context_args(arch)
+    tensors = {name: t.tensor for name, t in tensors.items()}  # on the CPU: the keywords are checked first
+    tensors[foreign] = torch.zeros(cfg.hidden, dtype=torch.float16)
+    expected = ", ".join(MODEL_DIMS[arch])
+    with pytest.raises(ValueError, match=rf"^{foreign}: not a weight of {arch} \(expected {expected}\)$"):
+        cf.DecodeContext(cfg, 64, layers=layers, **tensors)
+
+
+@needs_torch
+@pytest.mark.parametrize("arch, tied", [("GPTNeoX", False), ("Llama", False), ("Llama", True)])
+def test_context_names_a_missing_model_tensor(arch, tied):
+    """A tied LM head is still passed (as the embedding itself)."""
+    cfg, tensors, layers = context_args(arch, tied)
+    missing = random.choice(list(tensors)) if not tied else "lm_head"
+    del tensors[missing]
+    with pytest.raises(ValueError, match=rf"^{missing}: missing$"):
+        cf.DecodeContext(cfg, 64, layers=layers, **tensors)
+
+
+@needs_torch
+@pytest.mark.parametrize("arch", ["GPTNeoX", "Llama"])
+def test_context_checks_the_model_tensor_shapes(arch):
+    cfg, tensors, layers = context_args(arch)
+    tensors["embed_in"] = torch.zeros(cfg.hidden, cfg.vocab + 8, dtype=torch.float16)  # on the CPU: checked last
+    with pytest.raises(ValueError, match=rf"^embed_in: expected shape \[{cfg.vocab}, {cfg.hidden}\], got "
+                                         rf"\[{cfg.hidden}, {cfg.vocab + 8}\]$"):
+        cf.DecodeContext(cfg, 64, layers=layers, **tensors)
+    tensors = model_tensors(cfg, arch)
+    tensors["lm_head"] = FakeCuda(torch.zeros(cfg.vocab + 1, cfg.hidden, dtype=torch.float16))
+    with pytest.raises(ValueError, match=rf"^lm_head: expected shape \[{cfg.vocab}, {cfg.hidden}\]"):
+        cf.DecodeContext(cfg, 64, layers=layers, **tensors)
+
+
+@needs_torch
+@pytest.mark.parametrize("arch", ["GPTNeoX", "Llama"])
+def test_context_checks_the_layer_list(arch):
+    cfg, tensors, layers = context_args(arch)
+    with pytest.raises(ValueError, match=rf"^layers: expected {cfg.layers} dicts of layer weights, got "
+                                         rf"{cfg.layers - 1}$"):
+        cf.DecodeContext(cfg, 64, layers=layers[1:], **tensors)
+    bad = random.randrange(cfg.layers)
+    layers[bad] = list(layers[bad].values())
+    with pytest.raises(TypeError, match=rf"^layers\[{bad}\]: expected a dict of the layer's weights"):
+        cf.DecodeContext(cfg, 64, layers=layers, **tensors)
+
+
+@needs_torch
+@pytest.mark.parametrize("case", ["foreign keyword", "missing keyword", "w_k of q's shape"])
+def test_context_names_the_layer_of_a_bad_weight(case):
+    cfg, tensors, layers = context_args("Llama", tied=random.choice([False, True]))
+    bad = random.randrange(cfg.layers)  # the layers before it pass every check
+    h, kv = cfg.hidden, cfg.kv_heads * cfg.head_dim
+    if case == "foreign keyword":
+        layers[bad]["w_qkv"] = FakeCuda(torch.zeros(h + 2 * kv, h, dtype=torch.float16))
+        message = rf"^layers\[{bad}\]\.w_qkv: not a weight of Llama \(expected ln1_weight, w_q, w_k,"
+    elif case == "missing keyword":
+        del layers[bad]["w_down"]
+        message = rf"^layers\[{bad}\]\.w_down: missing$"
+    else:
+        layers[bad]["w_k"] = FakeCuda(torch.zeros(h, h, dtype=torch.float16))
+        message = rf"^layers\[{bad}\]\.w_k: expected shape \[{kv}, {h}\], got \[{h}, {h}\]$"
+    with pytest.raises(ValueError, match=message):
+        cf.DecodeContext(cfg, 64, layers=layers, **tensors)
+
+
+@needs_torch
+def test_context_rejects_an_invalid_config_before_the_tensors():
+    cfg, tensors, layers = context_args("Llama", tied=True)
+    cfg.tied_embeddings, cfg.arch = True, cf.Architecture.GPTNeoX  # GPT-NeoX with a tied head: no such model
+    cfg.norm, cfg.activation, cfg.parallel_residual = cf.Norm.LayerNorm, cf.Activation.GELU, True
+    with pytest.raises(ValueError, match=r"^ModelConfig\.tied_embeddings: GPTNeoX has a separate LM head"):
+        cf.DecodeContext(cfg, 64, layers=layers, **tensors)
 
 
 def test_cuda_failures_raise_clusterfusion_cuda_error():
@@ -357,7 +594,20 @@ def test_from_transformers_names_the_transformers_parameter():
     hf_layer = hf_neox.GPTNeoXLayer(hf, layer_idx=0)  # float32 on the CPU
     with pytest.raises(TypeError, match=r"^hf_layer\.input_layernorm\.weight: expected a float16 CUDA tensor, "
                                         r"got torch\.float32 on cpu"):
-        cf.FusedNeoXLayer.from_transformers(hf_layer, cf.config_from_transformers(hf), 64)
+        cf.FusedLayer.from_transformers(hf_layer, cf.config_from_transformers(hf), 64)
+
+
+@needs_transformers
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_from_transformers_names_the_transformers_parameter_of_a_llama_layer(dtype):
+    from transformers.models.llama import modeling_llama as hf_llama
+
+    hf = transformers.LlamaConfig(hidden_size=256, num_attention_heads=4, num_key_value_heads=2, intermediate_size=512,
+                                  num_hidden_layers=1, vocab_size=128)
+    hf_layer = hf_llama.LlamaDecoderLayer(hf, layer_idx=0).to(getattr(torch, dtype))  # on the CPU
+    with pytest.raises(TypeError, match=rf"^hf_layer\.input_layernorm\.weight: expected a float16 CUDA tensor, "
+                                        rf"got torch\.{dtype} on cpu"):
+        cf.FusedLayer.from_transformers(hf_layer, cf.config_from_transformers(hf), 64)
 
 
 # ---- on the GPU ------------------------------------------------------------------------------------------------
@@ -414,7 +664,7 @@ def gpu_layer_case(cfg):
     w16 = torch_weights(cfg, "cuda")
     w64 = {name: t.double().cpu().numpy() for name, t in w16.items()}
     max_seq = random.randint(16, 64)
-    layer = cf.NeoXLayer(cfg, max_seq, **w16)
+    layer = cf.DecoderLayer(cfg, max_seq, **w16)
     del w16
     gc.collect()
     torch.cuda.empty_cache()
@@ -458,9 +708,11 @@ def test_layer_matches_the_reference_and_keeps_its_weights_alive(mode):
 
 @pytest.mark.gpu
 @needs_torch
-def test_the_two_phases_are_forward_in_two_calls():
+def test_the_phases_are_forward_one_call_each():
     cfg = small_config()
     layer, _, max_seq = gpu_layer_case(cfg)
+    assert layer.phase_names == ["norm_qkv_rope_attend_up", "o_down_proj_residual"]
+    assert len(layer.plan["smem_phase"]) == len(layer.phase_names)
     position = random.randrange(max_seq)
     caches = [cf.KVCache(cfg, max_seq) for _ in range(2)]
     fill_past(caches[0], 0, position)
@@ -470,8 +722,8 @@ def test_the_two_phases_are_forward_in_two_calls():
     x, out, attn, mlp_act = step_buffers(cfg)
     layer.forward(caches[0], 0, x, out, attn, mlp_act, position)
     x2, out2, attn2, mlp_act2 = x.clone(), torch.empty_like(out), torch.empty_like(attn), torch.empty_like(mlp_act)
-    layer.attention_mlp_up(caches[1], 0, x2, attn2, mlp_act2, position)
-    layer.mlp_down_residual(x2, out2, attn2, mlp_act2)
+    for phase in range(len(layer.phase_names)):
+        layer.run_phase(caches[1], 0, phase, x2, out2, attn2, mlp_act2, position)
     torch.cuda.synchronize()
     assert caches[1].length == position + 1
     assert torch.equal(attn, attn2) and torch.equal(mlp_act, mlp_act2) and torch.equal(out, out2)
@@ -501,11 +753,15 @@ def test_layer_step_argument_errors():
         layer.forward(cache, 0, x, out, attn, mlp_act, 1)
     with pytest.raises(IndexError, match=rf"layer {cfg.layers} is outside"):
         layer.forward(cache, cfg.layers, x, out, attn, mlp_act, 0)
+    with pytest.raises(IndexError, match=r"^phase: expected 0\.\.1, got 2$"):
+        layer.run_phase(cache, 0, 2, x, out, attn, mlp_act, 0)
+    with pytest.raises(IndexError, match=r"^phase: expected 0\.\.1, got -1$"):
+        layer.run_phase(cache, 0, -1, x, out, attn, mlp_act, 0)
     assert cache.length == 0  # nothing ran
     w = torch_weights(cfg, "cuda")
     w["w_up"] = w["w_up"].T.contiguous()
     with pytest.raises(ValueError, match=rf"^w_up: expected shape \[{f}, {h}\], got \[{h}, {f}\]$"):
-        cf.NeoXLayer(cfg, max_seq, **w)
+        cf.DecoderLayer(cfg, max_seq, **w)
 
 
 @pytest.mark.gpu
@@ -519,7 +775,7 @@ def test_fused_layer_from_transformers_matches_the_reference(ref):
         for name, p in hf_layer.named_parameters():
             p.normal_(1.0 if name.endswith("layernorm.weight") else 0.0, 0.02)
     hf_layer = hf_layer.half().cuda()
-    fused = cf.FusedNeoXLayer.from_transformers(hf_layer, cf.config_from_transformers(hf), max_seq=16)
+    fused = cf.FusedLayer.from_transformers(hf_layer, cf.config_from_transformers(hf), max_seq=16)
     cache = cf.KVCache(fused.config, 16)
     x = torch.randn(cfg.hidden, device="cuda").half()
     out = fused.forward(cache, 0, x, position=0)

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import clusterfusion as cf
-from clusterfusion import cli, engine
+from clusterfusion import cli, engine, weights
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -112,6 +112,21 @@ def test_cli_bench_defaults():
     assert (args.model, args.prompt_tokens, args.decode_tokens, args.mode) == ("pythia-2.8b", 32, 256, None)
 
 
+@pytest.mark.parametrize("name", ["llama-2-7b", "tinyllama-1.1b", "llama-3-8b", "llama-3.2-1b"])
+def test_cli_bench_takes_a_llama_model(name, tmp_path, monkeypatch):
+    args = cli.build_parser().parse_args(["bench", "--model", name, "--decode-tokens", "16"])
+    assert (args.command, args.model, args.decode_tokens) == ("bench", name, 16)
+    assert name in cli.EMBEDDED_MODELS
+    monkeypatch.chdir(tmp_path)
+    assert cli.model_for_bench(name) == (None, f"{name} shapes, random weights")
+
+
+def test_embedded_models_are_the_library_names():
+    assert cli.EMBEDDED_MODELS == cf.model_names()
+    assert {"pythia-70m", "pythia-2.8b", "gpt-neox-20b", "llama-2-7b", "tinyllama-1.1b", "llama-3-8b",
+            "llama-3.2-1b"} <= set(cli.EMBEDDED_MODELS)
+
+
 @pytest.mark.parametrize("argv", [
     [],
     ["generate", "--prompt", "x"],                       # no --model
@@ -132,7 +147,7 @@ def test_python_dash_m_prints_help():
     result = subprocess.run([sys.executable, "-m", "clusterfusion", "bench", "--help"], capture_output=True,
                             text=True, env=dict(os.environ), timeout=120)
     assert result.returncode == 0, result.stderr
-    assert "--decode-tokens" in result.stdout and "pythia-6.9b" in result.stdout
+    assert "--decode-tokens" in result.stdout and "pythia-6.9b" in result.stdout and "llama-3-8b" in result.stdout
 
 
 def test_bench_picks_random_weights_for_an_embedded_name(tmp_path, monkeypatch):
@@ -144,11 +159,32 @@ def test_bench_picks_random_weights_for_an_embedded_name(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", cli.EMBEDDED_MODELS)
 def test_embedded_shapes_map_back_to_their_config(name):
     """The transformers config `bench` builds is the library's own config of that model."""
-    assert cf.config_from_transformers(cli.hf_config_for(name)) == cf.ModelConfig.pythia(name)
+    assert cf.config_from_transformers(cli.hf_config_for(name)) == cf.ModelConfig.named(name)
+
+
+def test_hf_config_for_tinyllama_is_its_llama_config():
+    hf = cli.hf_config_for("tinyllama-1.1b")
+    assert isinstance(hf, transformers.LlamaConfig) and hf.model_type == "llama"
+    assert (hf.hidden_size, hf.num_attention_heads, hf.num_key_value_heads, hf.head_dim, hf.intermediate_size,
+            hf.num_hidden_layers, hf.vocab_size) == (2048, 32, 4, 64, 5632, 22, 32000)
+    assert (hf.hidden_act, hf.tie_word_embeddings, hf.attention_bias, hf.mlp_bias) == ("silu", False, False, False)
+    assert hf.rms_norm_eps == pytest.approx(1e-5, rel=1e-6)  # the checkpoint's, not LlamaConfig's default 1e-6
+    rope = getattr(hf, "rope_parameters", None) or dict(hf.rope_scaling, rope_theta=hf.rope_theta)
+    assert rope.get("rope_type", "default") == "default" and rope["rope_theta"] == 10000.0
+
+
+def test_hf_config_for_llama_3_carries_its_rope_scaling():
+    hf = cli.hf_config_for("llama-3.2-1b")
+    rope = getattr(hf, "rope_parameters", None) or dict(hf.rope_scaling, rope_theta=hf.rope_theta)
+    assert {k: rope[k] for k in ("rope_type", "factor", "low_freq_factor", "high_freq_factor",
+                                 "original_max_position_embeddings", "rope_theta")} == dict(
+        rope_type="llama3", factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
+        original_max_position_embeddings=8192, rope_theta=500000.0)
+    assert hf.tie_word_embeddings and hf.max_position_embeddings > 8192
 
 
 def test_unknown_model_name_lists_the_known_ones():
-    with pytest.raises(ValueError, match="pythia-2.8b"):
+    with pytest.raises(ValueError, match=r"unknown model name 'pythia-3b'.*pythia-2\.8b.*tinyllama-1\.1b"):
         cli.hf_config_for("pythia-3b")
 
 
@@ -195,10 +231,22 @@ def test_from_transformers_refuses_float32_by_name(saved_checkpoint):
     loaded = transformers.GPTNeoXForCausalLM.from_pretrained(path, dtype=torch.float32)
     with pytest.raises(TypeError, match=r"gpt_neox\.embed_in\.weight: expected a float16 CUDA tensor, got "
                                         r"torch\.float32"):
-        engine.decode_weights(loaded)
+        weights.model_weights(loaded, cf.config_from_transformers(loaded.config))
 
 
 def test_from_transformers_refuses_another_architecture():
     config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=64, vocab_size=128)
-    with pytest.raises(ValueError, match="model_type: expected 'gpt_neox', got 'gpt2'"):
+    with pytest.raises(ValueError, match="model_type: expected one of 'gpt_neox', 'llama', got 'gpt2'"):
         cf.from_transformers(transformers.GPT2LMHeadModel(config))
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_from_transformers_takes_a_llama_model_up_to_the_gpu(tied):
+    """A float16 LlamaForCausalLM on the CPU: the config converts, and the first weight is refused by name."""
+    hf = transformers.LlamaConfig(hidden_size=256, num_attention_heads=4, num_key_value_heads=2, intermediate_size=512,
+                                  num_hidden_layers=2, vocab_size=256, rms_norm_eps=1e-5, tie_word_embeddings=tied)
+    model = transformers.LlamaForCausalLM(hf).half()
+    assert cf.config_from_transformers(model.config).tied_embeddings == tied
+    with pytest.raises(TypeError, match=r"^model\.embed_tokens\.weight: expected a float16 CUDA tensor, got "
+                                        r"torch\.float16 on cpu"):
+        cf.from_transformers(model)

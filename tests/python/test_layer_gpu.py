@@ -1,10 +1,12 @@
-"""clusterfusion.NeoXLayer on the GPU: against the float64 reference and against transformers' own float16
-GPTNeoXLayer, its two phases alone, run-to-run determinism, a 4096-position cache, and bad input.
+"""clusterfusion.DecoderLayer on the GPU, for GPT-NeoX and Llama at real shapes: against the float64 reference
+and against transformers' own float16 layer (GPTNeoXLayer, LlamaDecoderLayer), its phases alone, run-to-run
+determinism in every mode, a 4096-position cache, and bad input.
 
 Every test is marked `gpu` (skipped without a CUDA device). Layers get random weights at realistic scales;
 the KV cache gets a random past (N(0, 1)) in positions < p, written through its DLPack views.
 """
 
+import inspect
 import os
 
 import numpy as np
@@ -12,17 +14,18 @@ import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
-from transformers import DynamicCache, GPTNeoXConfig  # noqa: E402
+from transformers import DynamicCache  # noqa: E402
 from transformers.models.gpt_neox import modeling_gpt_neox as hf_neox  # noqa: E402
+from transformers.models.llama import modeling_llama as hf_llama  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
-SHAPES = {
-    "pythia-2.8b": dict(hidden_size=2560, num_attention_heads=32, intermediate_size=10240, vocab_size=50304),
-    "pythia-6.9b": dict(hidden_size=4096, num_attention_heads=32, intermediate_size=16384, vocab_size=50432),
-}
+NEOX_SHAPES = ["pythia-2.8b", "pythia-6.9b"]
+LLAMA_SHAPES = ["llama-2-7b", "tinyllama-1.1b", "llama-3-8b", "llama-3.2-1b"]
+SHAPES = NEOX_SHAPES + LLAMA_SHAPES
 MAX_SEQ = 2048
 POSITIONS = [0, 1, 2, 63, 64, 65, 127, 128, 511, 1000, 2047]
+LLAMA_POSITIONS = [0, 1, 65, 300, 2047]  # the attention tiles and the cluster split are the same code as above
 MODES = ["split", "cooperative"]
 REL_TOL = 2e-3
 HF_FACTOR = 1.5  # never worse than this many times transformers' own float16 error
@@ -37,21 +40,31 @@ def cf():
     return clusterfusion
 
 
+class Family:
+    """What differs between the architectures in these tests: transformers' classes and the reference."""
+
+    def __init__(self, ref, llama):
+        self.llama = llama
+        self.layer_class = hf_llama.LlamaDecoderLayer if llama else hf_neox.GPTNeoXLayer
+        self.rotary_class = hf_llama.LlamaRotaryEmbedding if llama else hf_neox.GPTNeoXRotaryEmbedding
+        self.ref_config = (ref.LlamaRefConfig if llama else ref.RefConfig).from_transformers
+        self.ref_layer = ref.llama_layer if llama else ref.neox_layer
+
+
 def hf_config(shape):
-    config = GPTNeoXConfig(
-        **SHAPES[shape], num_hidden_layers=1, rotary_pct=0.25, rotary_emb_base=10000, layer_norm_eps=1e-5,
-        use_parallel_residual=True, hidden_act="gelu", tie_word_embeddings=False, max_position_embeddings=2048,
-    )
-    config._attn_implementation = "sdpa"  # what from_pretrained picks on a CUDA machine
+    from clusterfusion.cli import hf_config_for
+
+    config = hf_config_for(shape)
+    config.num_hidden_layers = 1
     return config
 
 
 @torch.no_grad()
-def random_hf_layer(config, generator):
-    """A float16 CUDA GPTNeoXLayer: linear weights and biases N(0, 0.02), LayerNorm weights N(1, 0.1) and
-    biases N(0, 0.05)."""
+def random_hf_layer(family, config, generator):
+    """A float16 CUDA decoder layer: linear weights and biases N(0, 0.02), norm weights N(1, 0.1) and biases
+    N(0, 0.05)."""
     with torch.device("meta"):  # skip transformers' own initialisation: every parameter is drawn below
-        layer = hf_neox.GPTNeoXLayer(config, layer_idx=0).half()
+        layer = family.layer_class(config, layer_idx=0).half()
     layer = layer.to_empty(device="cuda").eval()
     for name, param in layer.named_parameters():
         if "layernorm" in name:
@@ -67,17 +80,20 @@ class Setup:
     weights, and a KV cache of MAX_SEQ positions."""
 
     def __init__(self, cf, ref, shape):
+        from clusterfusion.weights import layer_weights
+
         # Its own seed (CF_TEST_SEED replays it), as module-scoped draws would otherwise depend on test order.
         self.seed = int(os.environ.get("CF_TEST_SEED") or int.from_bytes(os.urandom(4), "little"))
         generator = torch.Generator(device="cuda").manual_seed(self.seed)
         self.shape = shape
+        self.family = Family(ref, shape in LLAMA_SHAPES)
         self.hf_config = hf_config(shape)
-        self.ref_cfg = ref.RefConfig.from_transformers(self.hf_config)
+        self.ref_cfg = self.family.ref_config(self.hf_config)
         self.config = cf.config_from_transformers(self.hf_config)
-        self.hf_layer = random_hf_layer(self.hf_config, generator)
-        self.rotary = hf_neox.GPTNeoXRotaryEmbedding(self.hf_config).to("cuda")
-        self.ref_weights = ref.layer_weights_from_transformers(self.hf_layer)
-        self.layer = cf.FusedNeoXLayer.from_transformers(self.hf_layer, self.config, MAX_SEQ).kernel
+        self.hf_layer = random_hf_layer(self.family, self.hf_config, generator)
+        self.rotary = self.family.rotary_class(self.hf_config).to("cuda")
+        self.ref_weights = layer_weights(self.hf_layer, self.config, convert=lambda t, name: f64(t))
+        self.layer = cf.FusedLayer.from_transformers(self.hf_layer, self.config, MAX_SEQ).kernel
         self.cache = cf.KVCache(self.config, MAX_SEQ)
 
     def __repr__(self):
@@ -108,11 +124,12 @@ def fill_past(cache, position):
 
 
 def nan_buffers(config):
-    """out, attn, mlp_act poisoned with NaN, so an element a kernel leaves unwritten cannot pass."""
+    """out, attn, mlp_act, h1 poisoned with NaN, so an element a kernel leaves unwritten cannot pass."""
     nan = float("nan")
     return (torch.full((config.hidden,), nan, dtype=torch.float16, device="cuda"),
             torch.full((config.hidden,), nan, dtype=torch.float32, device="cuda"),
-            torch.full((config.ffn,), nan, dtype=torch.float32, device="cuda"))
+            torch.full((config.ffn,), nan, dtype=torch.float32, device="cuda"),
+            torch.full((config.hidden,), nan, dtype=torch.float16, device="cuda"))
 
 
 def random_x(config):
@@ -120,12 +137,16 @@ def random_x(config):
 
 
 def run_forward(layer, cache, x, position, mode):
-    out, attn, mlp_act = nan_buffers(layer.config)
-    layer.forward(cache, 0, x, out, attn, mlp_act, position, mode=mode, stream=stream())
+    """out, attn, mlp_act and h1 (None for a parallel residual) of one step."""
+    out, attn, mlp_act, h1 = nan_buffers(layer.config)
+    layer.forward(cache, 0, x, out, attn, mlp_act, position, mode=mode, h1=h1, stream=stream())
     torch.cuda.synchronize()
-    for name, tensor in (("out", out), ("attn", attn), ("mlp_act", mlp_act)):
+    written = dict(out=out, attn=attn, mlp_act=mlp_act)
+    if not layer.config.parallel_residual:
+        written["h1"] = h1
+    for name, tensor in written.items():
         assert torch.isfinite(tensor).all(), f"{mode}: {name} has non-finite elements"
-    return out, attn, mlp_act
+    return out, attn, mlp_act, written.get("h1")
 
 
 def appended_kv(cache, position):
@@ -145,22 +166,33 @@ def rel_err(actual, expected):
 
 
 def reference_step(ref, s, x, past_k, past_v, position):
-    return ref.neox_layer(s.ref_cfg, s.ref_weights, f64(x), f64(past_k), f64(past_v), position)
+    """The float64 reference's out, attn, mlp_act, k, v (and h1 for Llama)."""
+    expected = s.family.ref_layer(s.ref_cfg, s.ref_weights, f64(x), f64(past_k), f64(past_v), position)
+    if "act" in expected:
+        expected["mlp_act"] = expected.pop("act")
+    return expected
+
+
+def _cache_keyword(layer):
+    """The name the layer's forward gives its cache argument (transformers renamed it over 5.x)."""
+    parameters = inspect.signature(layer.forward).parameters
+    return next(name for name in ("layer_past", "past_key_values", "cache") if name in parameters)
 
 
 @torch.no_grad()
 def transformers_step(s, x, past_k, past_v, position):
-    """transformers' own float16 GPTNeoXLayer for one token over a DynamicCache holding the same past:
-    (out [hidden], k, v [heads, head_dim] as it appends them)."""
+    """transformers' own float16 layer for one token over a DynamicCache holding the same past:
+    (out [hidden], k, v [kv_heads, head_dim] as it appends them)."""
     hf_cache = DynamicCache(config=s.hf_config)
     if position > 0:
         hf_cache.update(past_k[None], past_v[None], layer_idx=0)
     hidden = x.reshape(1, 1, -1)
     position_ids = torch.tensor([[position]], device="cuda")
-    cos_sin = s.rotary(hidden, position_ids)  # float32 angles, cast to float16, as GPTNeoXModel does
-    out = s.hf_layer(hidden, layer_past=hf_cache, use_cache=True, position_ids=position_ids,
-                     position_embeddings=cos_sin)
-    keys, values = hf_cache.layers[0].keys, hf_cache.layers[0].values  # [1, heads, position + 1, head_dim]
+    cos_sin = s.rotary(hidden, position_ids)  # float32 angles, cast to float16, as the model does
+    out = s.hf_layer(hidden, use_cache=True, position_ids=position_ids, position_embeddings=cos_sin,
+                     cache_position=position_ids[0], **{_cache_keyword(s.hf_layer): hf_cache})
+    out = out[0] if isinstance(out, tuple) else out
+    keys, values = hf_cache.layers[0].keys, hf_cache.layers[0].values  # [1, kv_heads, position + 1, head_dim]
     assert keys.shape[2] == position + 1
     return out.reshape(-1), keys[0, :, position], values[0, :, position]
 
@@ -180,7 +212,7 @@ def check_step(ref, s, layer, cache, position):
     expected = reference_step(ref, s, x, past_k, past_v, position)
     hf_errors = errors_vs_reference(expected, x, *transformers_step(s, x, past_k, past_v, position))
     for mode in MODES:
-        out, _, _ = run_forward(layer, cache, x, position, mode)
+        out = run_forward(layer, cache, x, position, mode)[0]
         assert cache.length == position + 1
         errors = errors_vs_reference(expected, x, out, *appended_kv(cache, position))
         for name, err in errors.items():
@@ -189,8 +221,9 @@ def check_step(ref, s, layer, cache, position):
             assert err <= HF_FACTOR * hf_errors[name], context
 
 
-@pytest.mark.parametrize("position", POSITIONS)
-@pytest.mark.parametrize("setup", list(SHAPES), indirect=True)
+@pytest.mark.parametrize("setup, position",
+                         [(shape, p) for shape in NEOX_SHAPES for p in POSITIONS] +
+                         [(shape, p) for shape in LLAMA_SHAPES for p in LLAMA_POSITIONS], indirect=["setup"])
 def test_layer_matches_reference_within_transformers_error(ref, setup, position):
     check_step(ref, setup, setup.layer, setup.cache, position)
 
@@ -198,26 +231,29 @@ def test_layer_matches_reference_within_transformers_error(ref, setup, position)
 @pytest.mark.parametrize("position", [1, 1000])
 @pytest.mark.parametrize("setup", list(SHAPES), indirect=True)
 def test_phases_alone_match_reference_and_forward(ref, setup, position):
-    """attention_mlp_up's attn and mlp_act against the reference and bit for bit what forward leaves in them;
-    mlp_down_residual then gives forward's out bit for bit."""
+    """Each phase alone (run_phase, in order) leaves bit for bit what forward leaves: attn and mlp_act (against
+    the reference too), h1 and out."""
     s, layer, cache = setup, setup.layer, setup.cache
     past_k, past_v = fill_past(cache, position)
     x = random_x(s.config)
     expected = reference_step(ref, s, x, past_k, past_v, position)
-    forward_out, forward_attn, forward_mlp_act = run_forward(layer, cache, x, position, "split")
+    forward = run_forward(layer, cache, x, position, "split")
 
-    out, attn, mlp_act = nan_buffers(s.config)
-    layer.attention_mlp_up(cache, 0, x, attn, mlp_act, position, stream=stream())
-    torch.cuda.synchronize()
-    assert torch.isfinite(attn).all() and torch.isfinite(mlp_act).all()
-    assert cache.length == position + 1
-    assert rel_err(f64(attn), expected["attn"]) <= REL_TOL, s
+    out, attn, mlp_act, h1 = nan_buffers(s.config)
+    fill_past(cache, position)
+    for phase, name in enumerate(layer.phase_names):
+        layer.run_phase(cache, 0, phase, x, out, attn, mlp_act, position, h1=h1, stream=stream())
+        torch.cuda.synchronize()
+        if "attend" in name:
+            assert cache.length == position + 1, name
+            assert rel_err(f64(attn), expected["attn"]) <= REL_TOL, s
+            assert torch.equal(attn, forward[1]), f"{s}: {name} alone differs"
     assert rel_err(f64(mlp_act), expected["mlp_act"]) <= REL_TOL, s
-    assert torch.equal(attn, forward_attn) and torch.equal(mlp_act, forward_mlp_act), f"{s}: phase A alone differs"
-
-    layer.mlp_down_residual(x, out, attn, mlp_act, stream=stream())
-    torch.cuda.synchronize()
-    assert torch.equal(out.view(torch.int16), forward_out.view(torch.int16)), s
+    assert torch.equal(mlp_act, forward[2]), f"{s}: mlp_act of the phases alone differs"
+    if forward[3] is not None:
+        assert rel_err(f64(h1) - f64(x), expected["h1"] - f64(x)) <= REL_TOL, s
+        assert torch.equal(h1.view(torch.int16), forward[3].view(torch.int16)), s
+    assert torch.equal(out.view(torch.int16), forward[0].view(torch.int16)), s
 
 
 def cache_bits(cache):
@@ -241,7 +277,7 @@ def test_modes_are_deterministic_and_identical(setup):
                 layer.overlap_previous_kernel = overlap
                 first_out, first_cache = None, None
                 for run in range(50):
-                    out, _, _ = run_forward(layer, cache, x, position, mode)
+                    out = run_forward(layer, cache, x, position, mode)[0]
                     bits = out.view(torch.int16).clone(), cache_bits(cache)
                     if first_out is None:
                         first_out, first_cache = bits
@@ -258,11 +294,11 @@ def test_modes_are_deterministic_and_identical(setup):
         assert all(torch.equal(a, b) for a, b in zip(first[1], other[1])), f"{s}: cache of {key} differs from {first_key}"
 
 
-@pytest.mark.parametrize("setup", ["pythia-2.8b"], indirect=True)
+@pytest.mark.parametrize("setup", ["pythia-2.8b", "tinyllama-1.1b"], indirect=True)
 def test_cache_of_4096_positions(cf, ref, setup):
     """Past transformers' 2048 positions: a layer and cache of 4096, the last position."""
     long_seq = 4096
-    layer = cf.FusedNeoXLayer.from_transformers(setup.hf_layer, setup.config, long_seq).kernel
+    layer = cf.FusedLayer.from_transformers(setup.hf_layer, setup.config, long_seq).kernel
     cache = cf.KVCache(setup.config, long_seq)
     check_step(ref, setup, layer, cache, long_seq - 1)
 
@@ -276,9 +312,9 @@ def assert_cache_unchanged(cache, before_bits, before_length):
 
 
 def step_args(config):
-    """Valid step buffers: x (random), out, attn, mlp_act."""
-    out, attn, mlp_act = nan_buffers(config)
-    return dict(x=random_x(config), out=out, attn=attn, mlp_act=mlp_act)
+    """Valid step buffers: x (random), out, attn, mlp_act, h1."""
+    out, attn, mlp_act, h1 = nan_buffers(config)
+    return dict(x=random_x(config), out=out, attn=attn, mlp_act=mlp_act, h1=h1)
 
 
 def misaligned(tensor):
@@ -307,13 +343,17 @@ BAD_STEP_ARGS = {
     "attn_misaligned": ("attn", misaligned, ValueError, "attn: expected a data pointer aligned to 16 bytes"),
     "mlp_act_wrong_shape": ("mlp_act", lambda t: t[:-4], ValueError, r"mlp_act: expected shape \["),
     "mlp_act_misaligned": ("mlp_act", misaligned, ValueError, "mlp_act: expected a data pointer aligned to 16 bytes"),
+    "h1_float32": ("h1", lambda t: t.float(), TypeError, "h1: expected float16, got float32"),
+    "h1_missing": ("h1", lambda t: None, TypeError, "h1"),
 }
 
 
 @pytest.mark.parametrize("case", list(BAD_STEP_ARGS))
-@pytest.mark.parametrize("setup", ["pythia-2.8b"], indirect=True)
+@pytest.mark.parametrize("setup", ["pythia-2.8b", "tinyllama-1.1b"], indirect=True)
 def test_bad_step_buffer_raises_and_leaves_cache(setup, case):
     argument, make_bad, error, pattern = BAD_STEP_ARGS[case]
+    if argument == "h1" and setup.config.parallel_residual:
+        pytest.skip("GPT-NeoX has no h1")
     position = 100
     fill_past(setup.cache, position)
     before = cache_bits(setup.cache)
@@ -322,11 +362,10 @@ def test_bad_step_buffer_raises_and_leaves_cache(setup, case):
     for mode in MODES:
         with pytest.raises(error, match=pattern):
             setup.layer.forward(setup.cache, 0, args["x"], args["out"], args["attn"], args["mlp_act"], position,
-                                mode=mode, stream=stream())
-    if argument != "out":  # attention_mlp_up takes no out
-        with pytest.raises(error, match=pattern):
-            setup.layer.attention_mlp_up(setup.cache, 0, args["x"], args["attn"], args["mlp_act"], position,
-                                         stream=stream())
+                                mode=mode, h1=args["h1"], stream=stream())
+    with pytest.raises(error, match=pattern):
+        setup.layer.run_phase(setup.cache, 0, 0, args["x"], args["out"], args["attn"], args["mlp_act"], position,
+                              h1=args["h1"], stream=stream())
     torch.cuda.synchronize()
     assert_cache_unchanged(setup.cache, before, position)
 
@@ -351,7 +390,7 @@ def test_bad_position_raises_index_error_and_leaves_cache(setup):
         with pytest.raises(IndexError, match="position 11 is past length 10"):
             layer.forward(cache, 0, position=11, mode=mode, **call)
     with pytest.raises(IndexError, match="position 11 is past length 10"):
-        layer.attention_mlp_up(cache, 0, args["x"], args["attn"], args["mlp_act"], 11, stream=stream())
+        layer.run_phase(cache, 0, 0, position=11, **call)
     torch.cuda.synchronize()
     assert_cache_unchanged(cache, before, 10)
 
@@ -369,31 +408,45 @@ def test_unknown_mode_raises_value_error_and_leaves_cache(setup):
     assert_cache_unchanged(setup.cache, before, position)
 
 
-def layer_weights(hf_layer):
-    """NeoXLayer's keyword arguments from a transformers layer (detached: torch exports no tensor needing grad)."""
-    from clusterfusion.layer import HF_PARAMETERS
+def layer_weights(setup):
+    """DecoderLayer's keyword arguments from the setup's transformers layer (detached views)."""
+    from clusterfusion.weights import layer_weights as schema_weights
 
-    params = dict(hf_layer.named_parameters())
-    return {keyword: params[name].detach() for keyword, name in HF_PARAMETERS.items()}
+    return schema_weights(setup.hf_layer, setup.config)
 
 
-@pytest.mark.parametrize("weight", ["w_up", "ln1_bias"])
+@pytest.mark.parametrize("weight", ["w_up", "ln1_weight"])
 @pytest.mark.parametrize("dtype, name", [pytest.param(torch.float32, "float32", id="float32"),
                                          pytest.param(torch.bfloat16, "bfloat16", id="bfloat16")])
 @pytest.mark.parametrize("setup", ["pythia-2.8b"], indirect=True)
 def test_weights_of_another_dtype_are_refused(cf, setup, weight, dtype, name):
-    weights = layer_weights(setup.hf_layer)
+    weights = layer_weights(setup)
     weights[weight] = weights[weight].to(dtype)
     with pytest.raises(TypeError, match=f"{weight}: expected float16, got {name}"):
-        cf.NeoXLayer(setup.config, MAX_SEQ, **weights)
+        cf.DecoderLayer(setup.config, MAX_SEQ, **weights)
 
 
 @pytest.mark.parametrize("setup", ["pythia-2.8b"], indirect=True)
 def test_cpu_weights_are_refused(cf, setup):
-    weights = layer_weights(setup.hf_layer)
+    weights = layer_weights(setup)
     weights["w_qkv"] = weights["w_qkv"].cpu()
     with pytest.raises(TypeError, match="w_qkv: expected a CUDA tensor, got cpu"):
-        cf.NeoXLayer(setup.config, MAX_SEQ, **weights)
+        cf.DecoderLayer(setup.config, MAX_SEQ, **weights)
+
+
+@pytest.mark.parametrize("setup", ["tinyllama-1.1b"], indirect=True)
+def test_llama_weight_errors_name_the_tensor(cf, setup):
+    """A bias Llama does not have, a missing matrix, and k_proj of the query heads' shape are refused by name."""
+    weights = layer_weights(setup)
+    with pytest.raises(ValueError, match=r"b_o: not a weight of Llama"):
+        cf.DecoderLayer(setup.config, MAX_SEQ, b_o=weights["ln1_weight"], **weights)
+    missing = dict(weights)
+    del missing["w_gate"]
+    with pytest.raises(ValueError, match=r"w_gate: missing"):
+        cf.DecoderLayer(setup.config, MAX_SEQ, **missing)
+    wrong = dict(weights, w_k=weights["w_q"])
+    with pytest.raises(ValueError, match=r"w_k: expected shape \[256, 2048\]"):
+        cf.DecoderLayer(setup.config, MAX_SEQ, **wrong)
 
 
 def test_unsupported_head_dim_is_refused(cf):
@@ -411,4 +464,4 @@ def test_unsupported_head_dim_is_refused(cf):
                    w_o=weight(hidden, hidden), b_o=weight(hidden), w_up=weight(ffn, hidden), b_up=weight(ffn),
                    w_down=weight(hidden, ffn), b_down=weight(hidden))
     with pytest.raises(ValueError, match="head_dim: 72 is not supported"):
-        cf.NeoXLayer(config, MAX_SEQ, **weights)
+        cf.DecoderLayer(config, MAX_SEQ, **weights)

@@ -1,6 +1,9 @@
-// The fused GPT-NeoX layer on the GPU against the double-precision host reference, both modes.
+// The fused decoder layer on the GPU: GPT-NeoX against the double-precision host reference in both modes; for
+// every architecture, split and cooperative bitwise equal, run-to-run determinism, the device position, and
+// overlapped launches. (Llama's float64 comparisons run in tests/python/test_layer_gpu.py.)
 #include <gtest/gtest.h>
 
+#include <cctype>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -13,69 +16,18 @@
 #include "clusterfusion/cuda_check.hpp"
 #include "clusterfusion/host_reference.hpp"
 #include "clusterfusion/kv_cache.hpp"
-#include "clusterfusion/neox_layer.hpp"
+#include "clusterfusion/decoder_layer.hpp"
 #include "cuda_device.hpp"
+#include "device_tensors.hpp"
 #include "random_inputs.hpp"
 
 namespace cf = clusterfusion;
+using cf_test::DeviceBuffer;
+using cf_test::HalfTensor;
+using cf_test::RandomLayer;
 
 namespace {
 
-
-// A device buffer of float16 values drawn from N(mean, std), with the values (as rounded) kept on the host.
-struct HalfTensor {
-  std::vector<double> host;
-  __half* dev = nullptr;
-  std::vector<int64_t> shape;
-  HalfTensor(std::vector<int64_t> s, double mean, double std, std::mt19937_64& rng) : shape(std::move(s)) {
-    int64_t n = 1;
-    for (auto d : shape) n *= d;
-    std::normal_distribution<double> dist(mean, std);
-    std::vector<__half> h(n);
-    host.resize(n);
-    for (int64_t i = 0; i < n; ++i) {
-      h[i] = __double2half(dist(rng));
-      host[i] = __half2float(h[i]);
-    }
-    CF_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&dev), n * sizeof(__half)));
-    CF_CUDA_CHECK(cudaMemcpy(dev, h.data(), n * sizeof(__half), cudaMemcpyHostToDevice));
-  }
-  ~HalfTensor() { cudaFree(dev); }
-  cf::TensorView view() const { return cf::TensorView(dev, shape, cf::DType::Float16); }
-};
-
-// One layer's weights at realistic scales: linear weights and biases N(0, 0.02), LayerNorm weights ~1.
-struct RandomLayer {
-  HalfTensor ln1_w, ln1_b, ln2_w, ln2_b, w_qkv, b_qkv, w_o, b_o, w_up, b_up, w_down, b_down;
-  RandomLayer(const cf::ModelConfig& c, std::mt19937_64& rng)
-      : ln1_w({c.hidden}, 1, 0.1, rng), ln1_b({c.hidden}, 0, 0.05, rng), ln2_w({c.hidden}, 1, 0.1, rng),
-        ln2_b({c.hidden}, 0, 0.05, rng), w_qkv({3 * c.hidden, c.hidden}, 0, 0.02, rng),
-        b_qkv({3 * c.hidden}, 0, 0.02, rng), w_o({c.hidden, c.hidden}, 0, 0.02, rng), b_o({c.hidden}, 0, 0.02, rng),
-        w_up({c.ffn, c.hidden}, 0, 0.02, rng), b_up({c.ffn}, 0, 0.02, rng), w_down({c.hidden, c.ffn}, 0, 0.02, rng),
-        b_down({c.hidden}, 0, 0.02, rng) {}
-  cf::LayerWeights views() const {
-    return {ln1_w.view(), ln1_b.view(), ln2_w.view(), ln2_b.view(), w_qkv.view(), b_qkv.view(),
-            w_o.view(),   b_o.view(),   w_up.view(),  b_up.view(),  w_down.view(), b_down.view()};
-  }
-  cf::reference::HostLayer host() const {
-    return {ln1_w.host, ln1_b.host, ln2_w.host, ln2_b.host, w_qkv.host, b_qkv.host,
-            w_o.host,   b_o.host,   w_up.host,  b_up.host,  w_down.host, b_down.host};
-  }
-};
-
-template <class T>
-struct DeviceBuffer {
-  T* dev = nullptr;
-  std::size_t n;
-  explicit DeviceBuffer(std::size_t count) : n(count) { CF_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&dev), n * sizeof(T))); }
-  ~DeviceBuffer() { cudaFree(dev); }
-  void poison() { CF_CUDA_CHECK(cudaMemset(dev, 0xff, n * sizeof(T))); }  // NaN in float16 and float32
-  std::vector<T> get() const {
-    std::vector<T> h(n);
-    CF_CUDA_CHECK(cudaMemcpy(h.data(), dev, n * sizeof(T), cudaMemcpyDeviceToHost));
-    return h;
-  }
-};
 
 double to_double(float v) { return v; }
 double to_double(__half v) { return __half2float(v); }
@@ -110,8 +62,8 @@ TEST_P(NeoXLayerGpu, MatchesHostReference) {
   auto& rng = cf_test::rng();
 
   const RandomLayer w(config, rng);
-  const cf::reference::HostLayer host = w.host();
-  cf::NeoXLayer layer(config, w.views(), max_seq);
+  const cf::reference::HostLayer host = w.neox_host();
+  cf::DecoderLayer layer(config, w.views(), max_seq);
   cf::KVCache cache(config, max_seq);
   // Random past for every position: the test then moves through positions without refilling.
   HalfTensor past_k({heads, max_seq, d}, 0, 1, rng), past_v({heads, max_seq, d}, 0, 1, rng);
@@ -131,7 +83,7 @@ TEST_P(NeoXLayerGpu, MatchesHostReference) {
       out.poison();
       attn.poison();
       act.poison();
-      layer.forward(cache, 0, cf::LayerIO{x.dev, out.dev, attn.dev, act.dev}, position, mode);
+      layer.forward(cache, 0, cf::LayerIO{x.dev, out.dev, nullptr, attn.dev, act.dev}, position, mode);
       CF_CUDA_CHECK(cudaDeviceSynchronize());
       EXPECT_EQ(cache.length(), position + 1);
 
@@ -172,18 +124,18 @@ TEST(NeoXLayerGpuErrors, PositionPastCacheThrowsAndLaunchesNothing) {
   auto& rng = cf_test::rng();
   const int h = config.hidden, f = config.ffn;
   const RandomLayer w(config, rng);
-  cf::NeoXLayer layer(config, w.views(), 64);
+  cf::DecoderLayer layer(config, w.views(), 64);
   cf::KVCache cache(config, 64);
   HalfTensor x({h}, 0, 1, rng);
   DeviceBuffer<__half> out(h);
   DeviceBuffer<float> attn(h), act(f);
   cache.set_length(64);
-  EXPECT_THROW(layer.forward(cache, 0, cf::LayerIO{x.dev, out.dev, attn.dev, act.dev}, 64, cf::LayerMode::Split),
+  EXPECT_THROW(layer.forward(cache, 0, cf::LayerIO{x.dev, out.dev, nullptr, attn.dev, act.dev}, 64, cf::LayerMode::Split),
                std::out_of_range);
   cache.set_length(3);
-  EXPECT_THROW(layer.forward(cache, 0, cf::LayerIO{x.dev, out.dev, attn.dev, act.dev}, 5, cf::LayerMode::Split),
+  EXPECT_THROW(layer.forward(cache, 0, cf::LayerIO{x.dev, out.dev, nullptr, attn.dev, act.dev}, 5, cf::LayerMode::Split),
                std::out_of_range);
-  EXPECT_THROW(layer.forward(cache, 1, cf::LayerIO{x.dev, out.dev, attn.dev, act.dev}, 3, cf::LayerMode::Split),
+  EXPECT_THROW(layer.forward(cache, 1, cf::LayerIO{x.dev, out.dev, nullptr, attn.dev, act.dev}, 3, cf::LayerMode::Split),
                std::out_of_range);
   EXPECT_EQ(cache.length(), 3);
 }
@@ -194,18 +146,29 @@ namespace {
 
 // A position read from device memory gives bitwise what the same position as a launch parameter gives, in
 // both modes; a device position past the cache launches kernels that write nothing.
-TEST(NeoXLayerGpuDevicePosition, MatchesHostPositionAndRefusesPastTheCache) {
+// The architectures and their GQA / rope variants at real shapes: MHA GPT-NeoX, Llama with 8 query heads per kv
+// head (head_dim 64) and with 4 (head_dim 128, llama3 rope).
+class DecoderLayerGpu : public ::testing::TestWithParam<const char*> {};
+INSTANTIATE_TEST_SUITE_P(Models, DecoderLayerGpu, ::testing::Values("pythia-2.8b", "tinyllama-1.1b", "llama-3-8b"),
+                         [](const auto& info) {
+                           std::string name = info.param;
+                           for (char& ch : name) ch = std::isalnum(static_cast<unsigned char>(ch)) ? ch : '_';
+                           return name;
+                         });
+
+TEST_P(DecoderLayerGpu, DevicePositionMatchesHostPositionAndRefusesPastTheCache) {
   CF_REQUIRE_HOPPER();
-  cf::ModelConfig config = cf::pythia_config("pythia-2.8b");
+  cf::ModelConfig config = cf::model_config(GetParam());
   config.layers = 1;
   const int max_seq = 512, position = 300;
   auto& rng = cf_test::rng();
   const RandomLayer w(config, rng);
-  cf::NeoXLayer layer(config, w.views(), max_seq);
+  cf::DecoderLayer layer(config, w.views(), max_seq);
   cf::KVCache cache(config, max_seq);
   HalfTensor past_k({int64_t(cache.layer_elems())}, 0, 1, rng), past_v({int64_t(cache.layer_elems())}, 0, 1, rng);
   HalfTensor x({config.hidden}, 0, 1, rng);
   DeviceBuffer<float> attn(config.hidden), act(config.ffn);
+  DeviceBuffer<__half> h1(config.hidden);
   DeviceBuffer<int> device_position(1);
   auto reset_cache = [&] {
     CF_CUDA_CHECK(cudaMemcpy(cache.keys(0), past_k.dev, cache.layer_elems() * 2, cudaMemcpyDeviceToDevice));
@@ -223,13 +186,13 @@ TEST(NeoXLayerGpuDevicePosition, MatchesHostPositionAndRefusesPastTheCache) {
     SCOPED_TRACE(cf::layer_mode_name(mode));
     reset_cache();
     DeviceBuffer<__half> expected(config.hidden), got(config.hidden);
-    layer.forward(cache, 0, cf::LayerIO{x.dev, expected.dev, attn.dev, act.dev}, position, mode);
+    layer.forward(cache, 0, cf::LayerIO{x.dev, expected.dev, h1.dev, attn.dev, act.dev}, position, mode);
     const auto expected_cache = cache_bytes();
 
     reset_cache();
     got.poison();
     CF_CUDA_CHECK(cudaMemcpy(device_position.dev, &position, sizeof(int), cudaMemcpyHostToDevice));
-    layer.forward_at_device_position(cache, 0, cf::LayerIO{x.dev, got.dev, attn.dev, act.dev}, device_position.dev,
+    layer.forward_at_device_position(cache, 0, cf::LayerIO{x.dev, got.dev, h1.dev, attn.dev, act.dev}, device_position.dev,
                                      mode);
     CF_CUDA_CHECK(cudaDeviceSynchronize());
     const auto a = expected.get(), b = got.get();
@@ -240,7 +203,7 @@ TEST(NeoXLayerGpuDevicePosition, MatchesHostPositionAndRefusesPastTheCache) {
     got.poison();
     const auto before = cache_bytes();
     CF_CUDA_CHECK(cudaMemcpy(device_position.dev, &max_seq, sizeof(int), cudaMemcpyHostToDevice));
-    layer.forward_at_device_position(cache, 0, cf::LayerIO{x.dev, got.dev, attn.dev, act.dev}, device_position.dev,
+    layer.forward_at_device_position(cache, 0, cf::LayerIO{x.dev, got.dev, h1.dev, attn.dev, act.dev}, device_position.dev,
                                      mode);
     CF_CUDA_CHECK(cudaDeviceSynchronize());
     const auto untouched = got.get();
@@ -256,18 +219,18 @@ namespace {
 // A chain of layers launched to overlap the kernel before each (programmatic dependent launch: each layer
 // reads the previous one's output) gives bitwise the output and cache of the same chain launched the ordinary
 // way, in both modes.
-TEST(NeoXLayerGpuOverlap, ChainMatchesOrdinaryLaunchesBitwise) {
+TEST_P(DecoderLayerGpu, OverlappedChainMatchesOrdinaryLaunchesBitwise) {
   CF_REQUIRE_HOPPER();
-  cf::ModelConfig config = cf::pythia_config("pythia-2.8b");
+  cf::ModelConfig config = cf::model_config(GetParam());
   config.layers = 4;
   const int max_seq = 512, position = 300;
   auto& rng = cf_test::rng();
   const RandomLayer w(config, rng);
-  cf::NeoXLayer layer(config, w.views(), max_seq);
+  cf::DecoderLayer layer(config, w.views(), max_seq);
   EXPECT_FALSE(layer.overlap_previous_kernel());
   cf::KVCache cache(config, max_seq);
   HalfTensor past({int64_t(cache.layer_elems())}, 0, 1, rng), x({config.hidden}, 0, 1, rng);
-  DeviceBuffer<__half> hidden_a(config.hidden), hidden_b(config.hidden);
+  DeviceBuffer<__half> hidden_a(config.hidden), hidden_b(config.hidden), h1(config.hidden);
   DeviceBuffer<float> attn(config.hidden), act(config.ffn);
   // The output and every cache layer after the chain, starting from x and the same past in every layer.
   auto run_chain = [&](cf::LayerMode mode, bool overlap) {
@@ -284,7 +247,7 @@ TEST(NeoXLayerGpuOverlap, ChainMatchesOrdinaryLaunchesBitwise) {
     const __half* in = x.dev;
     for (int l = 0; l < config.layers; ++l) {
       __half* out = l % 2 == 0 ? hidden_a.dev : hidden_b.dev;
-      layer.forward(cache, l, cf::LayerIO{in, out, attn.dev, act.dev}, position, mode);
+      layer.forward(cache, l, cf::LayerIO{in, out, h1.dev, attn.dev, act.dev}, position, mode);
       in = out;
     }
     CF_CUDA_CHECK(cudaDeviceSynchronize());
@@ -307,6 +270,63 @@ TEST(NeoXLayerGpuOverlap, ChainMatchesOrdinaryLaunchesBitwise) {
       ASSERT_EQ(ordinary.size(), overlapped.size());
       EXPECT_EQ(0, std::memcmp(ordinary.data(), overlapped.data(), ordinary.size() * 2)) << "repeat " << repeat;
     }
+  }
+}
+
+}  // namespace
+
+namespace {
+
+// Split and cooperative launches give the same bits (output, h1, scratch and cache), and 50 runs of each give the
+// same bits again, from fresh random inputs at a position across several attention tiles.
+TEST_P(DecoderLayerGpu, ModesBitwiseEqualAndRepeatable) {
+  CF_REQUIRE_HOPPER();
+  cf::ModelConfig config = cf::model_config(GetParam());
+  config.layers = 1;
+  const int max_seq = 1024;
+  auto& rng = cf_test::rng();
+  const int position = cf_test::uniform_int(300, max_seq - 1);
+  SCOPED_TRACE("position " + std::to_string(position));
+  const RandomLayer w(config, rng);
+  cf::DecoderLayer layer(config, w.views(), max_seq);
+  ASSERT_TRUE(layer.plan().cooperative_supported);
+  cf::KVCache cache(config, max_seq);
+  HalfTensor past({int64_t(cache.layer_elems())}, 0, 1, rng), x({config.hidden}, 0, 1, rng);
+  DeviceBuffer<__half> out(config.hidden), h1(config.hidden);
+  DeviceBuffer<float> attn(config.hidden), act(config.ffn);
+  auto run = [&](cf::LayerMode mode) {
+    CF_CUDA_CHECK(cudaMemcpy(cache.keys(0), past.dev, cache.layer_elems() * 2, cudaMemcpyDeviceToDevice));
+    CF_CUDA_CHECK(cudaMemcpy(cache.values(0), past.dev, cache.layer_elems() * 2, cudaMemcpyDeviceToDevice));
+    cache.set_length(position);
+    out.poison();
+    h1.poison();
+    attn.poison();
+    act.poison();
+    layer.forward(cache, 0, cf::LayerIO{x.dev, out.dev, h1.dev, attn.dev, act.dev}, position, mode);
+    CF_CUDA_CHECK(cudaDeviceSynchronize());
+    std::vector<unsigned char> bytes;
+    auto append = [&](const auto& v) {
+      const auto* p = reinterpret_cast<const unsigned char*>(v.data());
+      bytes.insert(bytes.end(), p, p + v.size() * sizeof(v[0]));
+    };
+    append(out.get());
+    append(attn.get());
+    append(act.get());
+    if (!config.parallel_residual) append(h1.get());
+    std::vector<__half> k(cache.layer_elems()), v(cache.layer_elems());
+    CF_CUDA_CHECK(cudaMemcpy(k.data(), cache.keys(0), k.size() * 2, cudaMemcpyDeviceToHost));
+    CF_CUDA_CHECK(cudaMemcpy(v.data(), cache.values(0), v.size() * 2, cudaMemcpyDeviceToHost));
+    append(k);
+    append(v);
+    return bytes;
+  };
+  const auto first = run(cf::LayerMode::Split);
+  const auto outputs = out.get();
+  for (const __half value : outputs) ASSERT_TRUE(std::isfinite(__half2float(value)));
+  EXPECT_TRUE(run(cf::LayerMode::Cooperative) == first) << "cooperative differs from split";
+  for (int repeat = 0; repeat < 50; ++repeat) {
+    const cf::LayerMode mode = repeat % 2 == 0 ? cf::LayerMode::Split : cf::LayerMode::Cooperative;
+    ASSERT_TRUE(run(mode) == first) << "run " << repeat << " (" << cf::layer_mode_name(mode) << ") differs";
   }
 }
 
