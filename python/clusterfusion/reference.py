@@ -2,8 +2,9 @@
 
 Written from the project's decode-step notes (gpt-neox-decode.md, llama-decode.md) and checked against transformers'
 GPTNeoX in tests/python/test_reference.py and Llama in tests/python/test_reference_llama.py. Everything is float64 so
-that it can serve as ground truth for float16 kernels. Imports only NumPy (torch tensors are accepted by the
-*_from_transformers helpers through their own methods).
+that it can serve as ground truth for float16 kernels. Imports only NumPy. Weights are dicts keyed by the library's
+weight schema (clusterfusion.weights.layer_weights / model_weights with a float64 `convert` give them from a
+transformers model).
 """
 
 from __future__ import annotations
@@ -156,47 +157,6 @@ def empty_caches(cfg):
     kv_heads = getattr(cfg, "kv_heads", cfg.heads)
     empty = [np.zeros((kv_heads, 0, cfg.head_dim)) for _ in range(cfg.layers)]
     return empty, [c.copy() for c in empty]
-
-
-def _f64(module, attr, name):
-    tensor = getattr(module, attr)
-    if tensor is None:
-        raise ValueError(f"{name}: expected a tensor, got None (GPT-NeoX as Pythia has it uses biases everywhere)")
-    return tensor.detach().cpu().double().numpy()
-
-
-def layer_weights_from_transformers(hf_layer) -> dict:
-    """A transformers GPTNeoXLayer's parameters as the float64 dict neox_layer takes."""
-    ln1, ln2 = hf_layer.input_layernorm, hf_layer.post_attention_layernorm
-    qkv, o = hf_layer.attention.query_key_value, hf_layer.attention.dense
-    up, down = hf_layer.mlp.dense_h_to_4h, hf_layer.mlp.dense_4h_to_h
-    return dict(
-        ln1_weight=_f64(ln1, "weight", "input_layernorm.weight"),
-        ln1_bias=_f64(ln1, "bias", "input_layernorm.bias"),
-        ln2_weight=_f64(ln2, "weight", "post_attention_layernorm.weight"),
-        ln2_bias=_f64(ln2, "bias", "post_attention_layernorm.bias"),
-        w_qkv=_f64(qkv, "weight", "attention.query_key_value.weight"),
-        b_qkv=_f64(qkv, "bias", "attention.query_key_value.bias"),
-        w_o=_f64(o, "weight", "attention.dense.weight"),
-        b_o=_f64(o, "bias", "attention.dense.bias"),
-        w_up=_f64(up, "weight", "mlp.dense_h_to_4h.weight"),
-        b_up=_f64(up, "bias", "mlp.dense_h_to_4h.bias"),
-        w_down=_f64(down, "weight", "mlp.dense_4h_to_h.weight"),
-        b_down=_f64(down, "bias", "mlp.dense_4h_to_h.bias"),
-    )
-
-
-def model_weights_from_transformers(hf_model) -> dict:
-    """A GPTNeoXForCausalLM's parameters as the float64 dict neox_model_step takes: embed_in [vocab, hidden],
-    layers (list of layer dicts), final_norm_weight, final_norm_bias [hidden], lm_head [vocab, hidden]."""
-    base = hf_model.base_model
-    return dict(
-        embed_in=_f64(base.embed_in, "weight", "embed_in.weight"),
-        layers=[layer_weights_from_transformers(layer) for layer in base.layers],
-        final_norm_weight=_f64(base.final_layer_norm, "weight", "final_layer_norm.weight"),
-        final_norm_bias=_f64(base.final_layer_norm, "bias", "final_layer_norm.bias"),
-        lm_head=_f64(hf_model.get_output_embeddings(), "weight", "lm_head.weight"),
-    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -435,40 +395,3 @@ def llama_model_step(cfg, weights, token, k_caches, v_caches, position):
         new_v.append(np.concatenate([v_cache, step["v"][:, None, :]], axis=1))
     y = rms_norm(x, weights["final_norm_weight"], cfg.norm_eps)
     return dict(logits=weights["lm_head"] @ y, hidden=y, k_caches=new_k, v_caches=new_v)
-
-
-def _llama_f64(module, attr, name):
-    tensor = getattr(module, attr, None)
-    if tensor is None:
-        raise ValueError(f"{name}: expected a tensor, got None")
-    return tensor.detach().cpu().double().numpy()
-
-
-def llama_layer_weights_from_transformers(hf_layer) -> dict:
-    """A transformers LlamaDecoderLayer's parameters as the float64 dict llama_layer takes (refuses biases)."""
-    attn, mlp = hf_layer.self_attn, hf_layer.mlp
-    linears = dict(w_q=(attn.q_proj, "self_attn.q_proj"), w_k=(attn.k_proj, "self_attn.k_proj"),
-                   w_v=(attn.v_proj, "self_attn.v_proj"), w_o=(attn.o_proj, "self_attn.o_proj"),
-                   w_gate=(mlp.gate_proj, "mlp.gate_proj"), w_up=(mlp.up_proj, "mlp.up_proj"),
-                   w_down=(mlp.down_proj, "mlp.down_proj"))
-    ln1, ln2 = hf_layer.input_layernorm, hf_layer.post_attention_layernorm
-    weights = dict(ln1_weight=_llama_f64(ln1, "weight", "input_layernorm.weight"),
-                   ln2_weight=_llama_f64(ln2, "weight", "post_attention_layernorm.weight"))
-    for key, (linear, name) in linears.items():
-        if getattr(linear, "bias", None) is not None:
-            raise ValueError(f"{name}.bias: expected None (Llama has no biases), got a tensor")
-        weights[key] = _llama_f64(linear, "weight", f"{name}.weight")
-    return weights
-
-
-def llama_model_weights_from_transformers(hf_model) -> dict:
-    """A LlamaForCausalLM's parameters as the float64 dict llama_model_step takes: embed_in [vocab, hidden], layers
-    (list of layer dicts), final_norm_weight [hidden], lm_head [vocab, hidden] (embed_in's array itself when tied
-    and already float64)."""
-    base = hf_model.model
-    return dict(
-        embed_in=_llama_f64(base.embed_tokens, "weight", "model.embed_tokens.weight"),
-        layers=[llama_layer_weights_from_transformers(layer) for layer in base.layers],
-        final_norm_weight=_llama_f64(base.norm, "weight", "model.norm.weight"),
-        lm_head=_llama_f64(hf_model.get_output_embeddings(), "weight", "lm_head.weight"),
-    )

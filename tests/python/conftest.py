@@ -57,3 +57,25 @@ def ref():
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def f64_weights():
+    """Float64 NumPy weights of a transformers layer or model, keyed by the library's weight schema (what the
+    reference takes): f64_weights.layer(hf_layer, hf_config), f64_weights.model(hf_model)."""
+    from clusterfusion import config_from_transformers
+    from clusterfusion.weights import layer_weights, model_weights
+
+    def to_f64(tensor, name):
+        return tensor.detach().cpu().double().numpy()
+
+    class F64Weights:
+        @staticmethod
+        def layer(hf_layer, hf_config):
+            return layer_weights(hf_layer, config_from_transformers(hf_config), convert=to_f64)
+
+        @staticmethod
+        def model(hf_model):
+            return model_weights(hf_model, config_from_transformers(hf_model.config), convert=to_f64)
+
+    return F64Weights

@@ -121,7 +121,7 @@ def hf_layer_step(config, layer, x, past_k, past_v, position):
 
 @pytest.mark.parametrize("shape", ["pythia-70m", "pythia-2.8b"])
 @pytest.mark.parametrize("position", [0, 1, 300])
-def test_layer_matches_transformers(ref, shape, position):
+def test_layer_matches_transformers(ref, f64_weights, shape, position):
     config = pythia_config(shape, layers=1)
     cfg = ref.RefConfig.from_transformers(config)
     with torch.device("meta"):  # skip transformers' own initialisation: randomize() overwrites every parameter
@@ -132,20 +132,20 @@ def test_layer_matches_transformers(ref, shape, position):
     past_v = torch.randn(cfg.heads, position, cfg.head_dim, dtype=torch.float64)
 
     expected = hf_layer_step(config, layer, x, past_k, past_v, position)
-    got = ref.neox_layer(cfg, ref.layer_weights_from_transformers(layer), x.numpy(), past_k.numpy(),
-                         past_v.numpy(), position)
+    got = ref.neox_layer(cfg, f64_weights.layer(layer, config), x.numpy(), past_k.numpy(), past_v.numpy(),
+                         position)
 
     for name in ("out", "attn", "mlp_act", "k", "v"):
         assert rel_err(got[name], expected[name].numpy()) < RTOL, name
 
 
-def test_model_logits_match_transformers(ref):
+def test_model_logits_match_transformers(ref, f64_weights):
     """Token-by-token decode of a short random sequence through a 2-layer pythia-70m-shaped model."""
     config = pythia_config("pythia-70m", layers=2)
     cfg = ref.RefConfig.from_transformers(config)
     model = randomize(GPTNeoXForCausalLM(config).double()).eval()
     model.gpt_neox.rotary_emb = Float64Rope(config)
-    weights = ref.model_weights_from_transformers(model)
+    weights = f64_weights.model(model)
     assert not np.array_equal(weights["embed_in"], weights["lm_head"])  # untied, as in Pythia
 
     tokens = np.random.randint(0, cfg.vocab, size=6)

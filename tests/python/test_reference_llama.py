@@ -128,7 +128,7 @@ def rel_err(actual, expected, name=None):
 
 
 @pytest.fixture(scope="module", params=list(SHAPES))
-def shape_model(request, ref):
+def shape_model(request, ref, f64_weights):
     """A randomized float64 LlamaForCausalLM of one real shape (MODEL_LAYERS layers, MODEL_VOCAB vocab) with
     float64 rope and RMSNorm, its LlamaRefConfig and its weights. Deterministic per shape (the weights' seed is the
     shape's name); the tests' inputs follow CF_TEST_SEED."""
@@ -145,7 +145,7 @@ def shape_model(request, ref):
     model.model.rotary_emb = Float64Rope(cfg)
     use_float64_norms(model)
     return types.SimpleNamespace(shape=shape, config=config, cfg=cfg, model=model,
-                                 weights=ref.llama_model_weights_from_transformers(model))
+                                 weights=f64_weights.model(model))
 
 
 def test_llama_ref_config_from_transformers(ref):
