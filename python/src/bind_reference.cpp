@@ -9,6 +9,7 @@
 #include "array_checks.hpp"
 #include "bindings.hpp"
 #include "clusterfusion/host_reference.hpp"
+#include "clusterfusion/weight_schema.hpp"
 
 namespace clusterfusion::python {
 
@@ -20,7 +21,7 @@ namespace {
 using reference::HostLayer;
 using Vec = std::vector<double>;
 
-// The weights dict's keys (NeoXLayer's keyword names) and where each lands in HostLayer.
+// The weights dict's keys (the GPT-NeoX schema's keywords) and where each lands in HostLayer.
 struct HostSlot {
   const char* name;
   Vec HostLayer::*values;
@@ -32,9 +33,12 @@ constexpr HostSlot kHostSlots[12] = {
     {"b_up", &HostLayer::b_up},        {"w_down", &HostLayer::w_down},  {"b_down", &HostLayer::b_down},
 };
 
-std::vector<std::vector<int64_t>> host_shapes(const ModelConfig& c) {
-  const int64_t h = c.hidden, f = c.ffn;
-  return {{h}, {h}, {h}, {h}, {3 * h, h}, {3 * h}, {h, h}, {h}, {f, h}, {f}, {h, f}, {h}};
+// The tensor's shape for config, from the GPT-NeoX weight schema.
+std::vector<int64_t> schema_shape(const char* name, const ModelConfig& config) {
+  for (const TensorSpec& spec : weight_schema(Architecture::GPTNeoX).layer) {
+    if (std::string(spec.name) == name) return shape_of(spec, config);
+  }
+  throw std::logic_error(std::string("reference: ") + name + " is not in the GPT-NeoX weight schema");
 }
 
 Vec to_vec(nb::handle obj, const char* name, std::vector<int64_t> shape) {
@@ -57,12 +61,10 @@ HostLayer host_layer(const ModelConfig& config, const nb::dict& weights) {
     for (const HostSlot& s : kHostSlots) known |= k == s.name;
     if (!known) throw nb::value_error(("weights: unexpected key '" + k + "' (expected " + slot_names() + ")").c_str());
   }
-  const auto shapes = host_shapes(config);
   HostLayer w;
-  for (std::size_t i = 0; i < shapes.size(); ++i) {
-    const HostSlot& s = kHostSlots[i];
+  for (const HostSlot& s : kHostSlots) {
     if (!weights.contains(s.name)) throw nb::key_error((std::string("weights: missing '") + s.name + "'").c_str());
-    w.*s.values = to_vec(weights[s.name], s.name, shapes[i]);
+    w.*s.values = to_vec(weights[s.name], s.name, schema_shape(s.name, config));
   }
   return w;
 }
@@ -100,7 +102,7 @@ void bind_reference(nb::module_& m) {
   m.def("reference_neox_layer", &reference_layer, "config"_a, "weights"_a, "x"_a.none(), "k_cache"_a.none(),
         "v_cache"_a.none(), "position"_a,
         "The C++ double-precision reference of one GPT-NeoX decode step (what the kernel tests compare "
-        "against). weights: dict of float64 NumPy arrays keyed like NeoXLayer's keywords; x [hidden]; "
+        "against). weights: dict of float64 NumPy arrays keyed like DecoderLayer's GPT-NeoX keywords; x [hidden]; "
         "k_cache, v_cache [heads, position, head_dim] (the past). Returns dict(out, attn, mlp_act [ffn], "
         "k, v [heads, head_dim]) of float64 arrays.");
 }
