@@ -127,28 +127,38 @@ def neox_layer(cfg, w, x, k_cache, v_cache, position):
     return dict(out=x + attn_out + mlp_out, attn=attn, mlp_act=mlp_act, k=k, v=v)
 
 
-def neox_model_step(cfg, weights, token, k_caches, v_caches, position):
-    """The whole model for one token at `position`. k_caches / v_caches: per layer [heads, position, head_dim].
-
-    Returns dict(logits [vocab], hidden [hidden] (the final LayerNorm's output), k_caches, v_caches (per layer,
-    now [heads, position + 1, head_dim]: pass them to the next step)).
-    """
+def _model_step(cfg, weights, token, k_caches, v_caches, position, layer, final_norm):
+    """Embedding row -> `layer` over every layer (appending each one's k and v) -> `final_norm` -> LM head."""
     if len(weights["layers"]) != cfg.layers:
         raise ValueError(f"weights['layers']: expected {cfg.layers} layers, got {len(weights['layers'])}")
     if len(k_caches) != cfg.layers or len(v_caches) != cfg.layers:
         raise ValueError(f"k_caches/v_caches: expected {cfg.layers} layers, got {len(k_caches)} and {len(v_caches)}")
     if not 0 <= token < cfg.vocab:
         raise ValueError(f"token: expected 0 <= token < {cfg.vocab}, got {token}")
+    for name in ("embed_in", "lm_head"):
+        if np.shape(weights[name]) != (cfg.vocab, cfg.hidden):
+            raise ValueError(f"weights[{name!r}]: expected shape {(cfg.vocab, cfg.hidden)}, "
+                             f"got {np.shape(weights[name])}")
 
     x = np.asarray(weights["embed_in"][token], dtype=np.float64)
     new_k, new_v = [], []
     for w, k_cache, v_cache in zip(weights["layers"], k_caches, v_caches):
-        step = neox_layer(cfg, w, x, k_cache, v_cache, position)
+        step = layer(cfg, w, x, k_cache, v_cache, position)
         x = step["out"]
         new_k.append(np.concatenate([k_cache, step["k"][:, None, :]], axis=1))
         new_v.append(np.concatenate([v_cache, step["v"][:, None, :]], axis=1))
-    y = layer_norm(x, weights["final_norm_weight"], weights["final_norm_bias"], cfg.norm_eps)
+    y = final_norm(x)
     return dict(logits=weights["lm_head"] @ y, hidden=y, k_caches=new_k, v_caches=new_v)
+
+
+def neox_model_step(cfg, weights, token, k_caches, v_caches, position):
+    """The whole model for one token at `position`. k_caches / v_caches: per layer [heads, position, head_dim].
+
+    Returns dict(logits [vocab], hidden [hidden] (the final LayerNorm's output), k_caches, v_caches (per layer,
+    now [heads, position + 1, head_dim]: pass them to the next step)).
+    """
+    return _model_step(cfg, weights, token, k_caches, v_caches, position, neox_layer,
+                       lambda x: layer_norm(x, weights["final_norm_weight"], weights["final_norm_bias"], cfg.norm_eps))
 
 
 def empty_caches(cfg):
@@ -375,23 +385,5 @@ def llama_model_step(cfg, weights, token, k_caches, v_caches, position):
     Returns dict(logits [vocab], hidden [hidden] (the final RMSNorm's output), k_caches, v_caches (per layer, now
     [kv_heads, position + 1, head_dim]: pass them to the next step)).
     """
-    if len(weights["layers"]) != cfg.layers:
-        raise ValueError(f"weights['layers']: expected {cfg.layers} layers, got {len(weights['layers'])}")
-    if len(k_caches) != cfg.layers or len(v_caches) != cfg.layers:
-        raise ValueError(f"k_caches/v_caches: expected {cfg.layers} layers, got {len(k_caches)} and {len(v_caches)}")
-    if not 0 <= token < cfg.vocab:
-        raise ValueError(f"token: expected 0 <= token < {cfg.vocab}, got {token}")
-    for name in ("embed_in", "lm_head"):
-        if np.shape(weights[name]) != (cfg.vocab, cfg.hidden):
-            raise ValueError(f"weights[{name!r}]: expected shape {(cfg.vocab, cfg.hidden)}, "
-                             f"got {np.shape(weights[name])}")
-
-    x = np.asarray(weights["embed_in"][token], dtype=np.float64)
-    new_k, new_v = [], []
-    for w, k_cache, v_cache in zip(weights["layers"], k_caches, v_caches):
-        step = llama_layer(cfg, w, x, k_cache, v_cache, position)
-        x = step["out"]
-        new_k.append(np.concatenate([k_cache, step["k"][:, None, :]], axis=1))
-        new_v.append(np.concatenate([v_cache, step["v"][:, None, :]], axis=1))
-    y = rms_norm(x, weights["final_norm_weight"], cfg.norm_eps)
-    return dict(logits=weights["lm_head"] @ y, hidden=y, k_caches=new_k, v_caches=new_v)
+    return _model_step(cfg, weights, token, k_caches, v_caches, position, llama_layer,
+                       lambda x: rms_norm(x, weights["final_norm_weight"], cfg.norm_eps))
