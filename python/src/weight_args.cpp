@@ -20,10 +20,12 @@ std::vector<std::pair<int, TensorView>> schema_views(nb::dict tensors, const std
                                 .c_str());
     }
   }
+  for (const TensorSpec& spec : specs) {
+    if (!tensors.contains(spec.name)) throw nb::value_error((name_of(spec.name) + ": missing").c_str());
+  }
   std::vector<std::pair<int, TensorView>> views;
   for (const TensorSpec& spec : specs) {
     const std::string name = name_of(spec.name);
-    if (!tensors.contains(spec.name)) throw nb::value_error((name + ": missing").c_str());
     std::vector<int64_t> shape = shape_of(spec, config);
     owned.push_back(to_checked_array<InArray>(tensors[spec.name], name.c_str(),
                                               {nb::device::cuda::value, kFloat16, shape, 16}));

@@ -567,6 +567,7 @@ def test_context_names_the_layer_of_a_bad_weight(case):
 def test_context_rejects_an_invalid_config_before_the_tensors():
     cfg, tensors, layers = context_args("Llama", tied=True)
     cfg.tied_embeddings, cfg.arch = True, cf.Architecture.GPTNeoX  # GPT-NeoX with a tied head: no such model
+    cfg.kv_heads = cfg.heads
     cfg.norm, cfg.activation, cfg.parallel_residual = cf.Norm.LayerNorm, cf.Activation.GELU, True
     with pytest.raises(ValueError, match=r"^ModelConfig\.tied_embeddings: GPTNeoX has a separate LM head"):
         cf.DecodeContext(cfg, 64, layers=layers, **tensors)
@@ -766,7 +767,7 @@ def test_layer_step_argument_errors():
 
 @pytest.mark.gpu
 @needs_transformers
-def test_fused_layer_from_transformers_matches_the_reference(ref):
+def test_fused_layer_from_transformers_matches_the_reference(ref, f64_weights):
     cfg = small_config()
     hf = GPTNeoXConfig(hidden_size=cfg.hidden, num_attention_heads=cfg.heads, intermediate_size=cfg.ffn,
                        num_hidden_layers=1, vocab_size=cfg.vocab, rotary_pct=0.25)
@@ -780,7 +781,7 @@ def test_fused_layer_from_transformers_matches_the_reference(ref):
     x = torch.randn(cfg.hidden, device="cuda").half()
     out = fused.forward(cache, 0, x, position=0)
     torch.cuda.synchronize()
-    want = ref.neox_layer(ref.RefConfig.from_transformers(hf), ref.layer_weights_from_transformers(hf_layer),
+    want = ref.neox_layer(ref.RefConfig.from_transformers(hf), f64_weights.layer(hf_layer, hf),
                           x.double().cpu().numpy(), np.zeros((cfg.heads, 0, cfg.head_dim)),
                           np.zeros((cfg.heads, 0, cfg.head_dim)), 0)
     assert rel_err(out.double().cpu(), want["out"]) < 5e-3

@@ -117,19 +117,20 @@ def llama_4x(**overrides):
     return types.SimpleNamespace(**values)
 
 
+# (The expected RopeScaling as keyword arguments: pytest keeps parameters alive past the extension's teardown.)
 @pytest.mark.parametrize("rope_scaling, expected", [
-    (None, cf.RopeScaling()),
-    (dict(type="linear", factor=2.0), cf.RopeScaling(type=cf.RopeType.Linear, factor=2.0)),
-    (dict(rope_type="linear", factor=4.0), cf.RopeScaling(type=cf.RopeType.Linear, factor=4.0)),
+    (None, dict()),
+    (dict(type="linear", factor=2.0), dict(type=cf.RopeType.Linear, factor=2.0)),
+    (dict(rope_type="linear", factor=4.0), dict(type=cf.RopeType.Linear, factor=4.0)),
     (dict(rope_type="llama3", factor=8.0, low_freq_factor=2.0, high_freq_factor=8.0,
           original_max_position_embeddings=4096),
-     cf.RopeScaling(type=cf.RopeType.Llama3, factor=8.0, low_freq_factor=2.0, high_freq_factor=8.0,
-                    original_max_positions=4096)),
+     dict(type=cf.RopeType.Llama3, factor=8.0, low_freq_factor=2.0, high_freq_factor=8.0,
+          original_max_positions=4096)),
 ])
 def test_llama_4x_style_configs(rope_scaling, expected):
     theta = random.choice([10000.0, 500000.0, 1e6])
     c = cf.config_from_transformers(llama_4x(rope_scaling=rope_scaling, rope_theta=theta))
-    assert c.rope_scaling == expected and c.rotary_base == theta
+    assert c.rope_scaling == cf.RopeScaling(**expected) and c.rotary_base == theta
     assert (c.arch, c.hidden, c.heads, c.kv_heads, c.head_dim, c.rotary_dims) == (
         cf.Architecture.Llama, 512, 8, 2, 64, 64)
 
@@ -257,6 +258,18 @@ def test_a_tied_gpt_neox_head_is_invalid():
     c = cf.ModelConfig.named("pythia-70m")
     c.tied_embeddings = True
     with pytest.raises(ValueError, match=r"^ModelConfig\.tied_embeddings: GPTNeoX has a separate LM head"):
+        c.validate()
+
+
+def test_gpt_neox_has_neither_grouped_queries_nor_scaled_rope():
+    c = cf.ModelConfig.named("pythia-70m")
+    c.kv_heads = c.heads // 2
+    with pytest.raises(ValueError, match=rf"^ModelConfig\.kv_heads: GPTNeoX requires kv_heads == heads = {c.heads} "
+                                         rf"\(got {c.heads // 2}\)"):
+        c.validate()
+    c = cf.ModelConfig.named("pythia-70m")
+    c.rope_scaling = cf.RopeScaling(type=random.choice([cf.RopeType.Linear, cf.RopeType.Llama3]), factor=2.0)
+    with pytest.raises(ValueError, match=r"^ModelConfig\.rope_scaling\.type: GPTNeoX requires the default rope"):
         c.validate()
 
 
