@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""End-to-end decode at batch 1: TTFT, TPOT and tokens/s of whole Pythia models (random weights at the real
-shapes) after a short prompt, for
+"""End-to-end decode at batch 1: TTFT, TPOT and tokens/s of whole models, GPT-NeoX (Pythia) and Llama (random
+weights at the real shapes of the library's embedded model names), after a short prompt, for
 
-  transformers_eager     GPTNeoXForCausalLM with a DynamicCache, one forward per token (host-launch bound)
+  transformers_eager     GPTNeoXForCausalLM / LlamaForCausalLM with a DynamicCache, one forward per token
+                         (host-launch bound)
   transformers_graph     StaticCache, one decode step captured in a CUDA graph and replayed (the strong peer)
   transformers_compiled  the same step compiled by torch.compile (inductor) before capture (opt-in: slow to build)
-  split, cooperative     the library's fused layers called from Python per layer, LM head by torch
+  split, cooperative     the library's fused layers called from Python per layer; embedding, final norm and LM
+                         head by torch
   clusterfusion_graph    the library's whole-step graph (DecodeContext, default mode: split, each layer's
                          launches overlapping the kernel before): steps fed by the device token
   clusterfusion_graph_cooperative  the same with the cooperative layer kernel
@@ -13,9 +15,11 @@ shapes) after a short prompt, for
 Each system generates once to the longest decode length with a CUDA event after every token; the row for N
 tokens reads the first N (TTFT: prompt start to the first token; TPOT: mean time between tokens 1..N). The
 streaming-read bandwidth (torch.sum over 2 GiB) is measured in the same run; floor_ms = bytes a step must read
-(all weights but embed_in, plus the KV cache at the row's mean context) / that bandwidth. at_ctx512 holds each
-system's mean step time at contexts 480..543 against the floor there (the issue's targets: <= 1.25x the floor for
-pythia-2.8b, <= 1.15x for pythia-6.9b, >= 2x faster than transformers_graph).
+(every tensor of the weight schema but the input embedding, a tied LM head counted once as the LM head, plus the
+KV cache at the row's mean context) / that bandwidth. at_ctx512 holds each system's mean step time at contexts
+480..543 against the floor there (the issues' targets: <= 1.25x the floor for pythia-2.8b, <= 1.15x for
+pythia-6.9b, >= 2x faster than transformers_graph; <= 1.25x for llama-2-7b, <= 2.5x for tinyllama-1.1b, both
+faster than transformers_compiled, which runs only when --systems names it).
 Writes bench/results/e2e_<gpu>.json (or --out) and a PNG beside it when matplotlib is installed.
 """
 
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import statistics
 import sys
@@ -31,12 +36,13 @@ from pathlib import Path
 
 import torch
 
+from bench_layer import layer_bytes
 from gpu_measure import gpu_tag, streaming_read_bw
 
 SYSTEMS = ["transformers_eager", "transformers_graph", "transformers_compiled", "split", "cooperative",
            "clusterfusion_graph", "clusterfusion_graph_cooperative"]
 DEFAULT_SYSTEMS = [s for s in SYSTEMS if s != "transformers_compiled"]
-DEFAULT_MODELS = ["pythia-2.8b", "pythia-6.9b"]
+DEFAULT_MODELS = ["pythia-2.8b", "pythia-6.9b", "llama-2-7b", "tinyllama-1.1b", "llama-3-8b", "llama-3.2-1b"]
 DEFAULT_DECODE = [16, 128, 512, 2048]
 CTX_WINDOW = (480, 544)  # contexts whose step times make the "at ctx 512" figure
 HOST_SAMPLE = 64  # enqueues whose host time is reported
@@ -45,7 +51,8 @@ HOST_SAMPLE = 64  # enqueues whose host time is reported
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated embedded model names")
+    parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated embedded model names "
+                        f"(clusterfusion.model_names(); default {','.join(DEFAULT_MODELS)})")
     parser.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS), help=f"comma-separated, of {SYSTEMS}")
     parser.add_argument("--prompt", type=int, default=32, help="prompt tokens (default 32)")
     parser.add_argument("--decode", default=None, help="comma-separated decode lengths (default "
@@ -69,16 +76,26 @@ def parse_args(argv=None):
         parser.error("--prompt and --decode: expected lengths >= 2")
     if args.eager_max is None:
         args.eager_max = 32 if args.quick else 128
+    if not args.plot_from:
+        from clusterfusion import model_names
+
+        unknown = [m for m in args.models if m not in model_names()]
+        if unknown:
+            parser.error(f"--models: unknown {unknown}, expected some of {model_names()}")
     return args
 
 
 
 
-def step_bytes(model, ctx):
-    """Bytes one decode step reads at context ctx: every parameter but embed_in (one row of it), plus the cache."""
-    c = model.config
-    params = sum(p.numel() for p in model.parameters()) - model.gpt_neox.embed_in.weight.numel()
-    return 2 * params + 2 * c.num_hidden_layers * ctx * c.hidden_size * 2
+def step_bytes(config, ctx):
+    """Bytes one decode step reads at context ctx (config: a clusterfusion ModelConfig): every model tensor of the
+    weight schema but the input embedding (of which it reads one row), plus each layer's (bench_layer.layer_bytes:
+    its tensors and its cache). A tied LM head (the embedding itself) is read whole every step as the LM head: the
+    schema lists it as lm_head, counted once."""
+    import clusterfusion as cf
+
+    model = sum(math.prod(s["shape"]) for s in cf.weight_schema(config)["model"] if s["name"] != "embed_in")
+    return 2 * model + config.layers * layer_bytes(config, ctx)
 
 
 class Timeline:
@@ -132,16 +149,17 @@ class StaticStep:
 
         self.model = model
         self.cache = StaticCache(config=model.config, max_cache_len=max_len)
-        self.mask = torch.zeros(1, 1, 1, max_len, dtype=torch.bool, device="cuda")
+        self.device = model.device
+        self.mask = torch.zeros(1, 1, 1, max_len, dtype=torch.bool, device=self.device)
         self.prompt = prompt
 
     def prefill(self):
         p = len(self.prompt)
-        positions = torch.arange(p, device="cuda")
-        out = self.model(torch.tensor([self.prompt], device="cuda"), cache_position=positions,
+        positions = torch.arange(p, device=self.device)
+        out = self.model(torch.tensor([self.prompt], device=self.device), cache_position=positions,
                          past_key_values=self.cache, use_cache=True)
         self.token = out.logits[:, -1:].argmax(-1)
-        self.position = torch.tensor([p], device="cuda")
+        self.position = torch.tensor([p], device=self.device)
         self.mask[..., :p] = True
 
     def __call__(self):
@@ -178,28 +196,37 @@ def transformers_graph(model, prompt, n, compiled=False):
 
 
 def prefill_kv(model, prompt):
-    """transformers' keys and values of prompt[:-1] per layer, [1, heads, len - 1, head_dim] contiguous."""
+    """transformers' keys and values of prompt[:-1] per layer, [1, kv_heads, len - 1, head_dim] contiguous."""
     from transformers import DynamicCache
 
     cache = DynamicCache(config=model.config)
-    model.gpt_neox(torch.tensor([prompt[:-1]], device="cuda"), past_key_values=cache, use_cache=True)
+    model.base_model(torch.tensor([prompt[:-1]], device=model.device), past_key_values=cache, use_cache=True)
     layers = cache.layers if hasattr(cache, "layers") else None
     keys = [l.keys for l in layers] if layers else list(cache.key_cache)
     values = [l.values for l in layers] if layers else list(cache.value_cache)
     return [k.contiguous() for k in keys], [v.contiguous() for v in values]
 
 
+def final_norm(model, config):
+    """The model's final norm module (GPT-NeoX: final_layer_norm, LayerNorm; Llama: norm, RMSNorm): the module
+    that holds the weight schema's final_norm_weight."""
+    import clusterfusion as cf
+
+    spec = next(s for s in cf.weight_schema(config)["model"] if s["name"] == "final_norm_weight")
+    return model.get_submodule(spec["hf_name"].rsplit(".", 1)[0])
+
+
 @torch.no_grad()
 def library_layers(model, prompt, n, mode):
-    """The fused layers from Python, one call per layer; embedding, final LayerNorm, LM head, argmax by torch."""
+    """The fused layers from Python, one call per layer; embedding, final norm, LM head, argmax by torch."""
     import clusterfusion as cf
 
     config = cf.config_from_transformers(model.config)
     p = len(prompt)
-    layers = [cf.FusedNeoXLayer.from_transformers(l, config, p + n) for l in model.gpt_neox.layers]
+    layers = [cf.FusedLayer.from_transformers(l, config, p + n) for l in model.base_model.layers]
     cache = cf.KVCache(config, p + n)
-    head = model.lm_head if hasattr(model, "lm_head") else model.embed_out
-    embed, norm = model.gpt_neox.embed_in.weight, model.gpt_neox.final_layer_norm
+    head = model.get_output_embeddings()
+    embed, norm = model.get_input_embeddings().weight, final_norm(model, config)
     buffers = [torch.empty(config.hidden, dtype=torch.float16, device="cuda") for _ in range(2)]
     timeline = Timeline()
     keys, values = prefill_kv(model, prompt)
@@ -283,7 +310,13 @@ def at_ctx512(times, prompt_len):
     return (times[last - 1] - times[first - 1]) / (last - first)
 
 
-def run(args):
+def error_text(error):
+    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+
+
+def run(args, save=None):
+    """The result dict; save(result) after each model, so that a run cut short keeps the models it finished."""
+    import clusterfusion as cf
     from clusterfusion.cli import progress, random_model
 
     device_name = torch.cuda.get_device_name()
@@ -293,19 +326,26 @@ def run(args):
                   command=shlex.join(["python3", *sys.argv]), floor_ms={}, at_ctx512={}, rows=[], errors=[])
     longest = max(args.decode)
     for model_name in args.models:
-        model = random_model(model_name, seed=1234)
-        prompt = torch.randint(0, model.config.vocab_size, (args.prompt,),
-                               generator=torch.Generator().manual_seed(1)).tolist()
-        bytes_at = lambda ctx, m=model: step_bytes(m, ctx)  # noqa: E731
+        bytes_at = lambda ctx, c=cf.ModelConfig.named(model_name): step_bytes(c, ctx)  # noqa: E731
         result["floor_ms"][model_name] = bytes_at(0) / read_bw * 1e3
         floor512 = bytes_at(512) / read_bw * 1e3
         result["at_ctx512"][model_name] = {"floor_ms": floor512}
+        try:
+            model = random_model(model_name, seed=1234)
+        except Exception as error:  # record it and go on with the other models
+            message = f"{model_name}: model build: {error_text(error)}"
+            print(message, flush=True)
+            result["errors"].append(message)
+            torch.cuda.empty_cache()
+            continue
+        prompt = torch.randint(0, model.config.vocab_size, (args.prompt,),
+                               generator=torch.Generator().manual_seed(1)).tolist()
         for system in progress(args.systems, len(args.systems), model_name):
             n = min(longest, args.eager_max) if system == "transformers_eager" else longest
             try:
                 times, extra = run_system(system, model, prompt, n)
             except Exception as error:  # record it and go on with the other systems
-                message = f"{model_name} {system}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+                message = f"{model_name} {system}: {error_text(error)}"
                 print(message, flush=True)
                 result["errors"].append(message)
                 continue
@@ -317,15 +357,17 @@ def run(args):
                 result["at_ctx512"][model_name][system] = dict(tpot_ms=ms, vs_floor=ms / floor512)
         del model
         torch.cuda.empty_cache()
+        if save is not None:
+            save(result)
     return result
 
 
 def table(result):
     lines = [f"{result['device_name']}: read {result['read_bw_TBps']:.3f} TB/s",
-             f"{'model':<12} {'system':<31} {'decode':>6} {'ttft_ms':>9} {'tpot_ms':>8} {'tok/s':>7} {'floor':>7} "
+             f"{'model':<14} {'system':<31} {'decode':>6} {'ttft_ms':>9} {'tpot_ms':>8} {'tok/s':>7} {'floor':>7} "
              f"{'x floor':>7}"]
     for r in result["rows"]:
-        lines.append(f"{r['model']:<12} {r['system']:<31} {r['decode_tokens']:>6} {r['ttft_ms']:9.2f} "
+        lines.append(f"{r['model']:<14} {r['system']:<31} {r['decode_tokens']:>6} {r['ttft_ms']:9.2f} "
                      f"{r['tpot_ms']:8.3f} {r['tok_s']:7.1f} {r['floor_ms']:7.3f} {r['tpot_ms'] / r['floor_ms']:7.2f}")
     for model, entry in result["at_ctx512"].items():
         parts = [f"{s} {v['tpot_ms']:.3f} ms ({v['vs_floor']:.2f}x)" for s, v in entry.items() if s != "floor_ms"]
@@ -343,8 +385,12 @@ def plot(result, path):
     import matplotlib.pyplot as plt
 
     models = list(result["floor_ms"])
-    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
-    for ax, model in zip(axes[0], models):
+    cols = min(3, len(models))  # up to three models per row
+    grid_rows = -(-len(models) // cols)
+    fig, axes = plt.subplots(grid_rows, cols, figsize=(6 * cols, 4.5 * grid_rows), squeeze=False)
+    for ax in axes.flat[len(models):]:
+        ax.set_visible(False)
+    for ax, model in zip(axes.flat, models):
         rows = [r for r in result["rows"] if r["model"] == model]
         for system in dict.fromkeys(r["system"] for r in rows):
             pts = [(r["decode_tokens"], r["tpot_ms"]) for r in rows if r["system"] == system]
@@ -370,12 +416,13 @@ def main(argv=None):
         return 0 if png else 1
     if not torch.cuda.is_available():
         sys.exit("bench_e2e.py: no CUDA device")
-    result = run(args)
     path = Path(args.out) if args.out else Path(__file__).resolve().parent / "results"
     if path.is_dir() or not path.suffix:
-        path = path / f"e2e_{result['gpu']}.json"
+        path = path / f"e2e_{gpu_tag(torch.cuda.get_device_name())}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1) + "\n")
+    save = lambda result: path.write_text(json.dumps(result, indent=1) + "\n")  # noqa: E731
+    result = run(args, save)
+    save(result)
     print(f"wrote {path}")
     if not args.no_plot:
         png = plot(result, path)

@@ -1,23 +1,29 @@
 #!/usr/bin/env python3
-"""Per-layer decode time of the fused GPT-NeoX layer beside transformers' own GPTNeoXLayer, on one GPU.
+"""Per-layer decode time of the fused decoder layer (GPT-NeoX and Llama) beside transformers' own layer
+(GPTNeoXLayer, LlamaDecoderLayer), on one GPU.
 
 Modes: split, cooperative (one library call per layer, launch cost included), split_graph, cooperative_graph
 (the same calls captured in a CUDA graph: kernel time only), split_graph_overlap, cooperative_graph_overlap (the
-same graphs with each layer overlapping the previous kernel, NeoXLayer.overlap_previous_kernel, as the
-whole-model step runs them), transformers (GPTNeoXLayer.forward, eager) and transformers_graph (the same
-captured in a CUDA graph). Each is timed at several context lengths ctx: the new
-token sits at position ctx - 1 and attends to ctx positions.
+same graphs with each layer overlapping the previous kernel, DecoderLayer.overlap_previous_kernel, as the
+whole-model step runs them), transformers_eager (the transformers layer's forward, eager) and transformers_graph
+(the same captured in a CUDA graph). Each is timed at several context lengths ctx: the new token sits at
+position ctx - 1 and attends to ctx positions.
 
-Weights rotate over enough distinct layers (1.3-1.6 GB) that the 50 MB L2 cannot serve them; the fused layers
-read the transformers layers' parameters in place. The streaming-read bandwidth (torch.sum over 2 GiB of
-float16) is measured in the same run, and bw_frac = (weight + KV bytes) / time / that bandwidth.
-Writes JSON (--out) and prints a table last.
+Models are the library's embedded names (shapes from clusterfusion.cli.hf_config_for, random weights). Weights
+rotate over enough distinct layers (1.2-1.8 GB) that the 50-60 MB L2 cannot serve them; the fused layers read
+the transformers layers' parameters in place. The streaming-read bandwidth (torch.sum over 2 GiB of float16) is
+measured in the same run, and bw_frac = (weight + KV bytes) / time / that bandwidth, the weight bytes summed
+over the layer's tensors in the library's weight schema. Writes JSON (--out, rewritten after each model) and
+prints a table last.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import inspect
 import json
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -26,11 +32,14 @@ import torch
 
 from gpu_measure import gpu_tag, median_event_ms, streaming_read_bw
 
-# Model shapes (transformers GPTNeoXConfig fields) and how many layers to rotate over.
-MODELS = {
-    "pythia-2.8b": (dict(hidden_size=2560, num_attention_heads=32, intermediate_size=10240, vocab_size=50304), 8),
-    "pythia-6.9b": (dict(hidden_size=4096, num_attention_heads=32, intermediate_size=16384, vocab_size=50432), 4),
-}
+# The embedded models benchmarked by default (shapes: clusterfusion.cli.hf_config_for), each with how many
+# distinct layers to rotate over: 1.2-1.8 GB of weights, far beyond L2.
+MODELS = {"pythia-2.8b": 8, "pythia-6.9b": 4, "llama-2-7b": 4, "tinyllama-1.1b": 16, "llama-3-8b": 4,
+          "llama-3.2-1b": 12}
+ROTATE_BYTES = 1.2e9  # the weights another embedded model (--models) rotates over, at least 4 layers
+# transformers' decoder layer and rotary embedding class per model_type, in transformers.models.<type>.modeling_<type>
+HF_CLASSES = {"gpt_neox": ("GPTNeoXLayer", "GPTNeoXRotaryEmbedding"),
+              "llama": ("LlamaDecoderLayer", "LlamaRotaryEmbedding")}
 MODES = ["split", "cooperative", "split_graph", "cooperative_graph", "split_graph_overlap",
          "cooperative_graph_overlap", "transformers_eager", "transformers_graph"]
 DEFAULT_CTX = [16, 128, 512, 1024, 2048]
@@ -42,7 +51,8 @@ CHECK_TOL = 5e-3  # each mode's last output against transformers eager, relative
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated embedded model names "
+                        f"(default {','.join(MODELS)})")
     parser.add_argument("--ctx", default=None,
                         help=f"comma-separated context lengths (default {','.join(map(str, DEFAULT_CTX))})")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
@@ -54,7 +64,9 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     args.models = [m for m in args.models.split(",") if m]
     args.modes = [m for m in args.modes.split(",") if m]
-    for name, given, known in (("--models", args.models, MODELS), ("--modes", args.modes, MODES)):
+    from clusterfusion import model_names
+
+    for name, given, known in (("--models", args.models, model_names()), ("--modes", args.modes, MODES)):
         unknown = [v for v in given if v not in known]
         if unknown:
             parser.error(f"{name}: unknown {unknown}, expected some of {list(known)}")
@@ -92,10 +104,11 @@ def captured(fn):
 
 
 class FixedSlotCache:
-    """The one method GPTNeoXAttention calls on its cache (update), over preallocated [1, heads, max_seq,
-    head_dim] keys and values: writes the new token at a fixed position and returns positions 0..position.
-    Shapes and addresses stay fixed, so a CUDA graph can capture it and every replay is the same decode step
-    (transformers' StaticCache instead advances its position on every replay and attends over max_cache_len)."""
+    """The one method transformers' attention calls on its cache (update), over preallocated [1, kv_heads,
+    max_seq, head_dim] keys and values: writes the new token at a fixed position and returns positions
+    0..position. Shapes and addresses stay fixed, so a CUDA graph can capture it and every replay is the same
+    decode step (transformers' StaticCache instead advances its position on every replay and attends over
+    max_cache_len)."""
 
     def __init__(self, keys, values, position):
         self.keys, self.values, self.position = keys, values, position
@@ -107,29 +120,44 @@ class FixedSlotCache:
         return self.keys[:, :, :p + 1], self.values[:, :, :p + 1]
 
 
-@torch.no_grad()
-def random_hf_layers(hf_config, count, generator):
-    """`count` float16 CUDA GPTNeoXLayers with weights at realistic scales (never zeros: they can run faster)."""
-    from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXLayer
+def hf_classes(hf_config):
+    """(decoder layer class, rotary embedding class) of transformers for the config's model_type."""
+    model_type = hf_config.model_type
+    if model_type not in HF_CLASSES:
+        raise ValueError(f"model_type {model_type!r}: expected one of {list(HF_CLASSES)}")
+    module = importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
+    return tuple(getattr(module, name) for name in HF_CLASSES[model_type])
 
+
+def rotated_layers(model, config):
+    """How many distinct layers of `model` to rotate over: MODELS' count, else >= ROTATE_BYTES of weights."""
+    return MODELS.get(model) or max(4, math.ceil(ROTATE_BYTES / layer_bytes(config, 0)))
+
+
+@torch.no_grad()
+def random_hf_layers(hf_config, count, generator, device="cuda"):
+    """`count` float16 CUDA transformers decoder layers (the class of the config's model_type) with weights at
+    realistic scales, as clusterfusion.cli.random_model draws them (never zeros: they can run faster)."""
+    layer_class, _ = hf_classes(hf_config)
     layers = []
     for index in range(count):
         with torch.device("meta"):
-            layer = GPTNeoXLayer(hf_config, layer_idx=index).half()
-        layer = layer.to_empty(device="cuda").eval()
+            layer = layer_class(hf_config, layer_idx=index).half()
+        layer = layer.to_empty(device=device).eval()
         for name, param in layer.named_parameters():
-            mean, std = ((1.0, 0.1) if name.endswith("weight") else (0.0, 0.05)) if "layernorm" in name else (0.0, 0.02)
+            mean, std = ((1.0, 0.1) if name.endswith("weight") else (0.0, 0.05)) if "norm" in name else (0.0, 0.02)
             param.normal_(mean, std, generator=generator)
         layers.append(layer)
     return layers
 
 
 def layer_bytes(config, ctx):
-    """Bytes one decode step of one layer must read: all weights, biases and LayerNorms, and ctx keys and values."""
-    h, f = config.hidden, config.ffn
-    weights = 3 * h * h + h * h + 2 * f * h
-    vectors = 3 * h + h + f + h + 4 * h
-    return 2 * (weights + vectors) + 2 * ctx * h * 2
+    """Bytes one decode step of one layer must read: every tensor of the layer in the weight schema (matrices,
+    biases, norms), and ctx keys and values of its kv heads."""
+    import clusterfusion as cf
+
+    weights = sum(math.prod(spec["shape"]) for spec in cf.weight_schema(config)["layer"])
+    return 2 * weights + 2 * ctx * config.kv_heads * config.head_dim * 2
 
 
 def rel_err(out, x, expected):
@@ -138,27 +166,36 @@ def rel_err(out, x, expected):
     return float((delta - want).norm() / want.norm())
 
 
+def layer_call_keywords(layer_class):
+    """How the layer's forward takes the cache (GPTNeoXLayer: layer_past; LlamaDecoderLayer: past_key_values in
+    transformers 5.x, cache in later ones) and whether it takes cache_position."""
+    params = inspect.signature(layer_class.forward).parameters
+    cache = next((k for k in ("layer_past", "past_key_values", "cache", "past_key_value") if k in params), None)
+    if cache is None:
+        raise TypeError(f"{layer_class.__name__}.forward: no cache argument among {list(params)}")
+    return cache, "cache_position" in params
+
+
 class ModelBench:
     """The rotated layers of one model shape, fused and transformers, on shared weights and a shared cache."""
 
     def __init__(self, cf, model, max_ctx):
-        from transformers import GPTNeoXConfig
-        from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXRotaryEmbedding
+        from clusterfusion.cli import hf_config_for
 
-        shape, self.rotate = MODELS[model]
         self.model = model
-        self.hf_config = GPTNeoXConfig(**shape, num_hidden_layers=self.rotate, rotary_pct=0.25,
-                                       rotary_emb_base=10000, layer_norm_eps=1e-5, use_parallel_residual=True,
-                                       hidden_act="gelu", tie_word_embeddings=False, max_position_embeddings=2048)
-        self.hf_config._attn_implementation = "sdpa"  # what from_pretrained picks on a CUDA machine
+        config = cf.ModelConfig.named(model)
+        self.rotate = rotated_layers(model, config)
+        self.hf_config = hf_config_for(model, layers=self.rotate)
         self.config = cf.config_from_transformers(self.hf_config)
+        layer_class, rotary_class = hf_classes(self.hf_config)
+        self.cache_keyword, self.takes_cache_position = layer_call_keywords(layer_class)
         generator = torch.Generator(device="cuda").manual_seed(1234)
         self.hf_layers = random_hf_layers(self.hf_config, self.rotate, generator)
-        self.rotary = GPTNeoXRotaryEmbedding(self.hf_config).to("cuda")
-        self.fused = [cf.FusedNeoXLayer.from_transformers(layer, self.config, max_ctx).kernel
+        self.rotary = rotary_class(self.hf_config).to("cuda")
+        self.fused = [cf.FusedLayer.from_transformers(layer, self.config, max_ctx).kernel
                       for layer in self.hf_layers]
         self.cache = cf.KVCache(self.config, max_ctx)
-        self.kv = []  # per layer: the cache's keys and values as torch tensors [1, heads, max_seq, head_dim]
+        self.kv = []  # per layer: the cache's keys and values as torch tensors [1, kv_heads, max_seq, head_dim]
         for index in range(self.rotate):
             keys, values = torch.from_dlpack(self.cache.keys(index)), torch.from_dlpack(self.cache.values(index))
             keys.normal_(generator=generator)
@@ -166,17 +203,27 @@ class ModelBench:
             self.kv.append((keys[None], values[None]))
         self.x = torch.randn(self.config.hidden, device="cuda", generator=generator).half()
         self.out = torch.empty_like(self.x)
-        self.attn = torch.empty(self.config.hidden, dtype=torch.float32, device="cuda")
-        self.mlp_act = torch.empty(self.config.ffn, dtype=torch.float32, device="cuda")
+        scratch = cf.allocate_scratch(self.config)
+        self.attn, self.mlp_act, self.h1 = scratch["attn"], scratch["mlp_act"], scratch["h1"]
         self.cooperative_supported = self.fused[0].plan["cooperative_supported"]
 
     def fused_call(self, index, position, mode):
         self.fused[index].forward(self.cache, index, self.x, self.out, self.attn, self.mlp_act, position,
-                                  mode=mode, stream=torch.cuda.current_stream().cuda_stream)
+                                  mode=mode, h1=self.h1, stream=torch.cuda.current_stream().cuda_stream)
         return self.out
 
-    def hf_call(self, index, caches, cos_sin):
-        return self.hf_layers[index](self.x.view(1, 1, -1), layer_past=caches[index], position_embeddings=cos_sin)
+    def hf_inputs(self, position):
+        """The keyword arguments of a transformers layer call at `position` (apart from the cache): the rotary
+        cos/sin from the model's rotary class, and cache_position where the layer's forward takes it."""
+        position_ids = torch.tensor([[position]], device=self.x.device)
+        kwargs = dict(position_embeddings=self.rotary(self.x.view(1, 1, -1), position_ids))
+        if self.takes_cache_position:
+            kwargs["cache_position"] = position_ids[0]
+        return kwargs
+
+    def hf_call(self, index, caches, kwargs):
+        out = self.hf_layers[index](self.x.view(1, 1, -1), **{self.cache_keyword: caches[index]}, **kwargs)
+        return out[0] if isinstance(out, tuple) else out
 
     def time_mode(self, mode, ctx, iters):
         """(us per layer, the output of the last layer's call) for one mode at context ctx."""
@@ -198,14 +245,13 @@ class ModelBench:
                     fused.overlap_previous_kernel = False
             ms = median_event_ms(lambda i: graph.replay(), iters, per_call=calls, warmup=WARMUP)
             return ms * 1e3, self.out.clone()
-        position_ids = torch.tensor([[position]], device="cuda")
-        cos_sin = self.rotary(self.x.view(1, 1, -1), position_ids)
+        kwargs = self.hf_inputs(position)
         caches = [FixedSlotCache(keys, values, position) for keys, values in self.kv]
         if mode == "transformers_eager":
-            ms = median_event_ms(lambda i: self.hf_call(i % self.rotate, caches, cos_sin), iters,
+            ms = median_event_ms(lambda i: self.hf_call(i % self.rotate, caches, kwargs), iters,
                                  warmup=WARMUP)
-            return ms * 1e3, self.hf_call(last, caches, cos_sin).reshape(-1)
-        graph, outputs = captured(lambda: [self.hf_call(i % self.rotate, caches, cos_sin) for i in range(calls)])
+            return ms * 1e3, self.hf_call(last, caches, kwargs).reshape(-1)
+        graph, outputs = captured(lambda: [self.hf_call(i % self.rotate, caches, kwargs) for i in range(calls)])
         ms = median_event_ms(lambda i: graph.replay(), iters, per_call=calls, warmup=WARMUP)
         return ms * 1e3, outputs[-1].reshape(-1).clone()
 
@@ -213,14 +259,17 @@ class ModelBench:
         """transformers' eager output of the last rotated layer at ctx, which every mode's output is checked
         against."""
         position = ctx - 1
-        position_ids = torch.tensor([[position]], device="cuda")
-        cos_sin = self.rotary(self.x.view(1, 1, -1), position_ids)
         caches = [FixedSlotCache(keys, values, position) for keys, values in self.kv]
-        return self.hf_call(self.rotate - 1, caches, cos_sin).reshape(-1).clone()
+        return self.hf_call(self.rotate - 1, caches, self.hf_inputs(position)).reshape(-1).clone()
+
+
+def error_text(error):
+    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
 
 
 @torch.no_grad()
-def run(args):
+def run(args, save=None):
+    """The result dict; save(result) after each model, so that a run cut short keeps the models it finished."""
     import clusterfusion as cf
 
     device_name = torch.cuda.get_device_name()
@@ -229,8 +278,18 @@ def run(args):
     torch.cuda.empty_cache()  # the 2 GiB buffer
     print(f"{device_name}: streaming read {read_bw / 1e12:.3f} TB/s (torch.sum over 2 GiB float16)", flush=True)
     rows = []
+    result = dict(gpu=gpu, device_name=device_name, read_bw_TBps=read_bw / 1e12,
+                  command=shlex.join(["python3", *sys.argv]), iters=args.iters, rows=rows)
     for model in args.models:
-        bench = ModelBench(cf, model, max(args.ctx))
+        try:
+            bench = ModelBench(cf, model, max(args.ctx))
+        except Exception as error:  # a model that cannot be built: its rows record why, the other models run
+            print(f"  {model}: setup failed: {error_text(error)}", flush=True)
+            config = cf.ModelConfig.named(model)
+            rows += [dict(model=model, mode=mode, ctx=ctx, us=None, bytes=layer_bytes(config, ctx), bw_frac=None,
+                          error=f"setup failed: {error_text(error)}") for ctx in args.ctx for mode in args.modes]
+            torch.cuda.empty_cache()
+            continue
         print(f"{model}: {bench.rotate} layers rotated ({bench.rotate * layer_bytes(bench.config, 0) / 1e9:.2f} GB "
               f"of weights), plan {bench.fused[0].plan}", flush=True)
         for ctx in args.ctx:
@@ -250,32 +309,34 @@ def run(args):
                             row["error"] = (f"output differs from transformers eager: relative error "
                                             f"{row['rel_err_vs_transformers']:.3g} > {CHECK_TOL}")
                     except Exception as error:  # record the failure and go on with the other modes
-                        row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+                        row["error"] = error_text(error)
                 if "error" in row:
                     print(f"  {model} ctx {ctx} {mode}: {row['error']}", flush=True)
                 rows.append(row)
         del bench
         torch.cuda.empty_cache()
-    return dict(gpu=gpu, device_name=device_name, read_bw_TBps=read_bw / 1e12,
-                command=shlex.join(["python3", *sys.argv]), iters=args.iters, rows=rows)
+        if save is not None:
+            save(result)
+    return result
 
 
 def table(result, modes):
     """One line per (model, ctx): µs per layer for each mode, then the fraction of streaming-read bandwidth."""
     cells = {(r["model"], r["ctx"], r["mode"]): r for r in result["rows"]}
-    keys = sorted({(r["model"], r["ctx"]) for r in result["rows"]}, key=lambda k: (list(MODELS).index(k[0]), k[1]))
+    order = list(dict.fromkeys(r["model"] for r in result["rows"]))  # models in the order they ran
+    keys = sorted({(r["model"], r["ctx"]) for r in result["rows"]}, key=lambda k: (order.index(k[0]), k[1]))
     short = {"split": "split", "cooperative": "coop", "split_graph": "split_g", "cooperative_graph": "coop_g",
              "split_graph_overlap": "split_go", "cooperative_graph_overlap": "coop_go",
              "transformers_eager": "hf", "transformers_graph": "hf_g"}
     head = " ".join(f"{short[m]:>8}" for m in modes)
     lines = [f"read bandwidth {result['read_bw_TBps']:.3f} TB/s on {result['gpu']}; us per layer | fraction of "
              "read bandwidth",
-             f"{'model':<12} {'ctx':>5} {head} | {head}"]
+             f"{'model':<14} {'ctx':>5} {head} | {head}"]
     for model, ctx in keys:
         rows = [cells.get((model, ctx, m)) for m in modes]
         us = " ".join(f"{r['us']:8.1f}" if r and r["us"] is not None else f"{'-':>8}" for r in rows)
         frac = " ".join(f"{r['bw_frac']:8.3f}" if r and r["bw_frac"] is not None else f"{'-':>8}" for r in rows)
-        lines.append(f"{model:<12} {ctx:>5} {us} | {frac}")
+        lines.append(f"{model:<14} {ctx:>5} {us} | {frac}")
     return "\n".join(lines)
 
 
@@ -283,10 +344,11 @@ def main(argv=None):
     args = parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("bench_layer.py: no CUDA device")
-    result = run(args)
-    path = output_path(args.out, result["gpu"])
+    path = output_path(args.out, gpu_tag(torch.cuda.get_device_name()))
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1) + "\n")
+    save = lambda result: path.write_text(json.dumps(result, indent=1) + "\n")  # noqa: E731
+    result = run(args, save)
+    save(result)
     print(f"wrote {path}")
     print(table(result, args.modes))
     failed = [r for r in result["rows"] if "error" in r]

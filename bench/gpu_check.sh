@@ -1,19 +1,31 @@
 #!/usr/bin/env bash
 # The one GPU script, run from the repository root on the GPU machine: CMake build (with the Python module and
 # ptxas resource usage), ctest, pytest, compute-sanitizer (memcheck, racecheck, synccheck) on
-# bench/sanitize_layer.py, then bench/bench_layer.py. A failing step is recorded and the next one still runs;
-# each step is killed at its time limit so the whole run fits CF_BUDGET_S (default 540 s). Prints each step's
-# status and the benchmark table last; logs, JUnit XML and the benchmark JSON go to $OUT.
+# bench/sanitize_layer.py (pythia-2.8b, pythia-6.9b, llama-2-7b, tinyllama-1.1b: head sizes 80 and 128 of both
+# architectures), then bench/bench_layer.py. A failing step is recorded and the next one still runs; each step is
+# killed at its time limit so the whole run fits CF_BUDGET_S (default 540 s). Prints each step's status and the
+# benchmark table last; logs, JUnit XML and the benchmark JSON go to $OUT.
 #
-# bench/cpp/layer_timing (the C++ timing with the per-block timeline) runs before bench_layer.py.
+# bench/cpp/layer_timing (the C++ timing with the per-block timeline) runs before bench_layer.py, for each
+# benchmarked model at ctx 512.
 #
 # bench/bench_e2e.py --quick (whole-model decode) runs last, into bench.log, with its JSON printed there too ($OUT
 # holds at most 8 files): rebuild the PNG elsewhere with bench_e2e.py --plot-from.
 #
+# Both benchmarks run pythia-2.8b, pythia-6.9b, llama-2-7b, tinyllama-1.1b, llama-3-8b and llama-3.2-1b by
+# default; --models (any of clusterfusion.model_names()) picks others, e.g. the Llama models alone, benchmarks only:
+#   CF_SKIP_TESTS=1 CF_BENCH_ARGS="--quick --models llama-2-7b,tinyllama-1.1b,llama-3-8b,llama-3.2-1b" \
+#   CF_E2E_ARGS="--quick --models llama-2-7b,tinyllama-1.1b,llama-3-8b,llama-3.2-1b" bash bench/gpu_check.sh
+# and the Llama targets against transformers + torch.compile (compiling takes a minute or more per model: raise
+# the caps):
+#   CF_SKIP_TESTS=1 CF_BUDGET_S=580 CF_E2E_CAP_S=400 CF_BENCH_ARGS="--quick --models llama-2-7b,tinyllama-1.1b" \
+#   CF_E2E_ARGS="--quick --models llama-2-7b,tinyllama-1.1b \
+#   --systems transformers_graph,transformers_compiled,clusterfusion_graph" bash bench/gpu_check.sh
+#
 # Environment: OUT (default ./gpu_out), PYTHON (default python3), CF_SKIP_SANITIZER=1, CF_BENCH_ARGS="..."
-# (extra bench_layer.py flags, e.g. "--quick"), CF_E2E_ARGS="..." (bench_e2e.py flags replacing --quick),
-# CF_SKIP_TESTS=1 (no ctest, pytest, sanitizer: a benchmark-only run), CF_SKIP_E2E=1, CF_E2E_CAP_S (default 150),
-# CF_BUDGET_S.
+# (extra bench_layer.py flags, e.g. "--quick" or "--models ..."), CF_E2E_ARGS="..." (bench_e2e.py flags replacing
+# --quick, e.g. "--quick --models ..."), CF_SKIP_TESTS=1 (no ctest, pytest, sanitizer: a benchmark-only run),
+# CF_SKIP_E2E=1, CF_E2E_CAP_S (default 150), CF_BUDGET_S.
 set -euo pipefail
 
 OUT=${OUT:-$PWD/gpu_out}
@@ -100,20 +112,22 @@ if [[ ${results[0]} == pass ]]; then
       only_ours=()
       sanitizer_help=$(compute-sanitizer --help 2>/dev/null || true)
       if [[ $sanitizer_help == *"--kernel-name "* ]]; then
-        only_ours=(--kernel-name kns=neox_layer)
+        only_ours=(--kernel-name kns=decoder_layer)
       fi
       for tool in memcheck racecheck synccheck; do
         # Without torch's caching allocator every tensor is its own allocation, so memcheck sees its bounds.
         step "sanitizer $tool" "$OUT/sanitizer.log" 150 "$BENCH_RESERVE" env CF_SANITIZER=1 \
           PYTORCH_NO_CUDA_MEMORY_CACHING=1 PYTHONPATH="$BUILD/python" compute-sanitizer --tool "$tool" --error-exitcode 1 \
-          ${only_ours[@]+"${only_ours[@]}"} "$PYTHON" bench/sanitize_layer.py
+          ${only_ours[@]+"${only_ours[@]}"} "$PYTHON" bench/sanitize_layer.py \
+          --models pythia-2.8b,pythia-6.9b,llama-2-7b,tinyllama-1.1b
       done
     fi
   fi
 
   # Kernel-level view: per-layer time of each mode and the per-block timeline of one overlapped layer per mode.
   : >"$OUT/timing.log"
-  step timing "$OUT/timing.log" 60 0 bash -c "$BUILD/layer_timing pythia-2.8b 512 && $BUILD/layer_timing pythia-6.9b 512"
+  step timing "$OUT/timing.log" 150 0 bash -c "rc=0; for model in pythia-2.8b pythia-6.9b llama-2-7b tinyllama-1.1b \
+    llama-3-8b llama-3.2-1b; do $BUILD/layer_timing \$model 512 || rc=1; done; exit \$rc"
 
   : >"$OUT/bench.log"
   # shellcheck disable=SC2086  # CF_BENCH_ARGS is a list of flags
