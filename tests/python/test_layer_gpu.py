@@ -240,7 +240,9 @@ def test_phases_alone_match_reference_and_forward(ref, setup, position):
     forward = run_forward(layer, cache, x, position, "split")
 
     out, attn, mlp_act, h1 = nan_buffers(s.config)
-    fill_past(cache, position)
+    keys, values = cache_views(cache)
+    keys[:, :position], values[:, :position] = past_k, past_v  # the same past again (forward appended to it)
+    cache.length = position
     for phase, name in enumerate(layer.phase_names):
         layer.run_phase(cache, 0, phase, x, out, attn, mlp_act, position, h1=h1, stream=stream())
         torch.cuda.synchronize()
@@ -251,7 +253,11 @@ def test_phases_alone_match_reference_and_forward(ref, setup, position):
     assert rel_err(f64(mlp_act), expected["mlp_act"]) <= REL_TOL, s
     assert torch.equal(mlp_act, forward[2]), f"{s}: mlp_act of the phases alone differs"
     if forward[3] is not None:
-        assert rel_err(f64(h1) - f64(x), expected["h1"] - f64(x)) <= REL_TOL, s
+        # h1 is stored in float16 like x, so its update (W_o attn, small beside x) carries x's rounding: each
+        # element within half a float16 ulp of the exact h1 plus REL_TOL of the update's largest element.
+        exact, update = expected["h1"], expected["h1"] - f64(x)
+        bound = np.abs(exact) * 2.0**-11 + REL_TOL * np.abs(update).max()
+        assert (np.abs(f64(h1) - exact) <= bound).all(), s
         assert torch.equal(h1.view(torch.int16), forward[3].view(torch.int16)), s
     assert torch.equal(out.view(torch.int16), forward[0].view(torch.int16)), s
 

@@ -238,6 +238,15 @@ __device__ __forceinline__ void copy_from_l2(float* dst, const float* src, int n
   }
 }
 
+// Boxes per warp a launch that overlaps the previous kernel issues before waiting for it, when its first phase
+// starts with a norm; the rest are issued after the norm, so that the norm's input loads do not queue behind the
+// whole ring fill of every block (bench/NOTES.md). Tunable at build time.
+#ifndef CF_EARLY_STAGES
+#define CF_EARLY_STAGES CF_STAGES
+#endif
+constexpr int kEarlyStages = CF_EARLY_STAGES;
+static_assert(kEarlyStages >= 0 && kEarlyStages <= kStages, "CF_EARLY_STAGES: 0..CF_STAGES");
+
 // One block's run of phases kFirst..kLast. The constructor is the prologue (everything that needs only the
 // weights); run() waits for the previous kernel and executes the phases.
 //
@@ -280,7 +289,7 @@ class LayerBlock {
     prefetch_constants();
     stream_.start();
     if (prime_early()) {
-      stream_.prime();
+      stream_.prime(kFirstNorms ? kEarlyStages : kStages);
       stamp(p, kMarkPrimed);
     }
   }
@@ -315,8 +324,8 @@ class LayerBlock {
       if constexpr (spec.attend) cluster_arrive();
       norm_.normalize(p_.hidden, p_.eps, spec.attend, vec(layout_.a1), spec.up, vec(layout_.a2), scratch());
       stamp(p_, kMarkNormed);
-      if (first && !prime_early()) {
-        stream_.prime();
+      if (first && (!prime_early() || kEarlyStages < kStages)) {
+        stream_.prime(prime_early() ? kStages - kEarlyStages : kStages);
         stamp(p_, kMarkPrimed);
       }
       if constexpr (spec.attend) {

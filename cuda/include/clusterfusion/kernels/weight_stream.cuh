@@ -90,9 +90,9 @@ class WarpStream {
     next_list();
   }
 
-  // Fills the ring: call once, after start().
-  __device__ void prime() {
-    for (int s = 0; s < kStages; ++s) issue();
+  // Issues the first `boxes` boxes of the ring (kStages in all, over one or two calls), after start().
+  __device__ void prime(int boxes) {
+    for (int s = 0; s < boxes; ++s) issue();
   }
 
   // Runs list `l` (the list the consumer has reached) on the whole block, then calls epilogue(row, value)
