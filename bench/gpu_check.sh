@@ -9,8 +9,8 @@
 # bench/cpp/layer_timing (the C++ timing with the per-block timeline) runs before bench_layer.py, for each
 # benchmarked model at ctx 512.
 #
-# bench/bench_e2e.py --quick (whole-model decode) runs last, into bench.log, with its JSON printed there too ($OUT
-# holds at most 8 files): rebuild the PNG elsewhere with bench_e2e.py --plot-from.
+# bench/bench_e2e.py --quick (whole-model decode) runs last, into bench.log, with its JSON printed there too
+# instead of written to a file of its own, and no PNG: rebuild the PNG elsewhere with bench_e2e.py --plot-from.
 #
 # Both benchmarks run pythia-2.8b, pythia-6.9b, llama-2-7b, tinyllama-1.1b, llama-3-8b and llama-3.2-1b by
 # default; --models (any of clusterfusion.model_names()) picks others, e.g. the Llama models alone, benchmarks only:

@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "clusterfusion/cuda_check.hpp"
+#include "clusterfusion/device_check.hpp"
 #include "clusterfusion/kernels/decode_launch.hpp"
 #include "token_selection.hpp"
 
@@ -30,6 +31,7 @@ ModelConfig checked(const ModelConfig& config, const ModelWeights& weights, int 
   config.validate();
   weights.check(config);
   if (max_seq <= 0) throw std::invalid_argument("max_seq: must be > 0 (got " + std::to_string(max_seq) + ")");
+  require_hopper();  // before the cache, the first CUDA call
   return config;
 }
 

@@ -7,6 +7,7 @@
 #include <cuda_runtime_api.h>
 
 #include "clusterfusion/cuda_check.hpp"
+#include "clusterfusion/device_check.hpp"
 
 namespace clusterfusion {
 
@@ -47,6 +48,7 @@ void KVCacheIndex::set_length(int new_length) {
 }
 
 KVCache::KVCache(const ModelConfig& config, int max_seq) : index_(config, max_seq) {
+  require_hopper();
   const std::size_t half_bytes = bytes() / 2;
   try {
     CF_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&k_), half_bytes));

@@ -5,6 +5,7 @@
 
 #include "clusterfusion/cuda_check.hpp"
 #include "clusterfusion/decoder_layer.hpp"
+#include "clusterfusion/device_check.hpp"
 #include "clusterfusion/kernels/layer_launch.hpp"
 #include "layer_shape.hpp"
 
@@ -33,6 +34,7 @@ LayerLaunchPlan plan_layer(const ModelConfig& c, int max_seq) {
                                 std::to_string(c.hidden) + ")");
   const kernels::LayerShape shape = layer_shape(c, max_seq);
   const int phases = kernels::layer_phase_count(shape.model);
+  require_hopper();
   int device = 0;
   CF_CUDA_CHECK(cudaGetDevice(&device));
   cudaDeviceProp prop;

@@ -1,7 +1,9 @@
 """ClusterFusion: fused batch-1 decode kernels for GPT-NeoX (Pythia) and Llama on Hopper GPUs (sm_90a).
 
-Importing the package touches no GPU; KVCache, DecoderLayer and DecodeContext need one. torch is optional: the
-kernels take any DLPack tensor, and only the transformers bridges (FusedLayer, from_transformers) use torch.
+Importing the package touches no GPU; KVCache, DecoderLayer and DecodeContext need one, a compute capability 9.0
+GPU (H100/H200), and raise UnsupportedDeviceError without it (`require_hopper()` checks up front). torch is
+optional: the kernels take any DLPack tensor, and only the transformers bridges (FusedLayer, from_transformers)
+use torch.
 """
 
 from ._C import (
@@ -17,9 +19,11 @@ from ._C import (
     RopeScaling,
     RopeType,
     SamplingParams,
+    UnsupportedDeviceError,
     __version__,
     model_names,
     reference_neox_layer,
+    require_hopper,
     weight_schema,
 )
 from .config import config_from_transformers
@@ -41,11 +45,13 @@ __all__ = [
     "RopeScaling",
     "RopeType",
     "SamplingParams",
+    "UnsupportedDeviceError",
     "__version__",
     "allocate_scratch",
     "config_from_transformers",
     "from_transformers",
     "model_names",
     "reference_neox_layer",
+    "require_hopper",
     "weight_schema",
 ]

@@ -143,7 +143,7 @@ def evaluate(model, engine, ids: Sequence[int], greedy_prompt: int = 0, greedy_s
     greedy = None
     if greedy_prompt > 0 and greedy_steps > 0:
         prompt = list(ids[:greedy_prompt])
-        ours = engine.generate(prompt, greedy_steps)[0, len(prompt):].tolist()
+        ours = engine.generate(prompt, greedy_steps, eos_token_id=[])[0, len(prompt):].tolist()
         greedy = (ours, transformers_greedy(model, prompt, greedy_steps),
                   transformers_greedy(full_model, prompt, greedy_steps))
     del full_model

@@ -10,6 +10,7 @@ GPU tests (marker `gpu`): zero-copy cache views, the layer against the reference
 import ctypes
 import gc
 import random
+import re
 import types
 from dataclasses import asdict
 from pathlib import Path
@@ -574,8 +575,15 @@ def test_context_rejects_an_invalid_config_before_the_tensors():
 
 
 def test_cuda_failures_raise_clusterfusion_cuda_error():
-    """No GPU, or more memory than any GPU has: either way cudaMalloc fails and says so."""
+    """More memory than any GPU has: cudaMalloc fails and says so. Without a compute capability 9.0 GPU the
+    device check refuses first."""
     assert issubclass(cf.CudaError, RuntimeError)
+    try:
+        cf.require_hopper()
+    except cf.UnsupportedDeviceError as e:
+        with pytest.raises(cf.UnsupportedDeviceError, match=f"^{re.escape(str(e))}$"):
+            cf.KVCache(cf.ModelConfig.pythia("gpt-neox-20b"), 2**30)
+        return
     with pytest.raises(cf.CudaError, match=r"^cudaMalloc\(.*\) failed at .*kv_cache\.cpp:\d+: cudaError"):
         cf.KVCache(cf.ModelConfig.pythia("gpt-neox-20b"), 2**30)
     if torch is not None and torch.cuda.is_available():

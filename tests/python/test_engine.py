@@ -6,6 +6,7 @@ import os
 import random
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -78,10 +79,12 @@ def test_bad_prompts_are_named(bad, pattern):
 
 def test_eos_set():
     assert engine.eos_set(None) == frozenset()
+    assert engine.eos_set([]) == engine.eos_set(False) == frozenset()
     assert engine.eos_set(7) == {7}
-    assert engine.eos_set([3, 4]) == {3, 4}
-    with pytest.raises(ValueError, match="eos_token_id: expected None, an int or a list of ints"):
-        engine.eos_set(["a"])
+    assert engine.eos_set([3, 4]) == engine.eos_set((3, 4)) == {3, 4}
+    for bad in (["a"], "a", True, [True], 2.0):
+        with pytest.raises(ValueError, match=r"eos_token_id: expected an int, a list of ints, or \[\] / False"):
+            engine.eos_set(bad)
 
 
 def test_check_request():
@@ -95,6 +98,203 @@ def test_check_request():
             engine.check_request(prompt, bad, max_seq, 100)
     with pytest.raises(ValueError, match=r"input_ids: expected tokens in 0\.\.99, got \[100, -1\]"):
         engine.check_request([5, 100, -1], 1, max_seq, 100)
+
+
+# ---- generate()'s arguments as transformers users pass them ---------------------------------------------------
+
+VOCAB, MAX_SEQ = 1000, 256
+
+
+def request(input_ids=(5, 6, 7), **kwargs):
+    kwargs.setdefault("model_eos_token_id", None)
+    return engine.generation_request(list(input_ids) if isinstance(input_ids, tuple) else input_ids, max_seq=MAX_SEQ,
+                                     vocab=VOCAB, **kwargs)
+
+
+def test_request_defaults():
+    req = request()
+    assert (req.ids, req.max_new_tokens, req.stops) == ([5, 6, 7], 64, frozenset())
+    assert (req.sampling.temperature, req.sampling.top_k, req.sampling.top_p) == (0.0, 0, 1.0)
+
+
+def test_eos_defaults_to_the_models():
+    assert request(model_eos_token_id=0).stops == {0}
+    assert request(model_eos_token_id=[2, 32000 % VOCAB]).stops == {2, 0}
+    assert request(model_eos_token_id=0, eos_token_id=None).stops == {0}  # None: the model's, as in transformers
+    assert request(model_eos_token_id=0, eos_token_id=9).stops == {9}
+    assert request(model_eos_token_id=0, eos_token_id=[]).stops == frozenset()  # no stop token
+    assert request(model_eos_token_id=0, eos_token_id=False).stops == frozenset()
+
+
+class FakeModel:
+    def __init__(self, generation_eos, config_eos):
+        self.generation_config = None if generation_eos == "absent" else types.SimpleNamespace(
+            eos_token_id=generation_eos)
+        self.config = types.SimpleNamespace(eos_token_id=config_eos)
+
+
+def test_model_eos_token_id_prefers_the_generation_config():
+    assert engine.model_eos_token_id(FakeModel(2, 0)) == 2
+    assert engine.model_eos_token_id(FakeModel([1, 2], 0)) == [1, 2]
+    assert engine.model_eos_token_id(FakeModel(None, 0)) == 0
+    assert engine.model_eos_token_id(FakeModel("absent", 3)) == 3
+    assert engine.model_eos_token_id(FakeModel(None, None)) is None
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        hidden_size=64, num_attention_heads=2, intermediate_size=128, num_hidden_layers=1, vocab_size=128,
+        bos_token_id=1, eos_token_id=2))
+    assert engine.model_eos_token_id(model) == 2
+
+
+@pytest.mark.parametrize("mask", [[1, 1, 1], [[1, 1, 1]], "tensor", "bool"])
+def test_attention_mask_of_ones_is_accepted(mask):
+    ids = torch.tensor([[5, 6, 7]])
+    if mask == "tensor":
+        mask = torch.ones_like(ids)
+    elif mask == "bool":
+        mask = torch.ones(1, 3, dtype=torch.bool)
+    assert request(ids, attention_mask=mask).ids == [5, 6, 7]
+
+
+@pytest.mark.parametrize("mask, pattern", [
+    (torch.tensor([[0, 1, 1]]), r"attention_mask: expected all ones \(batch 1, no padding.*got 0 at positions \[0\]"),
+    ([1, 0, 0], r"attention_mask: expected all ones.*at positions \[1, 2\]"),
+    (torch.ones(1, 4, dtype=torch.int64), r"attention_mask: expected shape \[1, 3\] or \[3\] like input_ids "
+                                          r"\(batch 1\), got \[1, 4\]"),
+    (torch.ones(2, 3, dtype=torch.int64), r"attention_mask: expected shape \[1, 3\].*got \[2, 3\]"),
+])
+def test_other_attention_masks_are_refused_by_name(mask, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        request(torch.tensor([[5, 6, 7]]), attention_mask=mask)
+
+
+def test_do_sample():
+    assert request(do_sample=False, temperature=0.8, top_k=5).sampling.temperature == 0.0  # greedy, as transformers
+    assert request(do_sample=True).sampling.temperature == 1.0
+    sampled = request(do_sample=True, temperature=0.7, top_k=40, top_p=0.9, seed=3).sampling
+    assert (sampled.temperature, sampled.top_k, sampled.top_p, sampled.seed) == (pytest.approx(0.7), 40,
+                                                                                  pytest.approx(0.9), 3)
+    assert request(temperature=0.5).sampling.temperature == 0.5  # do_sample unset: temperature > 0 samples
+    with pytest.raises(ValueError, match=r"temperature: 0 is greedy, and do_sample=True asks for sampling"):
+        request(do_sample=True, temperature=0.0)
+    with pytest.raises(ValueError, match=r"do_sample: expected True, False or None, got 'yes'"):
+        request(do_sample="yes")
+    with pytest.raises(ValueError, match=r"SamplingParams\.top_p"):  # checked even where greedy ignores it
+        request(do_sample=False, top_p=2.0)
+
+
+def test_generation_config_is_read():
+    gc = transformers.GenerationConfig(max_new_tokens=5, do_sample=True, temperature=0.7, top_p=0.9,
+                                       eos_token_id=[3, 4], pad_token_id=0, bos_token_id=1)
+    req = request(generation_config=gc, model_eos_token_id=2)
+    assert (req.max_new_tokens, req.stops) == (5, {3, 4})
+    assert (req.sampling.temperature, req.sampling.top_k, req.sampling.top_p) == (
+        pytest.approx(0.7), 50, pytest.approx(0.9))  # top_k unset: transformers' 50
+    # Arguments override the generation_config.
+    req = request(generation_config=gc, max_new_tokens=9, top_k=7, do_sample=False, eos_token_id=[])
+    assert (req.max_new_tokens, req.sampling.temperature, req.stops) == (9, 0.0, frozenset())
+
+
+def test_generation_config_temperature_alone_stays_greedy():
+    """As in transformers: without do_sample=True a generation_config's temperature does not sample."""
+    req = request(generation_config=transformers.GenerationConfig(temperature=0.6, top_p=0.9))
+    assert req.sampling.temperature == 0.0
+
+
+def test_generation_config_max_length_counts_the_prompt():
+    assert request(generation_config=transformers.GenerationConfig(max_length=30)).max_new_tokens == 27
+    with pytest.raises(ValueError, match=r"generation_config\.max_length: 3 leaves no room for a new token after 3 "
+                                         r"prompt tokens"):
+        request(generation_config=transformers.GenerationConfig(max_length=3))
+
+
+def test_a_models_own_generation_config_is_accepted():
+    for hf in (transformers.GPTNeoXConfig(), transformers.LlamaConfig()):
+        gc = transformers.GenerationConfig.from_model_config(hf)
+        assert request(generation_config=gc).stops == {hf.eos_token_id}
+
+
+@pytest.mark.parametrize("field, value", [("num_beams", 4), ("repetition_penalty", 1.3), ("min_new_tokens", 5),
+                                          ("min_p", 0.1), ("no_repeat_ngram_size", 3)])
+def test_generation_config_settings_the_engine_does_not_compute_are_refused(field, value):
+    gc = transformers.GenerationConfig(**{field: value})
+    with pytest.raises(ValueError, match=rf"generation_config\.{field}: {value!r} is not supported"):
+        request(generation_config=gc)
+
+
+def test_generation_config_must_be_one():
+    with pytest.raises(TypeError, match="generation_config: expected a transformers GenerationConfig, got dict"):
+        request(generation_config=dict(max_new_tokens=4))
+
+
+def test_unknown_keywords_are_refused_by_name():
+    with pytest.raises(TypeError, match=r"generate\(\) got unsupported keyword arguments num_beams, "
+                                        r"repetition_penalty \(supported: max_new_tokens, .*generation_config"):
+        request(num_beams=2, repetition_penalty=1.1)
+    with pytest.raises(TypeError, match=r"stream_tokens\(\) got unsupported keyword argument streamer "):
+        request(streamer=print, caller="stream_tokens")
+    assert request(pad_token_id=0).ids == [5, 6, 7]  # batch 1 has no padding: accepted, unused
+
+
+class FakeContext:
+    """DecodeContext's part that generate() drives, replaying scripted tokens (no GPU)."""
+
+    def __init__(self, tokens, max_seq=64):
+        self.tokens, self.max_seq, self.mode = list(tokens), max_seq, "split"
+        self.calls = []
+
+    def reset(self):
+        self.calls.append("reset")
+
+    def set_sampling(self, **kwargs):
+        self.calls.append(("set_sampling", kwargs))
+
+    def step(self, token=None):
+        self.calls.append(("step", token))
+        return self.tokens.pop(0)
+
+
+def fake_engine(tokens, eos_token_id):
+    e = engine.Engine.__new__(engine.Engine)  # no GPU: the pieces generate() reads
+    e.model, e.device, e.eos_token_id = None, "cpu", eos_token_id
+    e.config = cf.ModelConfig.named("pythia-70m")
+    e.context = FakeContext(tokens)
+    return e
+
+
+def test_engine_generate_stops_at_the_models_eos_by_default():
+    e = fake_engine([11, 12, 0, 13, 14], eos_token_id=0)
+    assert e.generate([7], max_new_tokens=5).tolist() == [[7, 11, 12, 0]]  # the eos token is returned
+    e = fake_engine([11, 12, 0, 13, 14], eos_token_id=0)
+    assert e.generate([7], max_new_tokens=5, eos_token_id=[]).tolist() == [[7, 11, 12, 0, 13, 14]]
+
+
+def test_engine_generate_takes_transformers_arguments():
+    e = fake_engine([11, 12, 2, 13], eos_token_id=None)
+    ids = torch.tensor([[7]])
+    gc = transformers.GenerationConfig(max_new_tokens=4, eos_token_id=2)
+    out = e.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=gc, do_sample=False)
+    assert out.tolist() == [[7, 11, 12, 2]]
+    (name, sampling), *steps = [c for c in e.context.calls if c != "reset"]
+    assert name == "set_sampling" and (sampling["temperature"], sampling["top_k"], sampling["top_p"]) == (0.0, 0, 1.0)
+    assert steps == [("step", 7), ("step", None), ("step", None)]
+
+
+def test_engine_refuses_unknown_keywords_before_anything_runs():
+    e = fake_engine([11], eos_token_id=None)
+    with pytest.raises(TypeError, match=r"generate\(\) got unsupported keyword argument num_beams"):
+        e.generate([7], num_beams=4)
+    with pytest.raises(TypeError, match=r"stream_tokens\(\) got unsupported keyword argument top_a"):
+        e.stream_tokens([7], top_a=0.1)  # checked at the call, not at the first token
+    with pytest.raises(ValueError, match="attention_mask: expected all ones"):
+        e.stream_tokens(torch.tensor([[3, 7]]), attention_mask=torch.tensor([[0, 1]]))
+    assert e.context.calls == []
+
+
+def test_random_weights_have_no_eos():
+    """bench and the tests' random models generate to max_new_tokens: random weights have no end of text."""
+    for name in ("pythia-70m", "tinyllama-1.1b"):
+        assert cli.hf_config_for(name).eos_token_id is None
+    assert engine.model_eos_token_id(cli.random_model("pythia-70m", device="cpu")) is None
 
 
 # ---- the command line ----------------------------------------------------------------------------------------
@@ -250,3 +450,18 @@ def test_from_transformers_takes_a_llama_model_up_to_the_gpu(tied):
     with pytest.raises(TypeError, match=r"^model\.embed_tokens\.weight: expected a float16 CUDA tensor, got "
                                         r"torch\.float16 on cpu"):
         cf.from_transformers(model)
+
+
+@pytest.mark.gpu
+def test_generate_stops_at_the_models_eos_on_the_gpu():
+    """engine.generate(ids) stops at the model's generation_config.eos_token_id (the eos token is returned);
+    eos_token_id=[] runs to max_new_tokens."""
+    model = cli.random_model("pythia-70m", seed=random.randrange(2**31))
+    e = cf.from_transformers(model, max_seq=64)
+    prompt = [random.randrange(e.config.vocab) for _ in range(5)]
+    full = e.generate(prompt, 16, eos_token_id=[])[0, 5:].tolist()
+    assert len(full) == 16
+    model.generation_config.eos_token_id = full[6]
+    e = cf.from_transformers(model, max_seq=64)
+    assert e.generate(prompt, 16)[0, 5:].tolist() == full[:full.index(full[6]) + 1]
+    assert list(e.stream_tokens(prompt, 16, eos_token_id=False)) == full
