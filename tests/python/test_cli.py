@@ -303,7 +303,7 @@ def test_test_extras_have_what_the_test_command_needs():
     assert {"pytest", "nanobind", "torch", "transformers", "safetensors", "numpy"} <= names
 
 
-def test_readme_starts_with_install_then_a_quickstart_whose_figures_are_the_h200_results():
+def test_readme_starts_with_install_then_a_quickstart_quoting_the_h200_results():
     import json
 
     readme = (REPO / "README.md").read_text()
@@ -316,9 +316,10 @@ def test_readme_starts_with_install_then_a_quickstart_whose_figures_are_the_h200
     results = json.loads((REPO / "bench/results/e2e_h200_neox.json").read_text())
     row = next(r for r in results["rows"] if r["model"] == "pythia-2.8b" and r["system"] == "clusterfusion_graph"
                and r["decode_tokens"] == 512)
-    line = (f"{row['prompt_tokens']} prompt tokens, {row['decode_tokens']} new (split layers): "
-            f"TTFT {row['ttft_ms']:.2f} ms, TPOT {row['tpot_ms']:.3f} ms, {1e3 / row['tpot_ms']:.1f} tokens/s")
-    assert line in readme, line
+    # The quickstart quotes the benchmark's figures as the benchmark's (not as the command's own output).
+    quoted = (f"TTFT {row['ttft_ms']:.1f} ms and TPOT\n{row['tpot_ms']:.2f} ms, {1e3 / row['tpot_ms']:.0f} "
+              "tokens/s")
+    assert quoted in readme, quoted
 
 
 def test_the_readme_and_the_gpu_script_speak_of_the_project_only():
