@@ -271,6 +271,18 @@ def model_for_bench(name: str):
     return load_model(name), name
 
 
+def embedded_or_loaded_model(name: str, seed: int):
+    """(model, description) for bench and eval: random weights at an embedded model's shapes, else the checkpoint
+    (a Hugging Face id's config checked first)."""
+    if model_source(name, embedded=True) == "hub":
+        check_model_config(name)
+    model, description = model_for_bench(name)
+    if model is None:
+        print(f"building {description} ...", file=sys.stderr, flush=True)
+        model = random_model(name, seed=seed)
+    return model, description
+
+
 def check_generate(args) -> None:
     """Everything about generate's arguments that needs no GPU and no download (UsageError)."""
     from .engine import sampling_params
@@ -340,12 +352,7 @@ def run_bench(args) -> int:
 
     from .engine import from_transformers
 
-    if model_source(args.model, embedded=True) == "hub":
-        check_model_config(args.model)
-    model, description = model_for_bench(args.model)
-    if model is None:
-        print(f"building {description} ...", file=sys.stderr, flush=True)
-        model = random_model(args.model, seed=args.seed)
+    model, description = embedded_or_loaded_model(args.model, args.seed)
     engine = from_transformers(model, max_seq=args.prompt_tokens + args.decode_tokens, mode=args.mode)
     generator = torch.Generator().manual_seed(args.seed)
     prompt = torch.randint(0, engine.config.vocab, (args.prompt_tokens,), generator=generator).tolist()
@@ -396,12 +403,7 @@ def run_eval(args) -> int:
     from . import quality
     from .engine import from_transformers
 
-    if model_source(args.model, embedded=True) == "hub":
-        check_model_config(args.model)
-    model, description = model_for_bench(args.model)
-    if model is None:
-        print(f"building {description} ...", file=sys.stderr, flush=True)
-        model = random_model(args.model, seed=args.seed)
+    model, description = embedded_or_loaded_model(args.model, args.seed)
     if args.text is not None:
         from transformers import AutoTokenizer
 
