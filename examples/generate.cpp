@@ -13,8 +13,6 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
-#include <iterator>
 #include <map>
 #include <memory>
 #include <optional>
@@ -29,6 +27,7 @@
 #include "clusterfusion/decode_context.hpp"
 #include "clusterfusion/safetensors.hpp"
 #include "clusterfusion/weight_schema.hpp"
+#include "hf_config.hpp"
 
 namespace cf = clusterfusion;
 
@@ -86,97 +85,22 @@ Options parse_options(int argc, char** argv) {
   return o;
 }
 
-// The number at `key` of a JSON object, or of its "rope_parameters" object (transformers 5 keeps the rotary
-// settings there; 4.x's Llama "rope_scaling"), trying each name in turn.
-// A negative fallback means the number is required.
-double number_at(const cf::JsonValue& config, std::initializer_list<const char*> keys, const std::string& path,
-                 double fallback = -1.0) {
-  const cf::JsonValue* rope = config.find("rope_parameters");
-  if (rope == nullptr) rope = config.find("rope_scaling");
-  for (const char* key : keys) {
-    for (const cf::JsonValue* scope : {&config, rope}) {
-      const cf::JsonValue* v = scope ? scope->find(key) : nullptr;
-      if (v != nullptr && v->kind == cf::JsonValue::Kind::Number) return v->number;
-    }
-  }
-  if (fallback >= 0.0) return fallback;
-  throw std::invalid_argument(path + ": no number for " + *keys.begin());
-}
-
-const cf::JsonValue* rope_scope(const cf::JsonValue& config) {
-  const cf::JsonValue* rope = config.find("rope_parameters");
-  return rope != nullptr ? rope : config.find("rope_scaling");
-}
-
-// The text at `key` of the config or of its rope settings, or `fallback`.
-std::string text_at(const cf::JsonValue& config, const char* key, const std::string& fallback) {
-  for (const cf::JsonValue* scope : {&config, rope_scope(config)}) {
-    const cf::JsonValue* v = scope ? scope->find(key) : nullptr;
-    if (v != nullptr && v->kind == cf::JsonValue::Kind::String) return v->text;
-  }
-  return fallback;
-}
-
-bool flag_at(const cf::JsonValue& config, const char* key, bool fallback) {
-  const cf::JsonValue* v = config.find(key);
-  return v != nullptr && v->kind == cf::JsonValue::Kind::Bool ? v->boolean : fallback;
-}
-
-// The ModelConfig of a transformers GPTNeoXConfig or LlamaConfig, refusing what the kernels do not compute.
-cf::ModelConfig read_config(const std::string& dir) {
-  const std::string path = dir + "/config.json";
-  std::ifstream in(path);
-  if (!in) throw std::runtime_error(path + ": cannot open");
-  const cf::JsonValue j = cf::parse_json(std::string(std::istreambuf_iterator<char>(in), {}));
-  const std::string type = text_at(j, "model_type", "");
-  if (type != "gpt_neox" && type != "llama")
-    throw std::invalid_argument(path + ": model_type: expected \"gpt_neox\" or \"llama\", got \"" + type + "\"");
-  const bool llama = type == "llama";
-  cf::ModelConfig c = cf::model_config(llama ? "llama-2-7b" : "pythia-70m");  // the architecture's recipe
-  const std::string act = text_at(j, "hidden_act", "");
-  if (act != (llama ? "silu" : "gelu"))
-    throw std::invalid_argument(path + ": hidden_act: expected \"" + (llama ? "silu" : "gelu") + "\", got \"" + act + "\"");
-  if (!llama && !flag_at(j, "use_parallel_residual", true))
-    throw std::invalid_argument(path + ": use_parallel_residual: expected true");
-  for (const char* bias : {"attention_bias", "mlp_bias"}) {
-    if (llama && flag_at(j, bias, false))
-      throw std::invalid_argument(path + ": " + bias + ": expected false (the Llama kernels have no biases)");
-  }
-  c.hidden = int(number_at(j, {"hidden_size"}, path));
-  c.heads = int(number_at(j, {"num_attention_heads"}, path));
-  c.kv_heads = llama && j.find("num_key_value_heads") ? int(number_at(j, {"num_key_value_heads"}, path)) : c.heads;
-  c.head_dim = j.find("head_dim") ? int(number_at(j, {"head_dim"}, path)) : c.heads > 0 ? c.hidden / c.heads : 0;
-  c.ffn = int(number_at(j, {"intermediate_size"}, path));
-  c.layers = int(number_at(j, {"num_hidden_layers"}, path));
-  c.vocab = int(number_at(j, {"vocab_size"}, path));
-  const double rotary_fraction =
-      llama && !rope_scope(j) ? 1.0 : number_at(j, {"partial_rotary_factor", "rotary_pct"}, path, llama ? 1.0 : -1.0);
-  c.rotary_dims = int(c.head_dim * rotary_fraction);
-  c.rotary_base = float(number_at(j, {"rope_theta", "rotary_emb_base"}, path, llama ? 10000.0 : -1.0));
-  c.norm_eps = float(number_at(j, {llama ? "rms_norm_eps" : "layer_norm_eps"}, path));
-  c.tied_embeddings = llama && flag_at(j, "tie_word_embeddings", false);
-  const std::string rope = text_at(j, "rope_type", text_at(j, "type", "default"));
-  if (rope == "linear" || rope == "llama3") {
-    c.rope_scaling.type = rope == "linear" ? cf::RopeType::Linear : cf::RopeType::Llama3;
-    c.rope_scaling.factor = float(number_at(j, {"factor"}, path));
-  }
-  if (rope == "llama3") {
-    c.rope_scaling.low_freq_factor = float(number_at(j, {"low_freq_factor"}, path));
-    c.rope_scaling.high_freq_factor = float(number_at(j, {"high_freq_factor"}, path));
-    c.rope_scaling.original_max_positions = int(number_at(j, {"original_max_position_embeddings"}, path));
-  } else if (rope != "linear" && rope != "default") {
-    throw std::invalid_argument(path + ": rope_scaling: rope_type \"" + rope + "\" is not supported");
-  }
-  if (!llama && rope != "default") throw std::invalid_argument(path + ": rope_scaling: GPT-NeoX takes the default rope");
-  c.validate();
-  return c;
-}
-
 // Every tensor of the checkpoint, by name, copied to the GPU as float16; owns the device memory.
 class DeviceWeights {
  public:
+  // A tensor in two shards is refused: which copy the index means is not ours to guess.
   explicit DeviceWeights(const std::string& dir) {
-    for (const std::string& file : cf::checkpoint_files(dir)) files_.push_back(std::make_unique<cf::SafetensorsFile>(file));
+    std::map<std::string, const std::string*> shard_of;
+    for (const std::string& file : cf::checkpoint_files(dir)) {
+      files_.push_back(std::make_unique<cf::SafetensorsFile>(file));
+      for (const auto& tensor : files_.back()->tensors()) {
+        const auto [it, fresh] = shard_of.emplace(tensor.first, &files_.back()->path());
+        if (!fresh) {
+          throw std::invalid_argument("checkpoint: tensor '" + tensor.first + "' is in both " + *it->second + " and " +
+                                      file);
+        }
+      }
+    }
   }
   ~DeviceWeights() {
     for (auto& [name, ptr] : device_) cudaFree(ptr);
@@ -245,7 +169,7 @@ double ms_since(std::chrono::steady_clock::time_point start) {
 }
 
 int run(const Options& o) {
-  const cf::ModelConfig config = read_config(o.model_dir);
+  const cf::ModelConfig config = cf_example::read_config(o.model_dir);
   DeviceWeights store(o.model_dir);
   const cf::ModelWeights weights = load_weights(store, config);
   const int needed = int(o.prompt.size()) + o.new_tokens - 1;
