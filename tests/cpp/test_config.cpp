@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include "clusterfusion/config.hpp"
+#include "config_expect.hpp"
 #include "random_inputs.hpp"
 #include "thrown_message.hpp"
 
@@ -50,29 +51,6 @@ const LlamaExpected kLlama[] = {
 
 std::string validate_message(const cf::ModelConfig& c) {
   return cf_test::thrown_message<std::invalid_argument>([&] { c.validate(); });
-}
-
-void expect_same_config(const cf::ModelConfig& a, const cf::ModelConfig& b) {
-  EXPECT_EQ(a.arch, b.arch);
-  EXPECT_EQ(a.hidden, b.hidden);
-  EXPECT_EQ(a.heads, b.heads);
-  EXPECT_EQ(a.kv_heads, b.kv_heads);
-  EXPECT_EQ(a.head_dim, b.head_dim);
-  EXPECT_EQ(a.ffn, b.ffn);
-  EXPECT_EQ(a.layers, b.layers);
-  EXPECT_EQ(a.vocab, b.vocab);
-  EXPECT_EQ(a.rotary_dims, b.rotary_dims);
-  EXPECT_EQ(a.rotary_base, b.rotary_base);
-  EXPECT_EQ(a.rope_scaling.type, b.rope_scaling.type);
-  EXPECT_EQ(a.rope_scaling.factor, b.rope_scaling.factor);
-  EXPECT_EQ(a.rope_scaling.low_freq_factor, b.rope_scaling.low_freq_factor);
-  EXPECT_EQ(a.rope_scaling.high_freq_factor, b.rope_scaling.high_freq_factor);
-  EXPECT_EQ(a.rope_scaling.original_max_positions, b.rope_scaling.original_max_positions);
-  EXPECT_EQ(a.norm_eps, b.norm_eps);
-  EXPECT_EQ(a.parallel_residual, b.parallel_residual);
-  EXPECT_EQ(a.norm, b.norm);
-  EXPECT_EQ(a.activation, b.activation);
-  EXPECT_EQ(a.tied_embeddings, b.tied_embeddings);
 }
 
 // A random positive divisor of n.
@@ -170,7 +148,7 @@ TEST(PythiaConfig, MatchesTheModelTable) {
     EXPECT_EQ(c.qkv_rows(), 3 * e.hidden);
     EXPECT_EQ(c.group_size(), 1);
     EXPECT_NO_THROW(c.validate());
-    expect_same_config(cf::model_config(e.name), c);
+    cf_test::expect_same_config(cf::model_config(e.name), c);
   }
 }
 
@@ -211,7 +189,7 @@ TEST(Llama2Config, MatchesLlama2_7B) {
   EXPECT_EQ(c.activation, cf::Activation::SiLU);
   EXPECT_FALSE(c.tied_embeddings);
   EXPECT_NO_THROW(c.validate());
-  expect_same_config(cf::model_config("llama-2-7b"), c);
+  cf_test::expect_same_config(cf::model_config("llama-2-7b"), c);
 }
 
 TEST(LlamaConfig, MatchesTheModelTable) {

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "../../examples/hf_config.hpp"
+#include "config_expect.hpp"
 #include "random_inputs.hpp"
 #include "thrown_message.hpp"
 
@@ -48,35 +49,15 @@ std::string refusal(const std::string& text) {
   return cf_test::thrown_message<std::invalid_argument>([&] { from_text(text); });
 }
 
-void expect_same(const cf::ModelConfig& a, const cf::ModelConfig& b) {
-  EXPECT_EQ(a.arch, b.arch);
-  EXPECT_EQ(a.hidden, b.hidden);
-  EXPECT_EQ(a.heads, b.heads);
-  EXPECT_EQ(a.kv_heads, b.kv_heads);
-  EXPECT_EQ(a.head_dim, b.head_dim);
-  EXPECT_EQ(a.ffn, b.ffn);
-  EXPECT_EQ(a.layers, b.layers);
-  EXPECT_EQ(a.vocab, b.vocab);
-  EXPECT_EQ(a.rotary_dims, b.rotary_dims);
-  EXPECT_EQ(a.rotary_base, b.rotary_base);
-  EXPECT_EQ(a.norm_eps, b.norm_eps);
-  EXPECT_EQ(a.rope_scaling.type, b.rope_scaling.type);
-  EXPECT_EQ(a.rope_scaling.factor, b.rope_scaling.factor);
-  EXPECT_EQ(a.rope_scaling.low_freq_factor, b.rope_scaling.low_freq_factor);
-  EXPECT_EQ(a.rope_scaling.high_freq_factor, b.rope_scaling.high_freq_factor);
-  EXPECT_EQ(a.rope_scaling.original_max_positions, b.rope_scaling.original_max_positions);
-  EXPECT_EQ(a.tied_embeddings, b.tied_embeddings);
-}
-
 }  // namespace
 
 TEST(HfConfig, RealConfigsGiveTheLibraryShapes) {
-  expect_same(from_text(kPythia), cf::model_config("pythia-70m"));
-  expect_same(from_text(kLlama), cf::model_config("llama-3.2-1b"));
+  cf_test::expect_same_config(from_text(kPythia), cf::model_config("pythia-70m"));
+  cf_test::expect_same_config(from_text(kLlama), cf::model_config("llama-3.2-1b"));
   // transformers 5 keeps the rotary settings in rope_parameters; head_dim may be null (hidden / heads).
   std::string v5 = with(kLlama, "head_dim", "null");
   v5.replace(v5.find("\"rope_scaling\""), 14, "\"rope_parameters\"");
-  expect_same(from_text(v5), cf::model_config("llama-3.2-1b"));
+  cf_test::expect_same_config(from_text(v5), cf::model_config("llama-3.2-1b"));
 }
 
 TEST(HfConfig, SizesMustBePositiveIntsNamingTheField) {
@@ -142,7 +123,7 @@ TEST(HfConfig, ReadConfigNamesTheFileAndWaitsForNothing) {
                 .find(path + ": JSON: malformed number at byte 6"),
             std::string::npos);
   std::ofstream(path, std::ios::trunc) << kPythia;
-  expect_same(cf_example::read_config(dir.string()), cf::model_config("pythia-70m"));
+  cf_test::expect_same_config(cf_example::read_config(dir.string()), cf::model_config("pythia-70m"));
   // A FIFO in place of the file: refused, not waited on.
   fs::remove(path);
   ASSERT_EQ(mkfifo(path.c_str(), 0600), 0);
