@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "clusterfusion/kernels/decode_launch.hpp"
 #include "clusterfusion/kernels/embedding.cuh"
@@ -16,6 +17,19 @@ namespace {
   do {                                                                              \
     if (const cudaError_t status_ = (expr); status_ != cudaSuccess) return status_; \
   } while (0)
+
+// A launch through the runtime call that returns the launch's own status. cudaGetLastError after <<<>>> would
+// also return, and clear, an error that other code left pending, and report it as this launch's.
+template <typename... Params, typename... Args>
+cudaError_t launch(void (*kernel)(Params...), int blocks, int threads, std::size_t smem, cudaStream_t stream,
+                   Args&&... args) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(blocks);
+  config.blockDim = dim3(threads);
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+}
 
 template <class F>
 auto with_norm(NormKind norm, F&& f) {
@@ -54,34 +68,28 @@ cudaError_t launch_embedding(const __half* table, const int* tokens, const int* 
                              cudaStream_t stream) {
   constexpr int kThreads = 256;
   const int blocks = (hidden / 8 + kThreads - 1) / kThreads;
-  embedding_kernel<<<blocks, kThreads, 0, stream>>>(table, tokens, position, out, hidden);
-  return cudaGetLastError();
+  return launch(embedding_kernel, blocks, kThreads, 0, stream, table, tokens, position, out, hidden);
 }
 
 cudaError_t launch_final_norm_lm_head(const LmHeadArgs& a, const LmHeadPlan& plan, cudaStream_t stream) {
-  with_norm(a.norm, [&](auto kernel) {
-    kernel<<<plan.blocks, kLmHeadThreads, plan.smem, stream>>>(a.x, a.norm_weight, a.norm_bias, a.eps, a.lm_head,
-                                                               a.vocab, a.hidden, a.logits, a.partials);
-    return 0;
+  return with_norm(a.norm, [&](auto kernel) {
+    return launch(kernel, plan.blocks, kLmHeadThreads, plan.smem, stream, a.x, a.norm_weight, a.norm_bias, a.eps,
+                  a.lm_head, a.vocab, a.hidden, a.logits, a.partials);
   });
-  return cudaGetLastError();
 }
 
 cudaError_t launch_select_token(const float* logits, int vocab, const ArgmaxPartial* partials, int num_partials,
                                 const TokenSelection& selection, int* position, int* tokens, cudaStream_t stream) {
-  select_token_kernel<<<1, kSelectThreads, 0, stream>>>(logits, vocab, partials, num_partials, selection, position,
-                                                         tokens);
-  return cudaGetLastError();
+  return launch(select_token_kernel, 1, kSelectThreads, 0, stream, logits, vocab, partials, num_partials, selection,
+                position, tokens);
 }
 
 cudaError_t launch_store_token(int* tokens, const int* position, int token, cudaStream_t stream) {
-  store_token_kernel<<<1, 1, 0, stream>>>(tokens, position, token);
-  return cudaGetLastError();
+  return launch(store_token_kernel, 1, 1, 0, stream, tokens, position, token);
 }
 
 cudaError_t launch_store_int(int* dst, int value, cudaStream_t stream) {
-  store_int_kernel<<<1, 1, 0, stream>>>(dst, value);
-  return cudaGetLastError();
+  return launch(store_int_kernel, 1, 1, 0, stream, dst, value);
 }
 
 }  // namespace clusterfusion::kernels

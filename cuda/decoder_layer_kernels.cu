@@ -28,6 +28,10 @@ bool layer_phase_attends(LayerModel model, int phase) {
   return with_model(model, [phase](auto m) { return decltype(m)::phase(phase).attend; });
 }
 
+bool layer_o_proj_per_head(LayerModel model) {
+  return with_model(model, [](auto m) { return applies_o_proj_per_head<decltype(m)>(); });
+}
+
 std::size_t layer_smem(const LayerShape& shape, int first, int last, int cluster, int clusters) {
   return with_model(shape.model,
                     [&](auto m) { return layer_smem<decltype(m)>(shape, first, last, cluster, clusters); });

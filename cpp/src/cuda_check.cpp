@@ -48,7 +48,11 @@ void check_cu(int status, const char* call, const char* file, int line) {
 }
 
 void check_launch(const char* what, const char* file, int line) {
-  check_cuda(cudaGetLastError(), what, file, line);
+  // Peeked, not taken: the pending error may be older than the launch and belong to other code, which must
+  // still find it.
+  const cudaError_t status = cudaPeekAtLastError();
+  if (status == cudaSuccess) return;
+  throw CudaError(what, file, line, std::string(cudaGetErrorName(status)) + ": " + cudaGetErrorString(status));
 }
 
 }  // namespace clusterfusion

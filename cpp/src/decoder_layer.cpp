@@ -8,6 +8,7 @@
 #include <string>
 
 #include "clusterfusion/cuda_check.hpp"
+#include "clusterfusion/device_guard.hpp"
 #include "clusterfusion/kernels/layer_launch.hpp"
 #include "clusterfusion/tensor_map.hpp"
 #include "layer_shape.hpp"
@@ -51,13 +52,20 @@ DecoderLayer::DecoderLayer(const ModelConfig& config, const LayerWeights& weight
     : config_(config), weights_(weights), max_seq_(max_seq), params_(new kernels::DecoderLayerParams{}) {
   config_.validate();
   weights_.check(config_);
-  plan_ = plan_layer(config_, max_seq);
+  plan_ = plan_layer(config_, max_seq);  // after require_hopper(): a device is there
+  device_ = current_device();
+  weights_.check_device(config_, device_, "layer");
   kernels::DecoderLayerParams& p = *params_;
+  const bool o_per_head = kernels::layer_o_proj_per_head(layer_model(config_.arch));
   for (const MapSource& source : kMapSources) {
     for (const LayerSlot slot : source.slots) {
       const TensorView& w = weights_[slot];
       if (w.data == nullptr) continue;
-      p.maps[source.map] = make_matrix_tensor_map(w.data, w.shape[0], w.shape[1], kernels::kBoxRows, kernels::kBoxCols);
+      p.maps[source.map] =
+          o_per_head && source.map == kernels::kMapO
+              ? make_column_slices_tensor_map(w.data, w.shape[0], config_.heads, config_.head_dim,
+                                              kernels::kBoxRows * kernels::kBoxCols / config_.head_dim)
+              : make_matrix_tensor_map(w.data, w.shape[0], w.shape[1], kernels::kBoxRows, kernels::kBoxCols);
     }
   }
   p.norm_weight[0] = half_ptr(weights_[LayerSlot::ln1_weight]);
@@ -80,18 +88,41 @@ DecoderLayer::DecoderLayer(const ModelConfig& config, const LayerWeights& weight
     CF_CUDA_CHECK(cudaMemcpy(inv_freq_, inv_freq.data(), inv_freq.size() * sizeof(double), cudaMemcpyHostToDevice));
     CF_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&grid_barrier_), sizeof(unsigned)));
     CF_CUDA_CHECK(cudaMemset(grid_barrier_, 0, sizeof(unsigned)));
+    if (o_per_head)
+      CF_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&head_out_),
+                               std::size_t(config_.heads) * config_.hidden * sizeof(float)));
   } catch (...) {
     cudaFree(inv_freq_);
     cudaFree(grid_barrier_);
+    cudaFree(head_out_);
     throw;
   }
   p.inv_freq = inv_freq_;
   p.grid_barrier = grid_barrier_;
+  p.head_out = head_out_;
 }
 
 DecoderLayer::~DecoderLayer() {
+  const DeviceGuard on(device_, std::nothrow);
   cudaFree(inv_freq_);
   cudaFree(grid_barrier_);
+  cudaFree(head_out_);
+}
+
+unsigned DecoderLayer::debug_grid_barrier_word() const {
+  const DeviceGuard on(device_);
+  unsigned word = 0;
+  CF_CUDA_CHECK(cudaMemcpy(&word, grid_barrier_, sizeof(word), cudaMemcpyDeviceToHost));
+  return word;
+}
+
+void DecoderLayer::debug_set_grid_barrier_word(unsigned word) {
+  // Any other value would release a barrier early or never (grid_barrier.cuh).
+  if (word != 0 && word != 0x80000000u)
+    throw std::invalid_argument("word: the grid barrier holds 0 or 2^31 between launches, got " +
+                                std::to_string(word));
+  const DeviceGuard on(device_);
+  CF_CUDA_CHECK(cudaMemcpy(grid_barrier_, &word, sizeof(word), cudaMemcpyHostToDevice));
 }
 
 std::vector<std::string> DecoderLayer::phase_names() const {
@@ -101,7 +132,9 @@ std::vector<std::string> DecoderLayer::phase_names() const {
   return names;
 }
 
-void DecoderLayer::check(const KVCache& cache, int layer, const LayerIO& io, int position) const {
+// Called under a DeviceGuard on device_, so that the default streams are this device's.
+void DecoderLayer::check(const KVCache& cache, int layer, const LayerIO& io, int position,
+                         cudaStream_t stream) const {
   // The norms read x and h1 as 16-byte vectors; attn and mlp_act are read as float4.
   check_io_pointer(io.x, "x", 16);
   check_io_pointer(io.out, "out", 2);
@@ -117,6 +150,8 @@ void DecoderLayer::check(const KVCache& cache, int layer, const LayerIO& io, int
                                 " is larger than the layer's max_seq " + std::to_string(max_seq_));
   cache.check_layer(layer);
   cache.check_append(position);
+  check_same_device("cache", cache.device(), device_, "layer");
+  check_stream_device(stream, device_, "layer");
 }
 
 kernels::DecoderLayerParams DecoderLayer::step_params(const KVCache& cache, int layer, const LayerIO& io) const {
@@ -136,7 +171,8 @@ kernels::DecoderLayerParams DecoderLayer::step_params(const KVCache& cache, int 
 
 void DecoderLayer::forward(KVCache& cache, int layer, const LayerIO& io, int position, LayerMode mode,
                            cudaStream_t stream) const {
-  check(cache, layer, io, position);
+  const DeviceGuard on(device_);
+  check(cache, layer, io, position, stream);
   kernels::DecoderLayerParams p = step_params(cache, layer, io);
   p.position = position;
   launch(p, mode, stream);
@@ -146,7 +182,8 @@ void DecoderLayer::forward(KVCache& cache, int layer, const LayerIO& io, int pos
 void DecoderLayer::forward_at_device_position(KVCache& cache, int layer, const LayerIO& io, const int* position,
                                               LayerMode mode, cudaStream_t stream) const {
   if (position == nullptr) throw std::invalid_argument("position: null pointer");
-  check(cache, layer, io, 0);
+  const DeviceGuard on(device_);
+  check(cache, layer, io, 0, stream);
   kernels::DecoderLayerParams p = step_params(cache, layer, io);
   p.device_position = position;
   launch(p, mode, stream);
@@ -157,7 +194,8 @@ void DecoderLayer::run_phase(KVCache& cache, int layer, const LayerIO& io, int p
   const int phases = static_cast<int>(plan_.smem_phase.size());
   if (phase < 0 || phase >= phases)
     throw std::out_of_range("phase: expected 0.." + std::to_string(phases - 1) + ", got " + std::to_string(phase));
-  check(cache, layer, io, position);
+  const DeviceGuard on(device_);
+  check(cache, layer, io, position, stream);
   kernels::DecoderLayerParams p = step_params(cache, layer, io);
   p.position = position;
   launch(p, phase, phase, stream);

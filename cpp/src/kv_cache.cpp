@@ -8,6 +8,7 @@
 
 #include "clusterfusion/cuda_check.hpp"
 #include "clusterfusion/device_check.hpp"
+#include "clusterfusion/device_guard.hpp"
 
 namespace clusterfusion {
 
@@ -49,6 +50,7 @@ void KVCacheIndex::set_length(int new_length) {
 
 KVCache::KVCache(const ModelConfig& config, int max_seq) : index_(config, max_seq) {
   require_hopper();
+  device_ = current_device();
   const std::size_t half_bytes = bytes() / 2;
   try {
     CF_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&k_), half_bytes));
@@ -66,6 +68,7 @@ KVCache::~KVCache() { release(); }
 
 KVCache::KVCache(KVCache&& other) noexcept
     : index_(std::exchange(other.index_, KVCacheIndex{})),
+      device_(std::exchange(other.device_, -1)),
       k_(std::exchange(other.k_, nullptr)),
       v_(std::exchange(other.v_, nullptr)) {}
 
@@ -73,6 +76,7 @@ KVCache& KVCache::operator=(KVCache&& other) noexcept {
   if (this != &other) {
     release();
     index_ = std::exchange(other.index_, KVCacheIndex{});
+    device_ = std::exchange(other.device_, -1);
     k_ = std::exchange(other.k_, nullptr);
     v_ = std::exchange(other.v_, nullptr);
   }
@@ -85,10 +89,14 @@ __half* KVCache::layer_ptr(__half* base, int layer) const {
 }
 
 void KVCache::release() noexcept {
-  // A destructor must not throw; a failing cudaFree here means the context is already gone.
-  if (k_) (void)cudaFree(k_);
-  if (v_) (void)cudaFree(v_);
+  if (k_ || v_) {
+    // A destructor must not throw; a failing cudaFree here means the context is already gone.
+    const DeviceGuard on(device_, std::nothrow);
+    if (k_) (void)cudaFree(k_);
+    if (v_) (void)cudaFree(v_);
+  }
   k_ = v_ = nullptr;
+  device_ = -1;
   index_ = KVCacheIndex{};
 }
 

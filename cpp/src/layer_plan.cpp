@@ -33,6 +33,9 @@ LayerLaunchPlan plan_layer(const ModelConfig& c, int max_seq) {
     throw std::invalid_argument("ModelConfig.hidden: at most " + std::to_string(kMaxHidden) + " (got " +
                                 std::to_string(c.hidden) + ")");
   const kernels::LayerShape shape = layer_shape(c, max_seq);
+  if (kernels::layer_o_proj_per_head(shape.model) && kernels::kBoxCols % c.head_dim != 0)
+    throw std::invalid_argument("ModelConfig.head_dim: must divide " + std::to_string(kernels::kBoxCols) +
+                                " for this architecture's per-head W_o (got " + std::to_string(c.head_dim) + ")");
   const int phases = kernels::layer_phase_count(shape.model);
   require_hopper();
   int device = 0;

@@ -55,6 +55,10 @@ std::string TensorView::shape_str() const { return format_shape(shape.data(), sh
 void check_tensor(const TensorView& view, const char* name, std::initializer_list<int64_t> shape, DType dtype,
                   std::size_t align) {
   if (view.data == nullptr) fail(name, "a non-null device pointer", "nullptr");
+  // Checked on its own: a caller may take an extent from the view itself (load_prefix's sequence length).
+  for (const int64_t d : view.shape) {
+    if (d < 0) fail(name, "non-negative extents", "shape " + view.shape_str());
+  }
   const std::vector<int64_t> want(shape);
   if (view.shape != want) {
     fail(name, "shape " + format_shape(want.data(), want.size()), "shape " + view.shape_str());

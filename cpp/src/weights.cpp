@@ -2,6 +2,8 @@
 
 #include <stdexcept>
 
+#include "clusterfusion/device_guard.hpp"
+
 namespace clusterfusion {
 
 namespace {
@@ -34,6 +36,13 @@ void check_slots(const std::array<TensorView, N>& views, const std::vector<Tenso
   }
 }
 
+template <std::size_t N>
+void check_slots_device(const std::array<TensorView, N>& views, const std::vector<TensorSpec>& specs, int device,
+                        const char* owner, const std::string& prefix) {
+  for (const TensorSpec& spec : specs)
+    check_tensor_device(views[static_cast<std::size_t>(spec.slot)], name_in(prefix, spec.name), device, owner);
+}
+
 // A slot's keyword, from whichever architecture's schema lists it.
 const char* slot_name(bool layer, std::size_t slot) {
   for (const Architecture arch : {Architecture::GPTNeoX, Architecture::Llama}) {
@@ -52,6 +61,11 @@ void LayerWeights::check(const ModelConfig& config, const std::string& prefix) c
   check_slots(views, weight_schema(config.arch).layer, config, prefix, [](std::size_t s) { return slot_name(true, s); });
 }
 
+void LayerWeights::check_device(const ModelConfig& config, int device, const char* owner,
+                                const std::string& prefix) const {
+  check_slots_device(views, weight_schema(config.arch).layer, device, owner, prefix);
+}
+
 void ModelWeights::check(const ModelConfig& config) const {
   config.validate();
   if (layers.size() != static_cast<std::size_t>(config.layers)) {
@@ -60,6 +74,12 @@ void ModelWeights::check(const ModelConfig& config) const {
   }
   check_slots(views, weight_schema(config.arch).model, config, "", [](std::size_t s) { return slot_name(false, s); });
   for (std::size_t i = 0; i < layers.size(); ++i) layers[i].check(config, "layers[" + std::to_string(i) + "]");
+}
+
+void ModelWeights::check_device(const ModelConfig& config, int device, const char* owner) const {
+  check_slots_device(views, weight_schema(config.arch).model, device, owner, "");
+  for (std::size_t i = 0; i < layers.size(); ++i)
+    layers[i].check_device(config, device, owner, "layers[" + std::to_string(i) + "]");
 }
 
 }  // namespace clusterfusion

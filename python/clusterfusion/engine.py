@@ -243,7 +243,11 @@ def _streamer_callback(streamer, prompt_tensor) -> tuple[Callable[[int], None], 
 
 class Engine:
     """Generation for one GPTNeoXForCausalLM or LlamaForCausalLM (float16, CUDA) at batch 1. The library reads the
-    model's parameters in place: keep the model unchanged while the engine lives. Use from_transformers(model)."""
+    model's parameters in place: keep the model unchanged while the engine lives. Use from_transformers(model).
+
+    Every call runs on the model's device, whatever device is current. One generation at a time: the context
+    serialises each of its calls, but a generate() is many of them, so two threads generating with one engine
+    would interleave their requests."""
 
     def __init__(self, model, max_seq: int | None = None, mode: str | None = None):
         import torch

@@ -42,12 +42,12 @@ class FusedLayer:
         return self.kernel.config
 
     def forward(self, cache: KVCache, layer: int, x, position: int, out=None, mode: str = "split"):
-        """One decode step of cache layer `layer` at `position` on torch's current stream; returns out
-        ([hidden] float16, allocated when not given; it may be x itself)."""
+        """One decode step of cache layer `layer` at `position` on torch's current stream of x's device; returns
+        out ([hidden] float16, allocated when not given; it may be x itself)."""
         import torch
 
         if out is None:
             out = torch.empty_like(x)
         self.kernel.forward(cache, layer, x, out, self.scratch["attn"], self.scratch["mlp_act"], position, mode,
-                            h1=self.scratch["h1"], stream=torch.cuda.current_stream().cuda_stream)
+                            h1=self.scratch["h1"], stream=torch.cuda.current_stream(x.device).cuda_stream)
         return out

@@ -67,6 +67,10 @@ bool is_c_contiguous(const ArrayFacts& a) {
 
 void check_array(const ArrayFacts& a, const char* name, const ArraySpec& spec) {
   if (a.dtype != spec.dtype) fail_type(name, dtype_name(spec.dtype), dtype_name(a.dtype));
+  // DLPack producers may report negative extents and nanobind passes them on; a caller that takes its expected
+  // shape from the tensor itself (load_prefix) would take one too.
+  if (std::any_of(a.shape, a.shape + a.ndim, [](int64_t d) { return d < 0; }))
+    fail_value(name, "non-negative extents", "shape " + dims_str(a.shape, a.ndim));
 
   const bool same_shape = a.ndim == spec.shape.size() &&
                           std::equal(spec.shape.begin(), spec.shape.end(), a.shape);

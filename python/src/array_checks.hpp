@@ -38,8 +38,10 @@ struct ArrayFacts {
   const void* data;
 };
 
-// Raises TypeError (dtype, device) or ValueError (shape, layout, alignment) naming `name` unless `facts` meets
-// `spec`. The device is checked last so that every other check can be exercised on a machine without a GPU.
+// Raises TypeError (dtype, device type) or ValueError (a negative extent, shape, layout, alignment) naming `name`
+// unless `facts` meets `spec`. The device type is checked last so that every other check can be exercised on a
+// machine without a GPU; the device id is the C++ library's to check (check_same_device, check_tensor_device)
+// against the device of the object the tensor is given to.
 void check_array(const ArrayFacts& facts, const char* name, const ArraySpec& spec);
 
 // Raises TypeError naming `name`: `obj` could not be read as a tensor (or, for an output, as a writable one).

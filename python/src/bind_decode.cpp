@@ -15,6 +15,7 @@
 #include "bindings.hpp"
 #include "clusterfusion/cuda_check.hpp"
 #include "clusterfusion/decode_context.hpp"
+#include "clusterfusion/device_guard.hpp"
 #include "weight_args.hpp"
 
 namespace clusterfusion::python {
@@ -36,11 +37,13 @@ ArraySpec cuda_spec(nb::dlpack::dtype dtype, std::vector<int64_t> shape, std::si
   return {nb::device::cuda::value, dtype, std::move(shape), align};
 }
 
-// Checks `obj` as a CUDA float16 tensor of `shape`, keeps it in `owned` and returns its view.
+// Checks `obj` as a CUDA float16 tensor of `shape`, keeps it in `owned` and returns its view (with the device id
+// DLPack states, for the context to check).
 TensorView keep(std::vector<InArray>& owned, nb::handle obj, const std::string& name, std::vector<int64_t> shape,
                 std::size_t align = 16) {
   owned.push_back(to_checked_array<InArray>(obj, name.c_str(), cuda_spec(kFloat16, shape, align)));
-  return TensorView(const_cast<void*>(owned.back().data()), std::move(shape), DType::Float16);
+  return TensorView(const_cast<void*>(owned.back().data()), std::move(shape), DType::Float16,
+                    owned.back().device_id());
 }
 
 void init_context(PyDecodeContext* self, const ModelConfig& config, int max_seq, nb::sequence layers,
@@ -80,7 +83,8 @@ std::vector<TensorView> prefix_views(std::vector<InArray>& owned, nb::sequence t
     InArray array;
     if (!nb::try_cast(tensors[i], array, /*convert=*/false)) raise_not_a_tensor(tensors[i], item.c_str(), false);
     std::vector<int64_t> shape(array.shape_ptr(), array.shape_ptr() + array.ndim());
-    // The shape is the C++ library's to check (it names the expected one); dtype, layout and device are ours.
+    // The shape is the C++ library's to check (it names the expected one); dtype, negative extents, layout and
+    // device type are ours.
     views.push_back(keep(owned, tensors[i], item, shape, 2));
   }
   return views;
@@ -88,25 +92,10 @@ std::vector<TensorView> prefix_views(std::vector<InArray>& owned, nb::sequence t
 
 nb::ndarray<nb::array_api, float, nb::device::cuda> logits_view(nb::handle self) {
   const PyDecodeContext& c = nb::cast<const PyDecodeContext&>(self);
-  cudaPointerAttributes attributes{};
   float* data = const_cast<float*>(c.context->logits());
-  CF_CUDA_CHECK(cudaPointerGetAttributes(&attributes, data));
   const std::size_t shape[1] = {static_cast<std::size_t>(c.context->config().vocab)};
   return nb::ndarray<nb::array_api, float, nb::device::cuda>(data, 1, shape, self, nullptr, kFloat32,
-                                                             nb::device::cuda::value, attributes.device);
-}
-
-std::vector<int> read_tokens(const PyDecodeContext& c, int start, int stop) {
-  const int end = c.context->max_seq() + 1;
-  if (start < 0 || stop < start || stop > end) {
-    throw std::out_of_range("tokens: expected 0 <= start <= stop <= " + std::to_string(end) + ", got " +
-                            std::to_string(start) + ", " + std::to_string(stop));
-  }
-  std::vector<int> out(static_cast<std::size_t>(stop - start));
-  if (out.empty()) return out;
-  CF_CUDA_CHECK(cudaStreamSynchronize(c.context->stream()));
-  CF_CUDA_CHECK(cudaMemcpy(out.data(), c.context->tokens() + start, out.size() * sizeof(int), cudaMemcpyDeviceToHost));
-  return out;
+                                                             nb::device::cuda::value, c.context->device());
 }
 
 nb::str sampling_repr(const SamplingParams& p) {
@@ -121,7 +110,14 @@ constexpr const char* kContextDoc =
     "alive: the model tensors as keyword arguments named by weight_schema(config)['model'] (embed_in, "
     "final_norm_weight, final_norm_bias for GPT-NeoX, lm_head: the embedding itself when tied), and `layers`, "
     "one dict per layer keyed by weight_schema(config)['layer']. mode: None (split, the faster one), 'split' or "
-    "'cooperative'. Every step runs on `stream` (a cudaStream_t as an int; 0 is the default stream).";
+    "'cooperative'. Every step runs on `stream` (a cudaStream_t as an int; 0 is the default stream).\n\n"
+    "Devices: the context lives on the CUDA device current when it is built (`device`); every call runs there, "
+    "whatever device is current in the calling thread. Weights, prefix tensors and a stream of another device "
+    "raise ValueError naming them ('layers[3].w_up: on cuda:1, the context is on cuda:0').\n\n"
+    "Threads: every method may be called from any thread. The calls are serialised inside the context, each "
+    "running whole: step() returns the token of its own step, and set_sampling() or reset() from another thread "
+    "take effect between two steps, never inside one. Methods that wait (step, prefill, last_token, tokens) "
+    "release the GIL. The array logits() returns is overwritten by the next step of any thread.";
 
 }  // namespace
 
@@ -152,31 +148,47 @@ void bind_decode(nb::module_& m) {
       .def_prop_ro("max_seq", [](const PyDecodeContext& c) { return c.context->max_seq(); })
       .def_prop_ro("mode", [](const PyDecodeContext& c) { return std::string(layer_mode_name(c.context->mode())); })
       .def_prop_ro("stream", [](const PyDecodeContext& c) { return c.stream; })
-      .def_prop_ro("position", [](const PyDecodeContext& c) { return c.context->position(); },
-                   "Positions 0..position-1 are in the cache; the next step computes `position`.")
-      .def_prop_ro("sampling", [](const PyDecodeContext& c) { return c.context->sampling(); })
+      .def_prop_ro("device", [](const PyDecodeContext& c) { return c.context->device(); },
+                   "The CUDA device ordinal the context lives on.")
+      .def_prop_ro(
+          "position",
+          [](const PyDecodeContext& c) {
+            const nb::gil_scoped_release release;  // waits while another thread's step() holds the context
+            return c.context->position();
+          },
+          "Positions 0..position-1 are in the cache; the next step computes `position`.")
+      .def_prop_ro("sampling", [](const PyDecodeContext& c) {
+        const nb::gil_scoped_release release;
+        return c.context->sampling();
+      })
       .def(
           "set_sampling",
           [](PyDecodeContext& c, float temperature, int top_k, float top_p, std::uint64_t seed) {
             c.context->set_sampling(SamplingParams{temperature, top_k, top_p, seed});
           },
           nb::kw_only(), "temperature"_a = 0.0f, "top_k"_a = 0, "top_p"_a = 1.0f, "seed"_a = 0,
+          nb::call_guard<nb::gil_scoped_release>(),
           "How later steps pick their token (ValueError for an invalid value, naming it).")
-      .def("reset", [](PyDecodeContext& c) { c.context->reset(); }, "Position 0, empty cache.")
+      .def("reset", [](PyDecodeContext& c) { c.context->reset(); }, nb::call_guard<nb::gil_scoped_release>(),
+           "Position 0, empty cache.")
       .def(
           "load_prefix",
           [](PyDecodeContext& c, nb::sequence keys, nb::sequence values) {
             std::vector<InArray> owned;
             const auto k = prefix_views(owned, keys, "keys");
             const auto v = prefix_views(owned, values, "values");
+            const nb::gil_scoped_release release;
             c.context->load_prefix(k, v);
-            // The copies are asynchronous: the sources must live until they are done.
+            // The copies are asynchronous: the sources must live until they are done. On the context's device,
+            // where stream 0 is the default stream the copies went to.
+            const DeviceGuard on(c.context->device());
             CF_CUDA_CHECK(cudaStreamSynchronize(c.context->stream()));
           },
           "keys"_a, "values"_a,
           "Copies a prefill computed elsewhere into the cache: per layer, keys and values [1, kv_heads, seq, "
-          "head_dim] float16 CUDA tensors (transformers' cache layout, rotated keys). Sets position = seq; the "
-          "next step needs a token. ValueError / IndexError (seq > max_seq) before anything is copied.")
+          "head_dim] float16 CUDA tensors of the context's device (transformers' cache layout, rotated keys). "
+          "Sets position = seq; the next step needs a token. ValueError (count, shape, negative or inconsistent "
+          "extents, dtype, device) / IndexError (seq > max_seq) before anything is copied or written.")
       .def(
           "enqueue_step",
           [](PyDecodeContext& c, std::optional<int> token) {
@@ -205,8 +217,8 @@ void bind_decode(nb::module_& m) {
            "The last step's logits, a zero-copy [vocab] float32 CUDA array (torch.from_dlpack); overwritten by the "
            "next step.")
       .def(
-          "tokens", [](const PyDecodeContext& c, int start, int stop) { return read_tokens(c, start, stop); },
-          "start"_a, "stop"_a,
+          "tokens", [](const PyDecodeContext& c, int start, int stop) { return c.context->tokens(start, stop); },
+          "start"_a, "stop"_a, nb::call_guard<nb::gil_scoped_release>(),
           "The device token history tokens[start:stop] (waits for the stream): tokens[p] is the input of the step "
           "at p, so a step at p produced tokens[p + 1].");
 }

@@ -5,7 +5,6 @@
 
 #include "array_checks.hpp"
 #include "bindings.hpp"
-#include "clusterfusion/cuda_check.hpp"
 #include "clusterfusion/kv_cache.hpp"
 
 namespace clusterfusion::python {
@@ -27,9 +26,7 @@ struct CacheView {
 };
 
 CacheView layer_view(const KVCache& cache, __half* data) {
-  cudaPointerAttributes attributes{};
-  CF_CUDA_CHECK(cudaPointerGetAttributes(&attributes, data));
-  return {nb::find(cache), data, cache.heads(), cache.max_seq(), cache.head_dim(), attributes.device};
+  return {nb::find(cache), data, cache.heads(), cache.max_seq(), cache.head_dim(), cache.device()};
 }
 
 nb::tuple view_shape(const CacheView& v) { return nb::make_tuple(v.heads, v.max_seq, v.head_dim); }
@@ -79,12 +76,15 @@ void bind_kv_cache(nb::module_& m) {
 
   nb::class_<KVCache>(m, "KVCache",
                       "Device memory for every layer's keys and values, [layer][head][max_seq][head_dim] float16 "
-                      "(zeroed). Allocating it raises CudaError when there is no GPU or not enough memory.")
+                      "(zeroed), on the CUDA device current when it is built (`device`). Allocating it raises "
+                      "CudaError when there is no GPU or not enough memory. Not synchronised: its methods hold the "
+                      "GIL, so Python threads take turns.")
       .def(nb::init<const ModelConfig&, int>(), "config"_a, "max_seq"_a)
       .def_prop_ro("layers", &KVCache::layers)
       .def_prop_ro("heads", &KVCache::heads)
       .def_prop_ro("head_dim", &KVCache::head_dim)
       .def_prop_ro("max_seq", &KVCache::max_seq)
+      .def_prop_ro("device", &KVCache::device, "The CUDA device ordinal of the memory.")
       .def_prop_rw("length", &KVCache::length, &KVCache::set_length,
                    "Positions 0..length-1 hold valid keys and values. Set it after filling the cache through "
                    "keys()/values() (IndexError past max_seq); forward() advances it.")

@@ -11,6 +11,8 @@
 #include "array_checks.hpp"
 #include "bindings.hpp"
 #include "clusterfusion/decoder_layer.hpp"
+#include "clusterfusion/device_check.hpp"
+#include "clusterfusion/device_guard.hpp"
 #include "weight_args.hpp"
 
 namespace clusterfusion::python {
@@ -20,13 +22,24 @@ using namespace nb::literals;
 
 namespace {
 
+// Frees a layer on the device it was built on, whatever device is current then.
+struct DeleteOnDevice {
+  int device;
+  void operator()(DecoderLayer* layer) const noexcept {
+    const DeviceGuard on(device, std::nothrow);
+    delete layer;
+  }
+};
+
 // The C++ layer borrows its weights; the Python layer owns the arrays that hold them. Members are destroyed in
-// reverse order, so the layer goes before the memory it points into.
+// reverse order, so the layer goes before the memory it points into. `device`: where the layer was built, and
+// where every call runs.
 struct PyDecoderLayer {
   std::vector<InArray> weights;
   ModelConfig config;
   int max_seq;
-  std::unique_ptr<DecoderLayer> layer;
+  int device;
+  std::unique_ptr<DecoderLayer, DeleteOnDevice> layer;
 };
 
 ArraySpec cuda_spec(nb::dlpack::dtype dtype, std::vector<int64_t> shape) {
@@ -37,26 +50,46 @@ void init_layer(PyDecoderLayer* self, const ModelConfig& config, int max_seq, nb
   config.validate();  // the expected shapes mean nothing for an invalid config
   std::vector<InArray> owned;
   const LayerWeights views = layer_weights(weights, config, "", owned);
-  auto layer = std::make_unique<DecoderLayer>(config, views, max_seq);
-  new (self) PyDecoderLayer{std::move(owned), config, max_seq, std::move(layer)};
+  require_hopper();  // before the first other CUDA call, as the layer itself would
+  const int device = current_device();
+  views.check_device(config, device, "layer", "");
+  std::unique_ptr<DecoderLayer, DeleteOnDevice> layer(new DecoderLayer(config, views, max_seq),
+                                                      DeleteOnDevice{device});
+  new (self) PyDecoderLayer{std::move(owned), config, max_seq, device, std::move(layer)};
 }
 
-// The buffers of one step, checked against the layer's config. h1 is needed by sequential-residual
+// The data of `array` once it is known to be on `device`.
+template <typename Array>
+void* on_device(const Array& array, const char* name, int device) {
+  check_same_device(name, array.device_id(), device, "layer");
+  return const_cast<void*>(static_cast<const void*>(array.data()));
+}
+
+// The buffers of one step, checked against the layer's config and device. h1 is needed by sequential-residual
 // architectures only.
-LayerIO make_io(const ModelConfig& c, nb::handle x, nb::handle out, nb::handle attn, nb::handle mlp_act,
+LayerIO make_io(const PyDecoderLayer& l, nb::handle x, nb::handle out, nb::handle attn, nb::handle mlp_act,
                 nb::handle h1) {
+  const ModelConfig& c = l.config;
   LayerIO io;
-  io.x = to_checked_array<InArray>(x, "x", cuda_spec(kFloat16, {c.hidden})).data();
-  io.out = to_checked_array<OutArray>(out, "out", cuda_spec(kFloat16, {c.hidden})).data();
-  io.attn = static_cast<float*>(to_checked_array<OutArray>(attn, "attn", cuda_spec(kFloat32, {c.hidden})).data());
-  io.mlp_act =
-      static_cast<float*>(to_checked_array<OutArray>(mlp_act, "mlp_act", cuda_spec(kFloat32, {c.ffn})).data());
+  io.x = on_device(to_checked_array<InArray>(x, "x", cuda_spec(kFloat16, {c.hidden})), "x", l.device);
+  io.out = on_device(to_checked_array<OutArray>(out, "out", cuda_spec(kFloat16, {c.hidden})), "out", l.device);
+  io.attn = static_cast<float*>(
+      on_device(to_checked_array<OutArray>(attn, "attn", cuda_spec(kFloat32, {c.hidden})), "attn", l.device));
+  io.mlp_act = static_cast<float*>(
+      on_device(to_checked_array<OutArray>(mlp_act, "mlp_act", cuda_spec(kFloat32, {c.ffn})), "mlp_act", l.device));
   if (!c.parallel_residual || !h1.is_none())
-    io.h1 = to_checked_array<OutArray>(h1, "h1", cuda_spec(kFloat16, {c.hidden})).data();
+    io.h1 = on_device(to_checked_array<OutArray>(h1, "h1", cuda_spec(kFloat16, {c.hidden})), "h1", l.device);
   return io;
 }
 
-cudaStream_t as_stream(std::uintptr_t stream) { return reinterpret_cast<cudaStream_t>(stream); }
+// The stream of a step, once it and the cache are known to be on the layer's device (which the caller's
+// DeviceGuard has made current, so 0 is that device's default stream).
+cudaStream_t checked_stream(const PyDecoderLayer& l, const KVCache& cache, std::uintptr_t stream) {
+  check_same_device("cache", cache.device(), l.device, "layer");
+  const auto s = reinterpret_cast<cudaStream_t>(stream);
+  check_stream_device(s, l.device, "layer");
+  return s;
+}
 
 nb::dict plan_dict(const LayerLaunchPlan& p) {
   nb::dict d;
@@ -79,7 +112,12 @@ constexpr const char* kLayerDoc =
     "CUDA fails.\n\n"
     "Step buffers: x, out [hidden] float16 (may be the same tensor); attn [hidden] and mlp_act [ffn] float32 "
     "scratch; h1 [hidden] float16 scratch (x + attention) for Llama. `stream` is a cudaStream_t as an int "
-    "(torch.cuda.current_stream().cuda_stream); 0 is the default stream.";
+    "(torch.cuda.current_stream(device).cuda_stream); 0 is the default stream.\n\n"
+    "Devices: the layer lives on the CUDA device current when it is built; every call runs there, whatever "
+    "device is current in the calling thread. Weights, step buffers, a cache or a stream of another device raise "
+    "ValueError naming them ('x: on cuda:1, the layer is on cuda:0').\n\n"
+    "Threads: the layer and the KVCache it writes are not synchronised; their methods hold the GIL, so Python "
+    "threads take turns, each call running whole.";
 
 }  // namespace
 
@@ -103,20 +141,23 @@ void bind_layer(nb::module_& m) {
           [](const PyDecoderLayer& l, KVCache& cache, int layer, nb::handle x, nb::handle out, nb::handle attn,
              nb::handle mlp_act, int position, const std::string& mode, nb::handle h1, std::uintptr_t stream) {
             const LayerMode parsed = parse_layer_mode(mode);
-            l.layer->forward(cache, layer, make_io(l.config, x, out, attn, mlp_act, h1), position, parsed,
-                             as_stream(stream));
+            const LayerIO io = make_io(l, x, out, attn, mlp_act, h1);
+            const DeviceGuard on(l.device);
+            l.layer->forward(cache, layer, io, position, parsed, checked_stream(l, cache, stream));
           },
           "cache"_a, "layer"_a, "x"_a.none(), "out"_a.none(), "attn"_a.none(), "mlp_act"_a.none(), "position"_a,
           "mode"_a = "split", "h1"_a.none() = nb::none(), "stream"_a = 0,
           "One decode step at `position` of cache layer `layer`: appends k/v there and writes out = the layer's "
           "output. mode: 'split' (one launch per phase) or 'cooperative' (one, with grid barriers). IndexError "
-          "(nothing launched) unless position <= cache.length and position < cache.max_seq.")
+          "(nothing launched) unless position <= cache.length and position < cache.max_seq; every argument is "
+          "checked before anything is launched.")
       .def(
           "run_phase",
           [](const PyDecoderLayer& l, KVCache& cache, int layer, int phase, nb::handle x, nb::handle out,
              nb::handle attn, nb::handle mlp_act, int position, nb::handle h1, std::uintptr_t stream) {
-            l.layer->run_phase(cache, layer, make_io(l.config, x, out, attn, mlp_act, h1), position, phase,
-                               as_stream(stream));
+            const LayerIO io = make_io(l, x, out, attn, mlp_act, h1);
+            const DeviceGuard on(l.device);
+            l.layer->run_phase(cache, layer, io, position, phase, checked_stream(l, cache, stream));
           },
           "cache"_a, "layer"_a, "phase"_a, "x"_a.none(), "out"_a.none(), "attn"_a.none(), "mlp_act"_a.none(),
           "position"_a, "h1"_a.none() = nb::none(), "stream"_a = 0,

@@ -29,7 +29,8 @@ std::vector<std::pair<int, TensorView>> schema_views(nb::dict tensors, const std
     std::vector<int64_t> shape = shape_of(spec, config);
     owned.push_back(to_checked_array<InArray>(tensors[spec.name], name.c_str(),
                                               {nb::device::cuda::value, kFloat16, shape, 16}));
-    views.emplace_back(spec.slot, TensorView(const_cast<void*>(owned.back().data()), std::move(shape), DType::Float16));
+    views.emplace_back(spec.slot, TensorView(const_cast<void*>(owned.back().data()), std::move(shape), DType::Float16,
+                                             owned.back().device_id()));
   }
   return views;
 }

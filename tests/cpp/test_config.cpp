@@ -560,3 +560,16 @@ TEST(ModelConfigValidate, GptNeoxNeedsAsManyKvHeadsAsHeadsAndTheDefaultRope) {
   EXPECT_EQ(cf_test::thrown_message<std::invalid_argument>([&] { c.validate(); }),
             "ModelConfig.rope_scaling.type: GPTNeoX requires the default rope (got linear)");
 }
+
+TEST(ModelConfigRows, CountPastIntWithoutOverflow) {
+  // heads * head_dim = 2^31: one past INT_MAX.
+  cf::ModelConfig c;
+  c.heads = c.kv_heads = 1 << 16;
+  c.head_dim = 1 << 15;
+  EXPECT_EQ(c.q_rows(), int64_t{1} << 31);
+  EXPECT_EQ(c.kv_rows(), int64_t{1} << 31);
+  EXPECT_EQ(c.qkv_rows(), int64_t{3} << 31);
+  c.hidden = 8;
+  EXPECT_EQ(cf_test::thrown_message<std::invalid_argument>([&] { c.validate(); }),
+            "ModelConfig.hidden: must equal heads * head_dim = 65536 * 32768 = 2147483648 (got 8)");
+}

@@ -53,14 +53,18 @@ TEST(CheckCu, FailureIsNamedByTheDriverOrByNumber) {
   }
 }
 
-TEST(CheckLaunch, ReportsAndClearsTheLastError) {
+TEST(CheckLaunch, ReportsAPendingErrorAndLeavesItPending) {
   cudaGetLastError();
-  // An invalid device ordinal fails on every machine, with or without a GPU, and is recorded as the last error.
-  ASSERT_NE(cudaSetDevice(-1), cudaSuccess);
+  // An invalid device ordinal fails on every machine, with or without a GPU, and is recorded as the last error;
+  // here it stands for an error another component left pending before a launch.
+  const cudaError_t pending = cudaSetDevice(-1);
+  ASSERT_NE(pending, cudaSuccess);
   const std::string msg = cf_test::thrown_message<cf::CudaError>([] { CF_CHECK_LAUNCH("neox_phase_a"); });
   EXPECT_EQ(msg.rfind("neox_phase_a failed at " __FILE__ ":", 0), 0u) << msg;
-  // cudaGetLastError resets an ordinary error, so the next check passes. Without a driver the runtime's
-  // initialization failure is sticky: every check keeps failing, which is the truth.
+  // Not ours to clear: its owner still finds it.
+  EXPECT_EQ(cudaGetLastError(), pending);
+  // Taken by its owner, it is gone, and the next check passes. Without a driver the runtime's initialization
+  // failure is sticky: every check keeps failing, which is the truth.
   if (cf_test::no_cuda_device_reason().empty()) {
     EXPECT_NO_THROW(CF_CHECK_LAUNCH("neox_phase_b"));
   }

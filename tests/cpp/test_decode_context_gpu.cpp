@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
-#include <map>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -27,11 +26,11 @@
 #include "cuda_device.hpp"
 #include "device_tensors.hpp"
 #include "random_inputs.hpp"
+#include "random_model.hpp"
 #include "thrown_message.hpp"
 
 namespace cf = clusterfusion;
-using cf_test::HalfTensor;
-using cf_test::RandomLayer;
+using cf_test::RandomModel;
 
 namespace {
 
@@ -58,29 +57,6 @@ std::vector<T> download(const T* dev, std::size_t n) {
 }
 
 double round_half(double v) { return __half2float(__double2half(v)); }
-
-// A whole model with random weights at realistic scales (cf_test::random_tensor), every tensor of its
-// architecture's schema; the LM head is the embedding when the config ties them.
-struct RandomModel {
-  cf::ModelConfig config;
-  std::vector<std::unique_ptr<RandomLayer>> layers;
-  std::map<std::string, std::unique_ptr<HalfTensor>> tensors;
-  cf::ModelWeights weights;
-
-  RandomModel(const cf::ModelConfig& c, std::mt19937_64& rng) : config(c) {
-    for (const cf::TensorSpec& spec : cf::weight_schema(c.arch).model) {
-      if (spec.slot == int(cf::ModelSlot::lm_head) && c.tied_embeddings) continue;
-      auto& t = tensors[spec.name] = cf_test::random_tensor(spec, c, rng);
-      weights.views[static_cast<std::size_t>(spec.slot)] = t->view();
-    }
-    if (c.tied_embeddings) weights[cf::ModelSlot::lm_head] = weights[cf::ModelSlot::embed_in];
-    for (int l = 0; l < c.layers; ++l) {
-      layers.push_back(std::make_unique<RandomLayer>(c, rng));
-      weights.layers.push_back(layers.back()->views());
-    }
-  }
-  const std::vector<double>& host(const char* name) const { return tensors.at(name)->host; }
-};
 
 // The whole model in double precision, one token at a time. Layer outputs and cached keys/values are rounded to
 // float16 as the GPU stores them, so the comparison measures the kernels' arithmetic, not storage rounding.

@@ -74,6 +74,13 @@ TEST(CheckTensor, WrongShape) {
             "w: expected shape [" + r + ", " + c + "], got shape [" + std::to_string(rows * cols) + "]");
 }
 
+TEST(CheckTensor, NegativeExtentEvenWhereTheExpectedShapeHasIt) {
+  // A caller that takes an extent from the view itself (load_prefix's sequence length) expects what it got.
+  const int64_t seq = -cf_test::uniform_int(1, 4096);
+  EXPECT_EQ(check_message(cf::TensorView(fake_address(), {1, 8, seq, 64}, cf::DType::Float16), {1, 8, seq, 64}),
+            "w: expected non-negative extents, got shape [1, 8, " + std::to_string(seq) + ", 64]");
+}
+
 TEST(CheckTensor, WrongDtype) {
   EXPECT_EQ(check_message(cf::TensorView(fake_address(), {16}, cf::DType::Float32), {16}),
             "w: expected dtype float16, got dtype float32");

@@ -346,6 +346,19 @@ def test_layer_checks_each_tensor_before_the_library_sees_it(case, error, messag
 
 
 @needs_torch
+def test_a_negative_extent_is_refused_by_name():
+    """nanobind passes on negative extents from a DLPack producer; the checks refuse them before the shape."""
+    from dlpack_claims import Claimed
+
+    cfg = small_config()
+    w = torch_weights(cfg)
+    h = cfg.hidden
+    w["ln1_weight"] = Claimed(torch.zeros(h, dtype=torch.float16), shape=(-h,))
+    with pytest.raises(ValueError, match=rf"^ln1_weight: expected non-negative extents, got shape \[-{h}\]$"):
+        cf.DecoderLayer(cfg, 64, **w)
+
+
+@needs_torch
 def test_layer_rejects_an_invalid_config_before_the_tensors():
     cfg = small_config()
     w = torch_weights(cfg)

@@ -21,7 +21,10 @@ class CudaError : public std::runtime_error {
 void check_cuda(cudaError_t status, const char* call, const char* file, int line);
 // Same for a driver-API status (CUresult, passed as int so this header needs no <cuda.h>).
 void check_cu(int status, const char* call, const char* file, int line);
-// Throws CudaError if the last kernel launch failed (cudaGetLastError), naming `what`.
+// After a <<<>>> launch, which returns no status: throws CudaError naming `what` if a CUDA error is pending
+// (cudaPeekAtLastError). The error is left pending, since it may predate the launch and be another component's.
+// A status-returning launch (cudaLaunchKernelEx, as the library's own launches are) through CF_CUDA_CHECK
+// reports the launch's own error only.
 void check_launch(const char* what, const char* file, int line);
 
 }  // namespace clusterfusion

@@ -49,10 +49,14 @@ struct LayerLaunchPlan {
 // max_seq) and plans the grid on the current device.
 LayerLaunchPlan plan_layer(const ModelConfig& config, int max_seq);
 
+// Devices: the layer lives on the device that was current when it was built (device()); every call makes that
+// device current for its duration and refuses a cache or a stream of another device ("stream: on cuda:1, the
+// layer is on cuda:0"). Threads: not synchronised, like the KVCache it writes: one thread at a time.
 class DecoderLayer {
  public:
-  // Validates config and weights (throws std::invalid_argument naming the field or tensor) and encodes the
-  // weights' TMA tensor maps. The weights are borrowed: they must outlive this object.
+  // Validates config and weights (throws std::invalid_argument naming the field or tensor, also for a weight of
+  // another device than the current one) and encodes the weights' TMA tensor maps. The weights are borrowed: they
+  // must outlive this object.
   DecoderLayer(const ModelConfig& config, const LayerWeights& weights, int max_seq);
   ~DecoderLayer();
   DecoderLayer(const DecoderLayer&) = delete;
@@ -60,7 +64,9 @@ class DecoderLayer {
 
   const ModelConfig& config() const { return config_; }
   const LayerLaunchPlan& plan() const { return plan_; }
-  // The architecture's phases, named by what they do ("norm_qkv_rope_attend", "o_proj_residual", ...).
+  int device() const { return device_; }
+  // The architecture's phases, named by what they do ("norm_qkv_rope_attend_o_proj", "residual_norm_gate_up",
+  // ...).
   std::vector<std::string> phase_names() const;
 
   // Off by default. On: every launch starts while the previous kernel in the stream finishes (programmatic
@@ -86,18 +92,26 @@ class DecoderLayer {
   void run_phase(KVCache& cache, int layer, const LayerIO& io, int position, int phase,
                  cudaStream_t stream = nullptr) const;
 
+  // For tests and debugging, synchronous, with no launch of this layer in flight: the word of the cooperative
+  // kernel's grid barrier, 0 or 2^31 between launches (cuda/include/clusterfusion/kernels/grid_barrier.cuh).
+  // Setting anything else throws std::invalid_argument.
+  unsigned debug_grid_barrier_word() const;
+  void debug_set_grid_barrier_word(unsigned word);
+
  private:
-  void check(const KVCache& cache, int layer, const LayerIO& io, int position) const;
+  void check(const KVCache& cache, int layer, const LayerIO& io, int position, cudaStream_t stream) const;
   kernels::DecoderLayerParams step_params(const KVCache& cache, int layer, const LayerIO& io) const;
   void launch(const kernels::DecoderLayerParams& p, int first, int last, cudaStream_t stream) const;
   void launch(const kernels::DecoderLayerParams& p, LayerMode mode, cudaStream_t stream) const;
   ModelConfig config_;
   LayerWeights weights_;
   int max_seq_;
+  int device_ = -1;  // the current device at construction: every call runs there
   LayerLaunchPlan plan_;
   std::unique_ptr<kernels::DecoderLayerParams> params_;  // all but the step's buffers, filled once
   double* inv_freq_ = nullptr;         // device: the rotary inverse frequencies
-  unsigned* grid_barrier_ = nullptr;   // device counter for the cooperative mode
+  unsigned* grid_barrier_ = nullptr;   // device word of the cooperative mode's grid barrier
+  float* head_out_ = nullptr;          // device: per-head W_o partials, between two phases (Llama)
   bool overlap_previous_ = false;
 };
 

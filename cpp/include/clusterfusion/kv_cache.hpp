@@ -38,9 +38,11 @@ class KVCacheIndex {
   int layers_ = 0, heads_ = 0, head_dim_ = 0, max_seq_ = 0, length_ = 0;
 };
 
+// Not synchronised: use one from one thread at a time (DecodeContext serialises its own).
 class KVCache {
  public:
-  // Validates like KVCacheIndex, then allocates (and zeroes) the device memory; throws CudaError if that fails.
+  // Validates like KVCacheIndex, then allocates (and zeroes) the device memory on the current device, which
+  // device() records; throws CudaError if that fails.
   KVCache(const ModelConfig& config, int max_seq);
   ~KVCache();
   KVCache(const KVCache&) = delete;
@@ -50,6 +52,8 @@ class KVCache {
   KVCache& operator=(KVCache&& other) noexcept;
 
   const KVCacheIndex& index() const { return index_; }
+  // The CUDA device of the memory (-1 for a moved-from cache).
+  int device() const { return device_; }
   int layers() const { return index_.layers(); }
   int heads() const { return index_.heads(); }
   int head_dim() const { return index_.head_dim(); }
@@ -77,6 +81,7 @@ class KVCache {
   void release() noexcept;
 
   KVCacheIndex index_;
+  int device_ = -1;
   __half* k_ = nullptr;
   __half* v_ = nullptr;
 };

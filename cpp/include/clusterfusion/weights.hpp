@@ -21,6 +21,10 @@ struct LayerWeights {
   // Throws std::invalid_argument naming the tensor ("layers[3].w_up: expected [10240, 2560] ...") for a
   // schema tensor that is missing or misshapen, or a filled slot the architecture does not have.
   void check(const ModelConfig& config, const std::string& prefix = "layer") const;
+  // Throws std::invalid_argument naming the tensor ("layers[3].w_up: on cuda:1, the context is on cuda:0") for a
+  // schema tensor on another device than `device` (check_tensor_device); `owner` is what lives there.
+  void check_device(const ModelConfig& config, int device, const char* owner,
+                    const std::string& prefix = "layer") const;
 };
 
 struct ModelWeights {
@@ -31,6 +35,8 @@ struct ModelWeights {
   const TensorView& operator[](ModelSlot s) const { return views[static_cast<std::size_t>(s)]; }
 
   void check(const ModelConfig& config) const;
+  // LayerWeights::check_device for every tensor, the layers' named "layers[i].<name>".
+  void check_device(const ModelConfig& config, int device, const char* owner) const;
 };
 
 }  // namespace clusterfusion

@@ -9,6 +9,7 @@
 #include "clusterfusion/kernels/decoder_layer.cuh"
 #include "clusterfusion/kernels/dispatch.hpp"
 #include "clusterfusion/kernels/layer_launch.hpp"
+#include "clusterfusion/kernels/smem_limit.hpp"
 
 namespace clusterfusion::kernels {
 
@@ -21,40 +22,41 @@ template <class Model, int kHeadDim, int kFirst, int kLast>
 cudaError_t launch_kernel(const DecoderLayerParams& p, int blocks, int cluster, std::size_t smem, bool cooperative,
                           cudaStream_t stream) {
   auto* kernel = &decoder_layer_kernel<Model, kHeadDim, kFirst, kLast>;
-  CF_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  CF_RETURN_IF_ERROR(allow_max_dynamic_smem(reinterpret_cast<const void*>(kernel)));
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(blocks);
   config.blockDim = dim3(kThreads);
   config.dynamicSmemBytes = smem;
   config.stream = stream;
-  cudaLaunchAttribute attrs[2];
+  cudaLaunchAttribute attrs[3];
   attrs[0].id = cudaLaunchAttributeClusterDimension;
   attrs[0].val.clusterDim.x = cluster;
   attrs[0].val.clusterDim.y = 1;
   attrs[0].val.clusterDim.z = 1;
   config.attrs = attrs;
   config.numAttrs = 1;
-  if (p.overlap_previous) {
-    // Starts while the previous kernel finishes (programmatic dependent launch). The cooperative attribute is
-    // left out: the plan keeps the grid within the clusters the device holds at once, so every block is
-    // resident once the previous kernel's blocks have left, which is all the grid barrier needs.
-    attrs[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attrs[1].val.programmaticStreamSerializationAllowed = 1;
-    config.numAttrs = 2;
-  } else if (cooperative) {
-    attrs[1].id = cudaLaunchAttributeCooperative;
-    attrs[1].val.cooperative = 1;
-    config.numAttrs = 2;
+  // Cooperative also when overlapping the previous kernel (the two attributes combine): the grid barrier needs
+  // every block resident, which only this attribute guarantees; the plan's occupancy knows nothing of other
+  // kernels on the device (other streams, contexts, MPS clients).
+  if (cooperative) {
+    attrs[config.numAttrs].id = cudaLaunchAttributeCooperative;
+    attrs[config.numAttrs].val.cooperative = 1;
+    ++config.numAttrs;
   }
-  CF_RETURN_IF_ERROR(cudaLaunchKernelEx(&config, kernel, p));
-  return cudaGetLastError();
+  // Starts while the previous kernel finishes (programmatic dependent launch).
+  if (p.overlap_previous) {
+    attrs[config.numAttrs].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attrs[config.numAttrs].val.programmaticStreamSerializationAllowed = 1;
+    ++config.numAttrs;
+  }
+  return cudaLaunchKernelEx(&config, kernel, p);
 }
 
 // How many clusters of `cluster` blocks of the cooperative kernel fit on the device at once.
 template <class Model, int kHeadDim>
 cudaError_t max_active_clusters_of(int cluster, std::size_t smem, int* clusters) {
   auto* kernel = &decoder_layer_kernel<Model, kHeadDim, 0, Model::kPhases - 1>;
-  CF_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  CF_RETURN_IF_ERROR(allow_max_dynamic_smem(reinterpret_cast<const void*>(kernel)));
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(cluster);
   config.blockDim = dim3(kThreads);

@@ -45,6 +45,7 @@ struct DecoderLayerParams {
   __half* h1;       // [hidden] x + attention (sequential residual)
   __half* out;      // [hidden] the layer output
   float* attn;      // [heads * head_dim] attention outputs before W_o
+  float* head_out;  // [heads][hidden] each head's attention through its W_o columns (head_o_proj)
   float* act;       // [ffn] the MLP activation before W_down
   __half* k_cache;  // this layer: [kv_heads][max_seq][head_dim]
   __half* v_cache;
@@ -66,15 +67,16 @@ struct SmemLayout {
   static constexpr std::size_t kRingBytes = std::size_t(kWarps) * kStages * kBoxBytes;
   static constexpr std::size_t kBarriers = kRingBytes;
   static constexpr std::size_t kJobLists = kBarriers + align_up(kWarps * kStages * 8, 128);
-  static constexpr std::size_t kJobListBytes = 80;  // sizeof(JobList), checked where it is defined
+  static constexpr std::size_t kJobListBytes = 88;  // sizeof(JobList), checked where it is defined
   static constexpr std::size_t kScratch = kJobLists + align_up(kMaxJobLists * kJobListBytes, 128);  // reductions
   static constexpr std::size_t kItemPartials = kScratch + 128;  // kBoxRows row sums per work item
   static constexpr std::size_t kVectors = kItemPartials + kMaxItems * kBoxRows * 4;  // phase-specific vectors
 
   // norm_qkv_rope_attend and norm_up: the two norms of the input, the head's q|k|v, scores of this block's
-  // positions, reduction partials, the cluster's softmax partials (m, l, o) gathered on rank 0, and SwiGLU's
-  // gate values of this block's rows.
-  std::size_t a1, a2, qkv, scores, partials, combine, gate, norm_end;
+  // positions, reduction partials, the cluster's softmax partials (m, l, o) gathered on rank 0 (on every rank for
+  // head_o_proj), SwiGLU's gate values of this block's rows, the head's attention output repeated to a box row
+  // (head_o_proj), and the float16 input assembled by the cluster (LayerVec::HeadsResidual).
+  std::size_t a1, a2, qkv, scores, partials, combine, gate, head_attn, input, norm_end;
   // proj_residual: the attention output, the MLP activation, and on rank 0 every rank's partial sums of the
   // cluster's output rows.
   std::size_t o, g, rank_partials, proj_end;
@@ -90,7 +92,9 @@ struct SmemLayout {
     partials = scores + align_up(chunk * 4, 16);
     combine = partials + align_up(kThreads * 8 * 4, 16);
     gate = combine + align_up(cluster * (head_dim + 2) * 4, 16);
-    norm_end = gate + align_up(gate_rows * 4, 16);
+    head_attn = gate + align_up(gate_rows * 4, 16);
+    input = head_attn + kBoxCols * 4;
+    norm_end = input + align_up(hidden * 2, 16);
     o = kVectors;
     g = o + align_up(hidden * 4, 16);
     rank_partials = g + align_up(ffn * 4, 16);
