@@ -36,4 +36,12 @@ struct RandomModel {
   const std::vector<double>& host(const char* name) const { return tensors.at(name)->host; }
 };
 
+// A model's layer shapes, two layers, a vocab that no block or warp count divides.
+inline cf::ModelConfig small_model_config(const char* name = "pythia-70m") {
+  cf::ModelConfig c = cf::model_config(name);
+  c.layers = 2;
+  c.vocab = 5003;
+  return c;
+}
+
 }  // namespace cf_test

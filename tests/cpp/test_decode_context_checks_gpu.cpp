@@ -22,13 +22,6 @@ namespace cf = clusterfusion;
 
 namespace {
 
-cf::ModelConfig small_config() {
-  cf::ModelConfig c = cf::model_config("pythia-70m");
-  c.layers = 2;
-  c.vocab = 5003;
-  return c;
-}
-
 // Every byte of the cache and the token history.
 std::vector<unsigned char> device_state(const cf::DecodeContext& ctx) {
   CF_CUDA_CHECK(cudaStreamSynchronize(ctx.stream()));
@@ -71,7 +64,7 @@ void expect_same_continuation(cf::DecodeContext& ctx, cf::DecodeContext& control
 
 TEST(DecodeContextChecksGpu, RefusedLoadPrefixWritesNothing) {
   CF_REQUIRE_HOPPER();
-  const cf::ModelConfig config = small_config();
+  const cf::ModelConfig config = cf_test::small_model_config();
   const cf_test::RandomModel model(config, cf_test::rng());
   const int max_seq = 32;
   cf::DecodeContext ctx(config, model.weights, max_seq), control(config, model.weights, max_seq);
@@ -125,7 +118,7 @@ TEST(DecodeContextChecksGpu, RefusedLoadPrefixWritesNothing) {
 
 TEST(DecodeContextChecksGpu, RefusedStepsWriteNothing) {
   CF_REQUIRE_HOPPER();
-  const cf::ModelConfig config = small_config();
+  const cf::ModelConfig config = cf_test::small_model_config();
   const cf_test::RandomModel model(config, cf_test::rng());
   const int max_seq = 8;
   cf::DecodeContext ctx(config, model.weights, max_seq), control(config, model.weights, max_seq);

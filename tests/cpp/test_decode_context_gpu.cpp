@@ -128,14 +128,6 @@ std::vector<float> context_logits(const cf::DecodeContext& ctx) {
   return download(ctx.logits(), ctx.config().vocab);
 }
 
-// A model's layer shapes, two layers, a vocab that no block or warp count divides.
-cf::ModelConfig small_config(const char* name = "pythia-70m") {
-  cf::ModelConfig c = cf::model_config(name);
-  c.layers = 2;
-  c.vocab = 5003;
-  return c;
-}
-
 // The architectures at small real shapes: GPT-NeoX, and Llama with grouped-query attention and a tied head.
 class DecodeContextModels : public ::testing::TestWithParam<const char*> {};
 INSTANTIATE_TEST_SUITE_P(Models, DecodeContextModels, ::testing::Values("pythia-70m", "llama-3.2-1b"),
@@ -157,7 +149,7 @@ bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
 
 TEST(DecodeContextGpu, GreedyStepsMatchHostReference) {
   CF_REQUIRE_HOPPER();
-  const cf::ModelConfig config = small_config();
+  const cf::ModelConfig config = cf_test::small_model_config();
   const int max_seq = 64;
   const RandomModel model(config, cf_test::rng());
   cf::DecodeContext ctx(config, model.weights, max_seq);
@@ -184,7 +176,7 @@ TEST(DecodeContextGpu, GreedyStepsMatchHostReference) {
 
 TEST_P(DecodeContextModels, StepsAreBitwiseRepeatableAndModesAgree) {
   CF_REQUIRE_HOPPER();
-  const cf::ModelConfig config = small_config(GetParam());
+  const cf::ModelConfig config = cf_test::small_model_config(GetParam());
   const RandomModel model(config, cf_test::rng());
   const std::vector<int> prompt = random_tokens(7, config.vocab);
 
@@ -215,7 +207,7 @@ TEST_P(DecodeContextModels, StepsAreBitwiseRepeatableAndModesAgree) {
 
 TEST_P(DecodeContextModels, LoadedPrefixMatchesStandalonePrefillBitwise) {
   CF_REQUIRE_HOPPER();
-  const cf::ModelConfig config = small_config(GetParam());
+  const cf::ModelConfig config = cf_test::small_model_config(GetParam());
   const int max_seq = 48;
   const RandomModel model(config, cf_test::rng());
   const std::vector<int> prompt = random_tokens(cf_test::uniform_int(2, 20), config.vocab);
@@ -255,7 +247,7 @@ TEST_P(DecodeContextModels, LoadedPrefixMatchesStandalonePrefillBitwise) {
 
 TEST(DecodeContextGpu, FullCacheAndBadInputThrowBeforeEnqueuing) {
   CF_REQUIRE_HOPPER();
-  const cf::ModelConfig config = small_config();
+  const cf::ModelConfig config = cf_test::small_model_config();
   const RandomModel model(config, cf_test::rng());
   const int max_seq = 4;
   cf::DecodeContext ctx(config, model.weights, max_seq);
@@ -299,7 +291,7 @@ TEST(DecodeContextGpu, FullCacheAndBadInputThrowBeforeEnqueuing) {
 
 TEST_P(DecodeContextModels, SamplingIsReproducibleBySeed) {
   CF_REQUIRE_HOPPER();
-  const cf::ModelConfig config = small_config(GetParam());
+  const cf::ModelConfig config = cf_test::small_model_config(GetParam());
   const RandomModel model(config, cf_test::rng());
   const std::vector<int> prompt = random_tokens(4, config.vocab);
   cf::DecodeContext ctx(config, model.weights, 64);

@@ -21,13 +21,6 @@ namespace cf = clusterfusion;
 
 namespace {
 
-cf::ModelConfig small_config() {
-  cf::ModelConfig c = cf::model_config("pythia-70m");
-  c.layers = 2;
-  c.vocab = 5003;
-  return c;
-}
-
 // Runs `body` on `count` threads at once; rethrows the first exception any of them threw.
 template <class Body>
 void run_threads(int count, Body body) {
@@ -51,7 +44,7 @@ void run_threads(int count, Body body) {
 
 TEST(DecodeContextThreadsGpu, ConcurrentStepsAndSamplingChangesEqualASerialReplay) {
   CF_REQUIRE_HOPPER();
-  const cf::ModelConfig config = small_config();
+  const cf::ModelConfig config = cf_test::small_model_config();
   const cf_test::RandomModel model(config, cf_test::rng());
   // Sampling, so that a step run with a stale graph or at a wrong position would show in the tokens (each draw's
   // Philox counter is its position).
@@ -107,7 +100,7 @@ TEST(DecodeContextThreadsGpu, ConcurrentStepsAndSamplingChangesEqualASerialRepla
 
 TEST(DecodeContextThreadsGpu, ResetsBetweenStepsNeverTearAStep) {
   CF_REQUIRE_HOPPER();
-  const cf::ModelConfig config = small_config();
+  const cf::ModelConfig config = cf_test::small_model_config();
   const cf_test::RandomModel model(config, cf_test::rng());
   const int token = cf_test::uniform_int(0, config.vocab - 1);
   cf::DecodeContext ctx(config, model.weights, 64), serial(config, model.weights, 64);

@@ -14,13 +14,6 @@ namespace cf = clusterfusion;
 
 namespace {
 
-cf::ModelConfig small_config() {
-  cf::ModelConfig c = cf::model_config("pythia-70m");
-  c.layers = 2;
-  c.vocab = 5003;
-  return c;
-}
-
 cudaError_t leave_an_error_pending() {
   cudaGetLastError();
   return cudaSetDevice(-1);
@@ -30,7 +23,7 @@ cudaError_t leave_an_error_pending() {
 
 TEST(PendingErrorGpu, StepsAndResetsLeaveAnUnrelatedErrorPending) {
   CF_REQUIRE_HOPPER();
-  const cf::ModelConfig config = small_config();
+  const cf::ModelConfig config = cf_test::small_model_config();
   const cf_test::RandomModel model(config, cf_test::rng());
   cf::DecodeContext ctx(config, model.weights, 32);
   const int token = cf_test::uniform_int(0, config.vocab - 1);
@@ -47,7 +40,7 @@ TEST(PendingErrorGpu, StepsAndResetsLeaveAnUnrelatedErrorPending) {
 
 TEST(PendingErrorGpu, CaptureLeavesAnUnrelatedErrorPending) {
   CF_REQUIRE_HOPPER();
-  const cf::ModelConfig config = small_config();
+  const cf::ModelConfig config = cf_test::small_model_config();
   const cf_test::RandomModel model(config, cf_test::rng());
   cf::DecodeContext ctx(config, model.weights, 32);
   const cudaError_t pending = leave_an_error_pending();
