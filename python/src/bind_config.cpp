@@ -116,6 +116,10 @@ void bind_config(nb::module_& m) {
       .def("__eq__", &same_rope, nb::is_operator())
       .def("__repr__", &rope_repr);
 
+  // Default arguments are plain values or None, never an instance of a bound class: nanobind keeps a default for
+  // as long as the function lives, so where the type outlives the module's teardown, the instance (and every type
+  // and function it keeps) is reported leaked at exit. Hence rope_scaling=None for RopeScaling()
+  // (tests/python/test_leaks.py).
   const ModelConfig d{};
   nb::class_<ModelConfig>(m, "ModelConfig",
                           "The shape and arithmetic choices of one decoder-only transformer. Fields are plain "
@@ -123,14 +127,15 @@ void bind_config(nb::module_& m) {
       .def(
           "__init__",
           [](ModelConfig* self, Architecture arch, int hidden, int heads, std::optional<int> kv_heads, int head_dim,
-             int ffn, int layers, int vocab, int rotary_dims, float rotary_base, const RopeScaling& rope_scaling,
-             float norm_eps, bool parallel_residual, Norm norm, Activation activation, bool tied_embeddings) {
+             int ffn, int layers, int vocab, int rotary_dims, float rotary_base,
+             const std::optional<RopeScaling>& rope_scaling, float norm_eps, bool parallel_residual, Norm norm,
+             Activation activation, bool tied_embeddings) {
             ModelConfig* c = new (self) ModelConfig();
             c->arch = arch;
             c->hidden = hidden;
             c->heads = heads;
             c->kv_heads = kv_heads.value_or(heads);
-            c->rope_scaling = rope_scaling;
+            if (rope_scaling) c->rope_scaling = *rope_scaling;  // else ModelConfig's own default
             c->tied_embeddings = tied_embeddings;
             c->head_dim = head_dim;
             c->ffn = ffn;
@@ -146,9 +151,9 @@ void bind_config(nb::module_& m) {
           nb::kw_only(), "arch"_a = d.arch, "hidden"_a = d.hidden, "heads"_a = d.heads,
           "kv_heads"_a.none() = nb::none(), "head_dim"_a = d.head_dim, "ffn"_a = d.ffn, "layers"_a = d.layers,
           "vocab"_a = d.vocab, "rotary_dims"_a = d.rotary_dims, "rotary_base"_a = d.rotary_base,
-          "rope_scaling"_a = d.rope_scaling, "norm_eps"_a = d.norm_eps, "parallel_residual"_a = d.parallel_residual,
+          "rope_scaling"_a.none() = nb::none(), "norm_eps"_a = d.norm_eps, "parallel_residual"_a = d.parallel_residual,
           "norm"_a = d.norm, "activation"_a = d.activation, "tied_embeddings"_a = d.tied_embeddings,
-          "kv_heads defaults to heads (multi-head attention).")
+          "kv_heads defaults to heads (multi-head attention), rope_scaling to RopeScaling() (the default rope).")
       .def_rw("arch", &ModelConfig::arch)
       .def_rw("hidden", &ModelConfig::hidden)
       .def_rw("heads", &ModelConfig::heads)
