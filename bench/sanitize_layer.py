@@ -6,7 +6,10 @@ The layer's tensors come from the weight schema (random, at realistic scales), a
 if an output is not finite (the sanitizer's own findings set its exit code).
 
     PYTHONPATH=build-gpu/python compute-sanitizer --tool memcheck python3 bench/sanitize_layer.py \
-        [--models pythia-2.8b,llama-2-7b]
+        [--models pythia-2.8b,llama-2-7b] [--heads 80]
+
+--heads splits each model's hidden into that many heads: `--models pythia-12b --heads 80` runs clusters of one
+block on an H100 or H200, whose proj_residual takes its K in two passes.
 """
 
 import argparse
@@ -33,10 +36,20 @@ def random_weights(cf, config):
     return weights
 
 
-def run_model(cf, model, max_seq, position):
+def run_model(cf, model, max_seq, position, heads=None):
     """One forward per mode; returns the names of the outputs that are not all finite."""
     config = cf.ModelConfig.named(model)
     config.layers = 1
+    if heads is not None:
+        if config.hidden % heads != 0:
+            raise SystemExit(f"--heads: {heads} does not divide {model}'s hidden {config.hidden}")
+        rotary_fraction, mha = config.rotary_dims / config.head_dim, config.kv_heads == config.heads
+        config.heads = heads
+        if mha:
+            config.kv_heads = heads
+        config.head_dim = config.hidden // heads
+        config.rotary_dims = int(config.head_dim * rotary_fraction)
+        model = f"{model} ({heads} heads)"
     weights = random_weights(cf, config)
     print(f"{model}: {len(weights)} layer tensors, {sum(math.prod(w.shape) for w in weights.values()):,} elements",
           flush=True)
@@ -75,6 +88,7 @@ def main():
                         f"{','.join(DEFAULT_MODELS)})")
     parser.add_argument("--max-seq", type=int, default=1024)
     parser.add_argument("--position", type=int, default=900)
+    parser.add_argument("--heads", type=int, default=None, help="split each model's hidden into this many heads")
     args = parser.parse_args()
     import clusterfusion as cf
 
@@ -85,7 +99,7 @@ def main():
     torch.manual_seed(0)
     bad = []
     for model in models:
-        bad += run_model(cf, model, args.max_seq, args.position)
+        bad += run_model(cf, model, args.max_seq, args.position, args.heads)
     if bad:
         print(f"non-finite outputs: {', '.join(bad)}")
         return 1

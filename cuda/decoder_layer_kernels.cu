@@ -28,6 +28,15 @@ bool layer_phase_attends(LayerModel model, int phase) {
   return with_model(model, [phase](auto m) { return decltype(m)::phase(phase).attend; });
 }
 
+bool layer_every_block_streams(LayerModel model) {
+  return with_model(model, [](auto m) {
+    using Model = decltype(m);
+    for (int i = 0; i < Model::kPhases; ++i)
+      if (Model::phase(i).attend && !Model::phase(i).up) return false;
+    return true;
+  });
+}
+
 bool layer_o_proj_per_head(LayerModel model) {
   return with_model(model, [](auto m) { return applies_o_proj_per_head<decltype(m)>(); });
 }

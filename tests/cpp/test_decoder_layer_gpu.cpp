@@ -48,15 +48,27 @@ double rel_error(const std::vector<T>& got, const std::vector<double>& ref, cons
 struct LayerCase {
   const char* model;
   std::vector<int> positions;
+  int heads = 0;  // when set, the model's hidden split into this many heads (head_dim = hidden / heads)
+  const char* label = nullptr;  // the test's name suffix, when the model's name would not do
 };
+
+cf::ModelConfig case_config(const LayerCase& tc) {
+  cf::ModelConfig config = cf::pythia_config(tc.model);
+  if (tc.heads > 0) {
+    config.heads = config.kv_heads = tc.heads;
+    config.head_dim = config.hidden / tc.heads;
+    config.rotary_dims = config.head_dim / 4;  // rotary_pct 0.25, as every GPT-NeoX checkpoint
+  }
+  config.layers = 1;
+  return config;
+}
 
 class NeoXLayerGpu : public ::testing::TestWithParam<LayerCase> {};
 
 TEST_P(NeoXLayerGpu, MatchesHostReference) {
   CF_REQUIRE_HOPPER();
   const LayerCase& tc = GetParam();
-  cf::ModelConfig config = cf::pythia_config(tc.model);
-  config.layers = 1;
+  const cf::ModelConfig config = case_config(tc);
   const int h = config.hidden, f = config.ffn, d = config.head_dim, heads = config.heads;
   const int max_seq = 2048;
   auto& rng = cf_test::rng();
@@ -69,8 +81,13 @@ TEST_P(NeoXLayerGpu, MatchesHostReference) {
   HalfTensor past_k({heads, max_seq, d}, 0, 1, rng), past_v({heads, max_seq, d}, 0, 1, rng);
   const std::size_t cache_bytes = cache.layer_elems() * sizeof(__half);
 
-  // One block per SM: both Pythia shapes fit the H100 at once, so the cooperative mode must be available.
+  // One block per SM: every shape here fits the H100 at once, so the cooperative mode must be available.
   ASSERT_TRUE(layer.plan().cooperative_supported) << layer.plan().blocks << " blocks";
+  // 80 heads are more clusters of two than an H100 or H200 holds: clusters of one block, whose proj_residual
+  // runs its K in two passes (one slice of attn | act would not fit in shared memory).
+  if (tc.heads == 80) {
+    EXPECT_EQ(layer.plan().cluster_size, 1);
+  }
   for (const int position : tc.positions) {
     for (const cf::LayerMode mode : {cf::LayerMode::Split, cf::LayerMode::Cooperative}) {
       SCOPED_TRACE(std::string(cf::layer_mode_name(mode)) + " position " + std::to_string(position));
@@ -112,10 +129,20 @@ TEST_P(NeoXLayerGpu, MatchesHostReference) {
   }
 }
 
+// pythia-12b and gpt-neox-20b: each rank of a cluster holds only its K slice of attn | act in proj_residual (the
+// whole vectors did not fit in shared memory); 80 heads of 64 at pythia-12b's hidden and ffn: clusters of one
+// block, proj_residual in two passes.
 INSTANTIATE_TEST_SUITE_P(Pythia, NeoXLayerGpu,
                          ::testing::Values(LayerCase{"pythia-2.8b", {0, 1, 65, 511, 2047}},
-                                           LayerCase{"pythia-6.9b", {0, 128, 1000}}),
-                         [](const auto& info) { return std::string(info.param.model == std::string("pythia-2.8b") ? "pythia_2_8b" : "pythia_6_9b"); });
+                                           LayerCase{"pythia-6.9b", {0, 128, 1000}},
+                                           LayerCase{"pythia-12b", {0, 777}},
+                                           LayerCase{"gpt-neox-20b", {1, 2047}},
+                                           LayerCase{"pythia-12b", {0, 1000}, 80, "neox_80_heads"}),
+                         [](const auto& info) {
+                           std::string name = info.param.label ? info.param.label : info.param.model;
+                           for (char& ch : name) ch = std::isalnum(static_cast<unsigned char>(ch)) ? ch : '_';
+                           return name;
+                         });
 
 TEST(NeoXLayerGpuErrors, PositionPastCacheThrowsAndLaunchesNothing) {
   CF_REQUIRE_HOPPER();
@@ -146,10 +173,12 @@ namespace {
 
 // A position read from device memory gives bitwise what the same position as a launch parameter gives, in
 // both modes; a device position past the cache launches kernels that write nothing.
-// The architectures and their GQA / rope variants at real shapes: MHA GPT-NeoX, Llama with 8 query heads per kv
+// The architectures and their GQA / rope variants at real shapes: MHA GPT-NeoX (pythia-12b and gpt-neox-20b too:
+// proj_residual's K slices per rank, clusters of 3 and 2 on an H100 or H200), Llama with 8 query heads per kv
 // head (head_dim 64) and with 4 (head_dim 128, llama3 rope).
 class DecoderLayerGpu : public ::testing::TestWithParam<const char*> {};
-INSTANTIATE_TEST_SUITE_P(Models, DecoderLayerGpu, ::testing::Values("pythia-2.8b", "tinyllama-1.1b", "llama-3-8b"),
+INSTANTIATE_TEST_SUITE_P(Models, DecoderLayerGpu,
+                         ::testing::Values("pythia-2.8b", "pythia-12b", "gpt-neox-20b", "tinyllama-1.1b", "llama-3-8b"),
                          [](const auto& info) {
                            std::string name = info.param;
                            for (char& ch : name) ch = std::isalnum(static_cast<unsigned char>(ch)) ? ch : '_';

@@ -21,10 +21,17 @@ from transformers.models.llama import modeling_llama as hf_llama  # noqa: E402
 pytestmark = pytest.mark.gpu
 
 NEOX_SHAPES = ["pythia-2.8b", "pythia-6.9b"]
+# The largest GPT-NeoX layers (0.63 and 0.91 GB of float16 weights): proj_residual holds only each rank's K slice of
+# attn | act (the whole vectors did not fit in shared memory). "neox-80-heads" is pythia-12b's hidden and ffn in
+# 80 heads of 64: more heads than an H100 or H200 holds clusters of two, so clusters of one block, whose
+# proj_residual runs its K in two passes. Few positions: the rest is the same code as above.
+BIG_NEOX_SHAPES = ["pythia-12b", "gpt-neox-20b", "neox-80-heads"]
+SYNTHETIC_SHAPES = {"neox-80-heads": ("pythia-12b", 80)}  # name -> (embedded model, heads)
 LLAMA_SHAPES = ["llama-2-7b", "tinyllama-1.1b", "llama-3-8b", "llama-3.2-1b"]
-SHAPES = NEOX_SHAPES + LLAMA_SHAPES
+SHAPES = NEOX_SHAPES + BIG_NEOX_SHAPES + LLAMA_SHAPES
 MAX_SEQ = 2048
 POSITIONS = [0, 1, 2, 63, 64, 65, 127, 128, 511, 1000, 2047]
+BIG_POSITIONS = [0, 777, 2047]
 LLAMA_POSITIONS = [0, 1, 65, 300, 2047]  # the attention tiles and the cluster split are the same code as above
 MODES = ["split", "cooperative"]
 REL_TOL = 2e-3
@@ -54,7 +61,10 @@ class Family:
 def hf_config(shape):
     from clusterfusion.cli import hf_config_for
 
-    config = hf_config_for(shape)
+    model, heads = SYNTHETIC_SHAPES.get(shape, (shape, None))
+    config = hf_config_for(model)
+    if heads is not None:  # the same hidden in more, smaller heads (rotary_pct, hence a quarter of each, kept)
+        config.num_attention_heads = heads
     config.num_hidden_layers = 1
     return config
 
@@ -223,6 +233,7 @@ def check_step(ref, s, layer, cache, position):
 
 @pytest.mark.parametrize("setup, position",
                          [(shape, p) for shape in NEOX_SHAPES for p in POSITIONS] +
+                         [(shape, p) for shape in BIG_NEOX_SHAPES for p in BIG_POSITIONS] +
                          [(shape, p) for shape in LLAMA_SHAPES for p in LLAMA_POSITIONS], indirect=["setup"])
 def test_layer_matches_reference_within_transformers_error(ref, setup, position):
     check_step(ref, setup, setup.layer, setup.cache, position)
@@ -298,6 +309,15 @@ def test_modes_are_deterministic_and_identical(setup):
     for key, other in others:
         assert torch.equal(first[0], other[0]), f"{s}: out of {key} differs from {first_key}"
         assert all(torch.equal(a, b) for a, b in zip(first[1], other[1])), f"{s}: cache of {key} differs from {first_key}"
+
+
+@pytest.mark.parametrize("setup", ["neox-80-heads"], indirect=True)
+def test_80_heads_run_in_clusters_of_one_block(setup):
+    """The shape above that exercises proj_residual's two passes does get clusters of one block (more heads than
+    the device holds clusters of two), at least one per head."""
+    plan = setup.layer.plan
+    assert plan["cluster_size"] == 1, plan
+    assert plan["blocks"] >= setup.config.heads, plan
 
 
 @pytest.mark.parametrize("setup", ["pythia-2.8b", "tinyllama-1.1b"], indirect=True)

@@ -9,8 +9,9 @@
 // norm_up: every block's share of the up rows (GELU(up + b), or silu(gate) * up with gate and up rows of the
 //   same output as two dot products combined in the epilogue). Its input may be assembled first: h1 = x + the
 //   heads' W_o partials, each rank of a cluster summing a slice of the columns for the whole cluster.
-// proj_residual: a cluster owns output rows, its ranks split K (W_o's boxes, then W_down's) and rank 0 adds
-//   the ranks' partial sums to the residual.
+// proj_residual: a cluster owns output rows, its ranks split K (W_o's boxes, then W_down's), each holding only its
+//   slice of attn | act (in two passes where one slice would not fit), and rank 0 adds the ranks' partial sums
+//   to the residual.
 #pragma once
 #include <cuda_fp16.h>
 
@@ -135,6 +136,8 @@ __device__ __forceinline__ QkvPiece qkv_piece(const DecoderLayerParams& p, int h
 template <class Model, int kHeadDim, int kFirst, int kLast>
 __device__ __forceinline__ void build_job_lists(const DecoderLayerParams& p, const SmemLayout& L, unsigned char* smem,
                                                 int position) {
+  static_assert(phase_list_base<Model>(kFirst, kLast + 1) <= kMaxJobLists, "the job lists' shared-memory region");
+  static_assert(kProjLists == kProjPasses, "one proj_residual list per pass");
   auto* lists = reinterpret_cast<JobList*>(smem + SmemLayout::kJobLists);
   if (threadIdx.x == 0) {
     const int blocks = gridDim.x, block = blockIdx.x;
@@ -178,18 +181,31 @@ __device__ __forceinline__ void build_job_lists(const DecoderLayerParams& p, con
       }
       if (spec.o_proj || spec.down_proj) {
         // A cluster owns output rows; its ranks split their K and rank 0 adds the ranks' partial sums
-        // (proj_residual), so rows are shared out in clusters, not blocks: finer balance.
-        const Segment o{&p.maps[kMapO], reinterpret_cast<float*>(smem + L.o), k_boxes};
-        const Segment down{&p.maps[kMapDown], reinterpret_cast<float*>(smem + L.g), p.ffn / kBoxCols};
+        // (proj_residual), so rows are shared out in clusters, not blocks: finer balance. K (W_o's boxes, then
+        // W_down's) is cut into L.proj_passes parts per rank, one list each (kProjLists, the unused ones empty);
+        // a part reads its slice of the vector, boxes [b0, b1) end to end from L.proj_slice.
+        const Segment o{&p.maps[kMapO], nullptr, k_boxes};
+        const Segment down{&p.maps[kMapDown], nullptr, p.ffn / kBoxCols};
+        const Segment first = spec.o_proj ? o : down;
+        const int segments = spec.o_proj && spec.down_proj ? 2 : 1;
+        const int boxes = first.boxes + (segments == 2 ? down.boxes : 0);
         const int out_units = p.hidden / kBoxRows;
         const int o0 = split_begin(out_units, blocks / ranks, cluster);
         const int o1 = split_begin(out_units, blocks / ranks, cluster + 1);
-        JobList list{o0 * kBoxRows, o1 - o0, 1, 0, spec.o_proj && spec.down_proj ? 2 : 1,
-                     {spec.o_proj ? o : down, down}, 0, 0};
-        const int boxes = list.seg[0].boxes + (list.segments == 2 ? list.seg[1].boxes : 0);
-        list.box_begin = split_begin(boxes, ranks, rank);
-        list.box_end = split_begin(boxes, ranks, rank + 1);
-        lists[l++] = list;
+        const int passes = L.proj_passes, parts = ranks * passes;
+        const float* slice = reinterpret_cast<const float*>(smem + L.proj_slice);
+        for (int pass = 0; pass < kProjLists; ++pass) {
+          const bool used = pass < passes;
+          const int b0 = used ? split_begin(boxes, parts, rank * passes + pass) : 0;
+          const int b1 = used ? split_begin(boxes, parts, rank * passes + pass + 1) : 0;
+          JobList list{o0 * kBoxRows, used ? o1 - o0 : 0, 1, 0, segments, {first, down}, b0, b1};
+          const int in_first = min(max(first.boxes - b0, 0), b1 - b0);  // the slice's boxes of segment 0
+          list.seg[0].vec = slice;
+          list.seg[0].first_box = b0;
+          list.seg[1].vec = slice + in_first * kBoxCols;
+          list.seg[1].first_box = max(b0 - first.boxes, 0);
+          lists[l++] = list;
+        }
       }
     }
     finish_job_lists(lists, l);
@@ -233,18 +249,24 @@ struct KvChunk {
         end(split_begin(position + 1, cluster_size(), cluster_rank() + 1)) {}
 };
 
-// Copies n floats (n a multiple of 4) that another block or kernel wrote (read through L2, .cg) into shared
-// memory with kCopyBatch 16-byte loads per thread in flight: one round trip per batch, not per load. A block
-// that starts late loads behind every other block's weight stream, where each round trip costs microseconds.
+// Copies n0 floats from src0 then n1 from src1 (multiples of 4) that another block or kernel wrote (read through
+// L2, .cg) into shared memory, end to end, with kCopyBatch 16-byte loads per thread in flight: one round trip per
+// batch, not per load. A block that starts late loads behind every other block's weight stream, where each round
+// trip costs microseconds.
 constexpr int kCopyBatch = 8;
-__device__ __forceinline__ void copy_from_l2(float* dst, const float* src, int n) {
-  const int vecs = n / 4;
+__device__ __forceinline__ void copy_from_l2(float* dst, const float* src0, int n0, const float* src1 = nullptr,
+                                             int n1 = 0) {
+  const int vecs0 = n0 / 4, vecs = vecs0 + n1 / 4;
   for (int base = 0; base < vecs; base += kCopyBatch * int(blockDim.x)) {
     float4 v[kCopyBatch];
 #pragma unroll
     for (int u = 0; u < kCopyBatch; ++u) {
       const int i = base + u * int(blockDim.x) + int(threadIdx.x);
-      if (i < vecs) v[u] = __ldcg(reinterpret_cast<const float4*>(src) + i);
+      if (i < vecs0) {
+        v[u] = __ldcg(reinterpret_cast<const float4*>(src0) + i);
+      } else if (i < vecs) {
+        v[u] = __ldcg(reinterpret_cast<const float4*>(src1) + (i - vecs0));
+      }
     }
 #pragma unroll
     for (int u = 0; u < kCopyBatch; ++u) {
@@ -288,8 +310,8 @@ class LayerBlock {
       : p_(p),
         smem_(smem),
         position_(position),
-        layout_(p.hidden, p.ffn, kHeadDim, p.max_seq, cluster_size(), gridDim.x / cluster_size(),
-                gate_rows(p.ffn, gridDim.x)),
+        layout_(p.hidden, proj_columns<Model>(p.hidden, p.ffn), kHeadDim, p.max_seq, cluster_size(),
+                gridDim.x / cluster_size(), gate_rows(p.ffn, gridDim.x)),
         lists_(reinterpret_cast<const JobList*>(smem + SmemLayout::kJobLists)),
         stream_(smem, lists_, total_lists()) {
     // A launch that starts with proj_residual or with assembling its input: announce that this block has started
@@ -363,7 +385,7 @@ class LayerBlock {
         cluster_wait();
         stamp(p_, kMarkClusterReady);
       }
-      proj_residual<spec.o_proj, spec.down_proj>(base + phase_lists(spec) - 1, residual,
+      proj_residual<spec.o_proj, spec.down_proj>(base + phase_lists(spec) - kProjLists, residual,
                                                  layer_out_vec(p_, spec.output), constants_[kPhase - kFirst]);
     }
     if constexpr (kPhase < kLast) run_phase<kPhase + 1>();
@@ -570,26 +592,45 @@ class LayerBlock {
     }
   }
 
-  // proj_residual after its inputs (attn and/or act) are complete in global memory.
+  // Copies the slice of the vector that proj_residual's list `list` reads into proj_slice: its boxes
+  // [box_begin, box_end) of segment 0 (attn for W_o, else act) and then of segment 1 (act), end to end. The
+  // vectors were written by other blocks of this launch (cooperative) or by the previous one.
+  template <bool kO, bool kDown>
+  __device__ void load_proj_slice(const JobList& list) const {
+    const int b0 = list.box_begin, b1 = list.box_end, s0 = list.seg[0].boxes;
+    const int n0 = max(0, min(b1, s0) - b0) * kBoxCols;
+    const float* src0 = (kO ? p_.attn : p_.act) + min(b0, s0) * kBoxCols;
+    if constexpr (kO && kDown) {
+      const int m = max(b0, s0);
+      copy_from_l2(vec(layout_.proj_slice), src0, n0, p_.act + (m - s0) * kBoxCols, max(0, b1 - m) * kBoxCols);
+    } else {
+      copy_from_l2(vec(layout_.proj_slice), src0, n0);
+    }
+  }
+
+  // proj_residual (lists l .. l + kProjLists - 1, one per pass) after its inputs (attn and/or act) are complete in
+  // global memory. Each pass loads its slice of the vector and stores its partial sums of the cluster's rows on
+  // rank 0; rank 0 adds every rank's passes in K order.
   template <bool kO, bool kDown>
   __device__ void proj_residual(int l, const __half* residual, __half* out, const PhaseConstants& c) {
     float* rank_partials = vec(layout_.rank_partials);
-    // Written by other blocks of this launch (cooperative) or the previous one.
-    if constexpr (kO) copy_from_l2(vec(layout_.o), p_.attn, p_.hidden);
-    if constexpr (kDown) copy_from_l2(vec(layout_.g), p_.act, p_.ffn);
-    __syncthreads();
-    stamp(p_, kMarkProj);
     const JobList& rows_of = lists_[l];
     const int rank = cluster_rank(), ranks = cluster_size(), row0 = rows_of.row0, rows = rows_of.jobs * kBoxRows;
-    const int stride = layout_.rows_per_cluster;
-    stream_.run(l, [&](int row, float sum) { dsmem_store(rank_partials + rank * stride + (row - row0), 0, sum); });
+    const int stride = layout_.rows_per_cluster, passes = layout_.proj_passes;
+    for (int pass = 0; pass < passes; ++pass) {
+      load_proj_slice<kO, kDown>(lists_[l + pass]);
+      __syncthreads();
+      if (pass == 0) stamp(p_, kMarkProj);
+      float* partials = rank_partials + (rank * passes + pass) * stride;
+      stream_.run(l + pass, [&](int row, float sum) { dsmem_store(partials + (row - row0), 0, sum); });
+    }
     cluster_sync();  // every rank's partial sums are on rank 0
     if (rank != 0) return;
     const auto biases = out_biases(kO, kDown);
     const auto constant = [&](int row) { return biases(row) + __half2float(__ldcg(residual + row)); };
     for (int t = threadIdx.x; t < rows; t += blockDim.x) {
       float sum = 0.f;
-      for (int r = 0; r < ranks; ++r) sum += rank_partials[r * stride + t];
+      for (int r = 0; r < ranks * passes; ++r) sum += rank_partials[r * stride + t];
       out[row0 + t] = __float2half_rn(sum + c.out.get(row0 + t, constant));
     }
   }

@@ -30,6 +30,12 @@ constexpr int kStages = CF_STAGES;  // boxes in flight per warp: 16 warps x 2 x 
 constexpr int kLnVecs = 2;  // 16-byte vectors of the layer input per thread: hidden <= kLnVecs * 8 * kThreads
 constexpr int kMaxItems = 256;     // work items (job chunks) of one job list in one block
 constexpr int kMaxJobLists = 8;    // the lists of every phase of one launch
+// sm_90's opt-in maximum of dynamic shared memory per block (227 KB, H100 and H200 alike).
+constexpr std::size_t kMaxSmemPerBlock = 232448;
+// proj_residual runs a rank's K boxes in up to this many passes (one job list each, kProjLists in
+// model_traits.hpp), reloading its slice of the vector between them; a second pass only where one slice would not
+// fit in kMaxSmemPerBlock (a cluster of one block at the largest shapes).
+constexpr int kProjPasses = 2;
 constexpr int kTimelineMarks = 12;
 
 // The weight matrices a layer streams (TMA tensor maps). GPT-NeoX's fused q|k|v matrix takes kMapQ.
@@ -77,12 +83,15 @@ struct SmemLayout {
   // head_o_proj), SwiGLU's gate values of this block's rows, the head's attention output repeated to a box row
   // (head_o_proj), and the float16 input assembled by the cluster (LayerVec::HeadsResidual).
   std::size_t a1, a2, qkv, scores, partials, combine, gate, head_attn, input, norm_end;
-  // proj_residual: the attention output, the MLP activation, and on rank 0 every rank's partial sums of the
-  // cluster's output rows.
-  std::size_t o, g, rank_partials, proj_end;
+  // proj_residual: a cluster's ranks split its K (proj_cols columns: the attention output for W_o, then the MLP
+  // activation for W_down, laid end to end) into parts of whole boxes, proj_passes parts per rank; proj_slice holds
+  // the part of the vector a pass reads (the largest any part gets), and rank_partials on rank 0 every part's
+  // partial sums of the cluster's output rows, in K order.
+  std::size_t proj_slice, rank_partials, proj_end;
+  int proj_passes;       // 1, or kProjPasses where one pass's slice would not fit in kMaxSmemPerBlock
   int rows_per_cluster;  // the most output rows any cluster owns
 
-  __host__ __device__ SmemLayout(int hidden, int ffn, int head_dim, int max_seq, int cluster, int clusters,
+  __host__ __device__ SmemLayout(int hidden, int proj_cols, int head_dim, int max_seq, int cluster, int clusters,
                                  int gate_rows) {
     const int chunk = (max_seq + cluster - 1) / cluster;
     a1 = kVectors;
@@ -95,11 +104,15 @@ struct SmemLayout {
     head_attn = gate + align_up(gate_rows * 4, 16);
     input = head_attn + kBoxCols * 4;
     norm_end = input + align_up(hidden * 2, 16);
-    o = kVectors;
-    g = o + align_up(hidden * 4, 16);
-    rank_partials = g + align_up(ffn * 4, 16);
     rows_per_cluster = (hidden / kBoxRows + clusters - 1) / clusters * kBoxRows;
-    proj_end = rank_partials + align_up(std::size_t(cluster) * rows_per_cluster * 4, 16);
+    const int k_boxes = proj_cols / kBoxCols;
+    for (proj_passes = 1;; ++proj_passes) {
+      const int parts = cluster * proj_passes;
+      proj_slice = kVectors;
+      rank_partials = proj_slice + std::size_t((k_boxes + parts - 1) / parts) * kBoxCols * 4;
+      proj_end = rank_partials + align_up(std::size_t(parts) * rows_per_cluster * 4, 16);
+      if (proj_end <= kMaxSmemPerBlock || proj_passes == kProjPasses) break;
+    }
   }
 };
 

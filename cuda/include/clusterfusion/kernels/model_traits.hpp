@@ -76,12 +76,26 @@ __host__ __device__ constexpr int launch_head_dim(int first, int last, int head_
   return attends ? head_dim : 64;
 }
 
-// Job lists a phase runs, in stream order: q|k|v pieces, gate and up, the head's W_o columns, output rows.
+// Job lists a phase runs, in stream order: q|k|v pieces, gate and up, the head's W_o columns, output rows (one
+// list per pass over a rank's K: kProjPasses in layer_params.hpp; the second is empty where one pass fits).
 constexpr int kQkvLists = 3;
 constexpr int kUpLists = 2;
+constexpr int kProjLists = 2;
 __host__ __device__ constexpr int phase_lists(const PhaseSpec& s) {
   return (s.attend ? kQkvLists : 0) + (s.up ? kUpLists : 0) + (s.head_o_proj ? 1 : 0) +
-         (s.o_proj || s.down_proj ? 1 : 0);
+         (s.o_proj || s.down_proj ? kProjLists : 0);
+}
+
+// The K of a model's proj_residual phase, in columns: W_o's (hidden) and/or W_down's (ffn), laid end to end.
+template <class Model>
+__host__ __device__ constexpr int proj_columns(int hidden, int ffn) {
+  int cols = 0;
+  for (int i = 0; i < Model::kPhases; ++i) {
+    const PhaseSpec s = Model::phase(i);
+    const int k = (s.o_proj ? hidden : 0) + (s.down_proj ? ffn : 0);
+    cols = k > cols ? k : cols;
+  }
+  return cols;
 }
 // Index of phase `phase`'s first list in a launch that starts at phase `first`.
 template <class Model>

@@ -17,11 +17,14 @@
 
 namespace clusterfusion::kernels {
 
-// A weight matrix read in full rows, dotted with the float vector `vec` (shared memory, length boxes*256).
+// A weight matrix read in full rows, dotted with the float vector `vec` in shared memory: `vec` holds the
+// segment's boxes from box `first_box` on (256 floats each), so box k reads vec + (k - first_box) * 256. A list
+// whose K is split (proj_residual) holds only the slice of the vector its boxes cover.
 struct Segment {
   const CUtensorMap* map;
   const float* vec;
   int boxes;
+  int first_box = 0;
 };
 
 // Jobs row0 + rows()*j for j in [0, jobs), each the sum over boxes [box_begin, box_end) of its segments' boxes
@@ -115,7 +118,8 @@ class WarpStream {
       float acc[kBoxRows] = {};
       for (int k = list.chunk_begin(chunk), end = list.chunk_begin(chunk + 1); k < end; ++k) {
         const bool first = k < list.seg[0].boxes;
-        const float* vec = first ? list.seg[0].vec + k * kBoxCols : list.seg[1].vec + (k - list.seg[0].boxes) * kBoxCols;
+        const float* vec = first ? list.seg[0].vec + (k - list.seg[0].first_box) * kBoxCols
+                                 : list.seg[1].vec + (k - list.seg[0].boxes - list.seg[1].first_box) * kBoxCols;
         const int slot = consumed_ % kStages;
         bars_[slot].wait((consumed_ / kStages) & 1);
         accumulate_box(ring_ + slot * kBoxBytes, vec, acc);
