@@ -311,7 +311,7 @@ class LayerBlock {
         smem_(smem),
         position_(position),
         layout_(p.hidden, proj_columns<Model>(p.hidden, p.ffn), kHeadDim, p.max_seq, cluster_size(),
-                gridDim.x / cluster_size(), gate_rows(p.ffn, gridDim.x)),
+                gridDim.x / cluster_size(), gate_rows(p.ffn, gridDim.x), applies_o_proj_per_head<Model>()),
         lists_(reinterpret_cast<const JobList*>(smem + SmemLayout::kJobLists)),
         stream_(smem, lists_, total_lists()) {
     // A launch that starts with proj_residual or with assembling its input: announce that this block has started

@@ -80,8 +80,9 @@ struct SmemLayout {
 
   // norm_qkv_rope_attend and norm_up: the two norms of the input, the head's q|k|v, scores of this block's
   // positions, reduction partials, the cluster's softmax partials (m, l, o) gathered on rank 0 (on every rank for
-  // head_o_proj), SwiGLU's gate values of this block's rows, the head's attention output repeated to a box row
-  // (head_o_proj), and the float16 input assembled by the cluster (LayerVec::HeadsResidual).
+  // head_o_proj), SwiGLU's gate values of this block's rows, and for architectures with head_o_proj (o_per_head)
+  // the head's attention output repeated to a box row and the float16 input assembled by the cluster
+  // (LayerVec::HeadsResidual).
   std::size_t a1, a2, qkv, scores, partials, combine, gate, head_attn, input, norm_end;
   // proj_residual: a cluster's ranks split its K (proj_cols columns: the attention output for W_o, then the MLP
   // activation for W_down, laid end to end) into parts of whole boxes, proj_passes parts per rank; proj_slice holds
@@ -92,7 +93,7 @@ struct SmemLayout {
   int rows_per_cluster;  // the most output rows any cluster owns
 
   __host__ __device__ SmemLayout(int hidden, int proj_cols, int head_dim, int max_seq, int cluster, int clusters,
-                                 int gate_rows) {
+                                 int gate_rows, bool o_per_head) {
     const int chunk = (max_seq + cluster - 1) / cluster;
     a1 = kVectors;
     a2 = a1 + align_up(hidden * 4, 16);
@@ -102,8 +103,8 @@ struct SmemLayout {
     combine = partials + align_up(kThreads * 8 * 4, 16);
     gate = combine + align_up(cluster * (head_dim + 2) * 4, 16);
     head_attn = gate + align_up(gate_rows * 4, 16);
-    input = head_attn + kBoxCols * 4;
-    norm_end = input + align_up(hidden * 2, 16);
+    input = head_attn + (o_per_head ? kBoxCols * 4 : 0);
+    norm_end = input + (o_per_head ? align_up(hidden * 2, 16) : 0);
     rows_per_cluster = (hidden / kBoxRows + clusters - 1) / clusters * kBoxRows;
     const int k_boxes = proj_cols / kBoxCols;
     for (proj_passes = 1;; ++proj_passes) {
