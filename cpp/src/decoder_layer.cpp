@@ -56,16 +56,11 @@ DecoderLayer::DecoderLayer(const ModelConfig& config, const LayerWeights& weight
   device_ = current_device();
   weights_.check_device(config_, device_, "layer");
   kernels::DecoderLayerParams& p = *params_;
-  const bool o_per_head = kernels::layer_o_proj_per_head(layer_model(config_.arch));
   for (const MapSource& source : kMapSources) {
     for (const LayerSlot slot : source.slots) {
       const TensorView& w = weights_[slot];
       if (w.data == nullptr) continue;
-      p.maps[source.map] =
-          o_per_head && source.map == kernels::kMapO
-              ? make_column_slices_tensor_map(w.data, w.shape[0], config_.heads, config_.head_dim,
-                                              kernels::kBoxRows * kernels::kBoxCols / config_.head_dim)
-              : make_matrix_tensor_map(w.data, w.shape[0], w.shape[1], kernels::kBoxRows, kernels::kBoxCols);
+      p.maps[source.map] = make_matrix_tensor_map(w.data, w.shape[0], w.shape[1], kernels::kBoxRows, kernels::kBoxCols);
     }
   }
   p.norm_weight[0] = half_ptr(weights_[LayerSlot::ln1_weight]);
@@ -88,25 +83,19 @@ DecoderLayer::DecoderLayer(const ModelConfig& config, const LayerWeights& weight
     CF_CUDA_CHECK(cudaMemcpy(inv_freq_, inv_freq.data(), inv_freq.size() * sizeof(double), cudaMemcpyHostToDevice));
     CF_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&grid_barrier_), sizeof(unsigned)));
     CF_CUDA_CHECK(cudaMemset(grid_barrier_, 0, sizeof(unsigned)));
-    if (o_per_head)
-      CF_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&head_out_),
-                               std::size_t(config_.heads) * config_.hidden * sizeof(float)));
   } catch (...) {
     cudaFree(inv_freq_);
     cudaFree(grid_barrier_);
-    cudaFree(head_out_);
     throw;
   }
   p.inv_freq = inv_freq_;
   p.grid_barrier = grid_barrier_;
-  p.head_out = head_out_;
 }
 
 DecoderLayer::~DecoderLayer() {
   const DeviceGuard on(device_, std::nothrow);
   cudaFree(inv_freq_);
   cudaFree(grid_barrier_);
-  cudaFree(head_out_);
 }
 
 unsigned DecoderLayer::debug_grid_barrier_word() const {

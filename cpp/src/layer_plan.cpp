@@ -33,9 +33,6 @@ LayerLaunchPlan plan_layer(const ModelConfig& c, int max_seq) {
     throw std::invalid_argument("ModelConfig.hidden: at most " + std::to_string(kMaxHidden) + " (got " +
                                 std::to_string(c.hidden) + ")");
   const kernels::LayerShape shape = layer_shape(c, max_seq);
-  if (kernels::layer_o_proj_per_head(shape.model) && kernels::kBoxCols % c.head_dim != 0)
-    throw std::invalid_argument("ModelConfig.head_dim: must divide " + std::to_string(kernels::kBoxCols) +
-                                " for this architecture's per-head W_o (got " + std::to_string(c.head_dim) + ")");
   const int phases = kernels::layer_phase_count(shape.model);
   require_hopper();
   int device = 0;
@@ -50,16 +47,7 @@ LayerLaunchPlan plan_layer(const ModelConfig& c, int max_seq) {
   // One block per SM. Pick the cluster size N and cluster count C with the most blocks C*N such that every
   // head gets a cluster (C >= heads) and all C clusters are resident at once (the cooperative grid barrier
   // needs it; the split kernels then also run in one wave). Clusters beyond the heads stream MLP and output
-  // rows only. Ties go to the larger N, which spreads each head's attention over more blocks. When the phase that
-  // attends has no rows for the other clusters (Llama), the most head blocks heads*N count first: that phase
-  // streams q|k|v and W_o on them alone.
-  const bool heads_first = !kernels::layer_every_block_streams(shape.model);
-  auto better = [&](int n, int clusters, const LayerLaunchPlan& best) {
-    const int blocks = clusters * n, head_blocks = c.heads * n;
-    const int best_head_blocks = c.heads * best.cluster_size;
-    if (heads_first && head_blocks != best_head_blocks) return head_blocks > best_head_blocks;
-    return blocks > best.blocks;
-  };
+  // rows only. Ties go to the larger N, which spreads each head's attention over more blocks.
   const std::size_t limit = prop.sharedMemPerBlockOptin;
   auto fill = [&](LayerLaunchPlan& plan, int n, int clusters) {
     plan.cluster_size = n;
@@ -80,7 +68,7 @@ LayerLaunchPlan plan_layer(const ModelConfig& c, int max_seq) {
     int resident = 0;
     CF_CUDA_CHECK(kernels::max_active_layer_clusters(shape, n, smem_bound, &resident));
     const int clusters = std::min(resident, prop.multiProcessorCount / n);
-    if (clusters < c.heads || !better(n, clusters, plan)) continue;
+    if (clusters < c.heads || clusters * n <= plan.blocks) continue;
     fill(plan, n, clusters);
     plan.cooperative_supported = true;
   }

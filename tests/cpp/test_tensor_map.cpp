@@ -1,5 +1,4 @@
-// make_matrix_tensor_map and make_column_slices_tensor_map reject bad arguments by name before they ask the
-// driver for anything.
+// make_matrix_tensor_map rejects bad arguments by name before it asks the driver for anything.
 #include <cstdint>
 #include <string>
 
@@ -61,23 +60,4 @@ TEST(TensorMapArguments, ValidArgumentsReachTheDriver) {
   if (cf_test::no_cuda_device_reason().empty()) GTEST_SKIP() << "a CUDA device is present (the GPU tests encode maps)";
   // With no driver the encode function cannot be looked up: a CudaError, not an argument error.
   EXPECT_THROW(cf::make_matrix_tensor_map(aligned_address(), 2560, 2560, 64, 128), cf::CudaError);
-}
-
-TEST(TensorMapArguments, ColumnSlices) {
-  const auto slices_message = [](const void* data, int64_t rows, int64_t slices, int slice_cols, int box_rows) {
-    return cf_test::thrown_message<std::invalid_argument>(
-        [&] { cf::make_column_slices_tensor_map(data, rows, slices, slice_cols, box_rows); });
-  };
-  EXPECT_EQ(slices_message(aligned_address(), 4096, 0, 128, 16),
-            "make_column_slices_tensor_map: slices: expected 1..2^32, got 0");
-  EXPECT_EQ(slices_message(aligned_address(), 4096, 32, 264, 16),
-            "make_column_slices_tensor_map: slice_cols: expected 1..256, got 264");
-  const int slice_cols = 8 * cf_test::uniform_int(1, 31) + cf_test::uniform_int(1, 7);
-  EXPECT_EQ(slices_message(aligned_address(), 4096, 32, slice_cols, 16),
-            "make_column_slices_tensor_map: slice_cols: expected slice_cols * 2 bytes a multiple of 16, got " +
-                std::to_string(slice_cols));
-  EXPECT_EQ(slices_message(nullptr, 4096, 32, 128, 16),
-            "make_column_slices_tensor_map: data: expected a non-null device pointer, got nullptr");
-  EXPECT_EQ(slices_message(aligned_address(), 4096, 32, 128, 257),
-            "make_column_slices_tensor_map: box_rows: expected 1..256, got 257");
 }

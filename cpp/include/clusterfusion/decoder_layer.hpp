@@ -65,8 +65,7 @@ class DecoderLayer {
   const ModelConfig& config() const { return config_; }
   const LayerLaunchPlan& plan() const { return plan_; }
   int device() const { return device_; }
-  // The architecture's phases, named by what they do ("norm_qkv_rope_attend_o_proj", "residual_norm_gate_up",
-  // ...).
+  // The architecture's phases, named by what they do ("norm_qkv_rope_attend", "o_proj_residual", ...).
   std::vector<std::string> phase_names() const;
 
   // Off by default. On: every launch starts while the previous kernel in the stream finishes (programmatic
@@ -111,7 +110,6 @@ class DecoderLayer {
   std::unique_ptr<kernels::DecoderLayerParams> params_;  // all but the step's buffers, filled once
   double* inv_freq_ = nullptr;         // device: the rotary inverse frequencies
   unsigned* grid_barrier_ = nullptr;   // device word of the cooperative mode's grid barrier
-  float* head_out_ = nullptr;          // device: per-head W_o partials, between two phases (Llama)
   bool overlap_previous_ = false;
 };
 

@@ -11,9 +11,4 @@ namespace clusterfusion {
 // read in boxes of [box_rows, box_cols] elements with no swizzle. Throws CudaError / std::invalid_argument.
 CUtensorMap make_matrix_tensor_map(const void* data, int64_t rows, int64_t cols, int box_rows, int box_cols);
 
-// A map over the column slices of a row-major [rows, slices * slice_cols] float16 matrix, seen as the 3D tensor
-// [rows][slices][slice_cols]: a box is box_rows rows of one slice (coordinates {0, slice, row}). Same checks.
-CUtensorMap make_column_slices_tensor_map(const void* data, int64_t rows, int64_t slices, int slice_cols,
-                                          int box_rows);
-
 }  // namespace clusterfusion

@@ -3,14 +3,11 @@
 
 namespace clusterfusion::kernels {
 
-// Sums over aligned groups of kLanes lanes (a power of two up to 32); every lane gets its group's sum.
-template <int kLanes>
-__device__ __forceinline__ float lane_group_sum(float v) {
+__device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
-  for (int o = kLanes / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
 }
-__device__ __forceinline__ float warp_sum(float v) { return lane_group_sum<32>(v); }
 __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));

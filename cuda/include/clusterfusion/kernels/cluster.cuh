@@ -24,12 +24,6 @@ __device__ __forceinline__ void dsmem_store(const float* local, uint32_t rank, f
   asm volatile("st.shared::cluster.f32 [%0], %1;" ::"r"(remote), "f"(value) : "memory");
 }
 
-__device__ __forceinline__ void dsmem_store(const uint2* local, uint32_t rank, uint2 value) {
-  uint32_t remote;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(smem_addr(local)), "r"(rank));
-  asm volatile("st.shared::cluster.v2.u32 [%0], {%1, %2};" ::"r"(remote), "r"(value.x), "r"(value.y) : "memory");
-}
-
 // Split barrier over all threads of the cluster: arrive publishes this thread's earlier (shared and
 // distributed shared) writes, wait returns once every thread of the cluster has arrived.
 __device__ __forceinline__ void cluster_arrive() {

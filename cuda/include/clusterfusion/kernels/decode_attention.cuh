@@ -1,7 +1,7 @@
 // Attention of one new token over one head's KV cache, split across the blocks of a cluster
 // (flash-decoding): each block takes a contiguous chunk of positions, computes its softmax partials
-// (max m, sum l, unnormalised output o), and rank 0 (or every rank) combines them in rank order through
-// distributed shared memory, so the result does not depend on timing.
+// (max m, sum l, unnormalised output o), and rank 0 combines them in rank order through distributed
+// shared memory, so the result does not depend on timing.
 #pragma once
 #include <cuda_fp16.h>
 
@@ -72,11 +72,10 @@ struct DecodeAttention {
   }
 
   // This block's softmax partials over positions [t0, t1) of 0..position. q is rotated and scaled; k_new and
-  // v_new are the new token's key and value. Writes (m, l, o[kHeadDim]) into this rank's `combine` slot of ranks
-  // 0..to_ranks-1.
+  // v_new are the new token's key and value. Writes (m, l, o[kHeadDim]) into rank 0's `combine` slot.
   __device__ static void partial(const float* q, const float* k_new, const float* v_new, const __half* k_cache,
                                  const __half* v_cache, int position, int t0, int t1, float* scores,
-                                 float* partials, float* combine, float* scratch, int to_ranks) {
+                                 float* partials, float* combine, float* scratch) {
     const int vec = threadIdx.x % kVecs, group = threadIdx.x / kVecs;
     const bool active = group < kGroups;
     float qv[8];
@@ -153,18 +152,15 @@ struct DecodeAttention {
     for (int e = threadIdx.x; e < kHeadDim; e += blockDim.x) {
       float s = 0.f;
       for (int g = 0; g < kGroups; ++g) s += partials[g * kHeadDim + e];
-      for (int dst = 0; dst < to_ranks; ++dst) dsmem_store(slot + 2 + e, dst, s);
+      dsmem_store(slot + 2 + e, 0, s);
     }
     if (threadIdx.x == 0) {
-      for (int dst = 0; dst < to_ranks; ++dst) {
-        dsmem_store(slot, dst, m);
-        dsmem_store(slot + 1, dst, l);
-      }
+      dsmem_store(slot, 0, m);
+      dsmem_store(slot + 1, 0, l);
     }
   }
 
-  // On a rank that received every rank's partials, after a cluster barrier: merges them in rank order into
-  // out[kHeadDim].
+  // On rank 0, after a cluster barrier: merges the cluster's partials in rank order into out[kHeadDim].
   __device__ static void combine_partials(const float* combine, int ranks, float* out) {
     for (int e = threadIdx.x; e < kHeadDim; e += blockDim.x) {
       float m = -INFINITY;

@@ -4,11 +4,9 @@
 // norm_qkv_rope_attend, block (head h, cluster rank r):
 //   norm(input) -> its share of head h's q|k|v rows, broadcast to every block of the cluster (DSMEM)
 //   -> [norm_up in the same phase: its share of the MLP's up rows] -> rotary, cache append (rank 0 of the
-//   first head of a kv group) -> attention over its chunk of positions -> partials combined on rank 0 -> attn
-//   [-> head_o_proj: partials combined on every rank, its share of the rows of head h's W_o columns -> head_out].
+//   first head of a kv group) -> attention over its chunk of positions -> partials combined on rank 0 -> attn.
 // norm_up: every block's share of the up rows (GELU(up + b), or silu(gate) * up with gate and up rows of the
-//   same output as two dot products combined in the epilogue). Its input may be assembled first: h1 = x + the
-//   heads' W_o partials, each rank of a cluster summing a slice of the columns for the whole cluster.
+//   same output as two dot products combined in the epilogue).
 // proj_residual: a cluster owns output rows, its ranks split K (W_o's boxes, then W_down's), each holding only its
 //   slice of attn | act (in two passes where one slice would not fit), and rank 0 adds the ranks' partial sums
 //   to the residual.
@@ -108,11 +106,6 @@ __device__ __forceinline__ NormPhaseShare norm_phase_share(const DecoderLayerPar
   return share;
 }
 
-// head_o_proj reads W_o's per-head column slices of kHeadDim columns, kOProjSplit weight rows per box row. Only
-// head dims that tile a box row can (the host plan refuses the others).
-template <int kHeadDim>
-constexpr int kOProjSplit = kBoxCols % kHeadDim == 0 ? kBoxCols / kHeadDim : 0;
-
 // Head h's q|k|v rows as up to three pieces of the weight maps, in the order of the head's qkv vector in
 // shared memory: GPT-NeoX's fused matrix (q|k|v interleaved per head), or Llama's q rows of head h and k and v
 // rows of its kv head. A piece's row `row` lands at qkv[row + shift].
@@ -168,15 +161,6 @@ __device__ __forceinline__ void build_job_lists(const DecoderLayerParams& p, con
                                0, k_boxes};
           lists[l++] = JobList{share.up_first * kBoxRows, share.up_units, 1, 0, 1,
                                {{&p.maps[kMapUp], a2, k_boxes}, {}}, 0, k_boxes};
-        }
-        if (spec.head_o_proj) {
-          // The head's W_o columns as slices of kBoxRows * split rows, its ranks splitting the rows.
-          constexpr int split = kOProjSplit<kHeadDim>;
-          const int units = split > 0 ? p.hidden / (kBoxRows * split) : 0;
-          const int u0 = split_begin(units, ranks, rank), u1 = split_begin(units, ranks, rank + 1);
-          const float* head_attn = reinterpret_cast<const float*>(smem + L.head_attn);
-          lists[l++] = JobList{u0 * kBoxRows * split, cluster < p.heads ? u1 - u0 : 0, 1, 0, 1,
-                               {{&p.maps[kMapO], head_attn, 1}, {}}, 0, 1, cluster, split};
         }
       }
       if (spec.o_proj || spec.down_proj) {
@@ -296,7 +280,6 @@ template <class Model, int kHeadDim, int kFirst, int kLast>
 class LayerBlock {
   static constexpr PhaseSpec kFirstSpec = Model::phase(kFirst);
   static constexpr bool kFirstNorms = kFirstSpec.attend || kFirstSpec.up;
-  static constexpr bool kFirstArrives = !kFirstNorms || kFirstSpec.input == LayerVec::HeadsResidual;
   static constexpr int kCount = kLast - kFirst + 1;
   static constexpr bool any_phase(bool PhaseSpec::*field) {
     bool any = false;
@@ -311,12 +294,12 @@ class LayerBlock {
         smem_(smem),
         position_(position),
         layout_(p.hidden, proj_columns<Model>(p.hidden, p.ffn), kHeadDim, p.max_seq, cluster_size(),
-                gridDim.x / cluster_size(), gate_rows(p.ffn, gridDim.x), applies_o_proj_per_head<Model>()),
+                gridDim.x / cluster_size(), gate_rows(p.ffn, gridDim.x)),
         lists_(reinterpret_cast<const JobList*>(smem + SmemLayout::kJobLists)),
         stream_(smem, lists_, total_lists()) {
-    // A launch that starts with proj_residual or with assembling its input: announce that this block has started
-    // before any rank stores into it (waited for in the phase).
-    if constexpr (kFirstArrives) cluster_arrive();
+    // A launch that starts with proj_residual: announce that this block has started before any rank stores
+    // into rank 0 (waited for in the phase).
+    if constexpr (!kFirstNorms) cluster_arrive();
     if constexpr (any_phase(&PhaseSpec::attend)) {
       norm_.load_params(0, p.norm_weight[0], p.norm_bias[0], p.hidden);
       prefetch_kv_chunk();
@@ -356,12 +339,7 @@ class LayerBlock {
     if constexpr (!first) grid_barrier(p_.grid_barrier);
     constexpr int base = phase_list_base<Model>(kFirst, kPhase);
     if constexpr (spec.attend || spec.up) {
-      if constexpr (spec.input == LayerVec::HeadsResidual) {
-        if constexpr (first) cluster_wait();  // every block of the cluster has started: DSMEM stores are safe
-        assemble_heads_residual();
-      } else {
-        norm_.load_input(layer_vec(p_, spec.input), p_.hidden);
-      }
+      norm_.load_input(layer_vec(p_, spec.input), p_.hidden);
       stamp(p_, kMarkInput);
       // Arrives on the cluster barrier: this block has started, so the others may write its shared memory
       // once they have all arrived (attend waits).
@@ -373,7 +351,7 @@ class LayerBlock {
         stamp(p_, kMarkPrimed);
       }
       if constexpr (spec.attend) {
-        attend<base, spec.head_o_proj>(spec.up, constants_[kPhase - kFirst]);
+        attend<base>(spec.up, constants_[kPhase - kFirst]);
       } else {
         up_rows(base, constants_[kPhase - kFirst]);
       }
@@ -407,7 +385,6 @@ class LayerBlock {
         if constexpr (Model::kBiases) constants_[i].up_bias.prefetch(lists_[l + 1], up_bias());
         l += kUpLists;
       }
-      if (spec.head_o_proj) ++l;
       if (spec.o_proj || spec.down_proj) constants_[i].out.prefetch(lists_[l], out_biases(spec.o_proj, spec.down_proj));
     }
   }
@@ -443,9 +420,8 @@ class LayerBlock {
   __device__ float* vec(std::size_t offset) const { return reinterpret_cast<float*>(smem_ + offset); }
   __device__ float* scratch() const { return vec(SmemLayout::kScratch); }
 
-  // norm_qkv_rope_attend (lists base.. of the phase), with norm_up's lists in the same phase when `up`, then the
-  // head's W_o columns when `o_proj`.
-  template <int kBase, bool kOProj>
+  // norm_qkv_rope_attend (lists base.. of the phase), with norm_up's lists in the same phase when `up`.
+  template <int kBase>
   __device__ void attend(bool up, const PhaseConstants& c) {
     float* qkv = vec(layout_.qkv);
     const int ranks = cluster_size(), rank = cluster_rank(), head = blockIdx.x / ranks;
@@ -485,94 +461,10 @@ class LayerBlock {
     const KvChunk chunk(position_);
     float* combine = vec(layout_.combine);
     Attention::partial(q, k, v, p_.k_cache + head_offset, p_.v_cache + head_offset, position_, chunk.begin,
-                       chunk.end, vec(layout_.scores), vec(layout_.partials), combine, scratch(), kOProj ? ranks : 1);
-    cluster_sync();  // every rank's partials are on rank 0 (all ranks); no shared memory is touched remotely after this
-    if constexpr (kOProj) {
-      o_proj_head(head, kBase + kQkvLists + (up ? kUpLists : 0), combine);
-    } else {
-      if (rank == 0) Attention::combine_partials(combine, ranks, p_.attn + head * kHeadDim);
-      stamp(p_, kMarkAttention);
-    }
-  }
-
-  // Every rank of head h's cluster: its attention output, repeated to fill a box row, through its share of the
-  // rows of the head's W_o columns (list l) -> head_out[h]. Rank 0 also stores attn.
-  __device__ void o_proj_head(int head, int l, const float* combine) {
-    constexpr int kSplit = kOProjSplit<kHeadDim>;
-    if constexpr (kSplit == 0) {
-      __trap();
-    } else {
-      float* head_attn = vec(layout_.head_attn);
-      Attention::combine_partials(combine, cluster_size(), head_attn);
-      __syncthreads();
-      for (int e = kHeadDim + threadIdx.x; e < kBoxCols; e += blockDim.x) head_attn[e] = head_attn[e % kHeadDim];
-      if (cluster_rank() == 0) {
-        for (int e = threadIdx.x; e < kHeadDim; e += blockDim.x) p_.attn[head * kHeadDim + e] = head_attn[e];
-      }
-      __syncthreads();
-      stamp(p_, kMarkAttention);
-      float* out = p_.head_out + std::size_t(head) * p_.hidden;
-      stream_.run<kSplit>(l, [out](int row, float sum) { out[row] = sum; });
-    }
-  }
-
-  // h1 = x + the heads' W_o partials in head order, rounded to float16. Each rank sums its slice of the columns
-  // (heads split over thread groups, their sums added in group order) and stores it into every rank's `input`
-  // (DSMEM); cluster 0 also stores it to h1, the next phase's residual. Then the norm loads its input from there.
-  __device__ void assemble_heads_residual() {
-    constexpr int kHeadsBatch = 16;  // loads in flight per thread
-    const int ranks = cluster_size(), rank = cluster_rank();
-    const int c0 = p_.hidden / ranks * rank, vecs = p_.hidden / ranks / 4, stride = p_.hidden / 4;
-    const int groups = max(1, min(p_.heads, int(blockDim.x) / vecs));
-    const int span = blockDim.x / groups, group = threadIdx.x / span, lane = threadIdx.x % span;
-    float4* sums = reinterpret_cast<float4*>(vec(layout_.partials));
-    __half* input = reinterpret_cast<__half*>(smem_ + layout_.input);
-    const float4* heads = reinterpret_cast<const float4*>(p_.head_out + c0);
-    const bool stores_h1 = blockIdx.x / ranks == 0;
-    for (int v0 = 0; v0 < vecs; v0 += span) {
-      if (const int v = v0 + lane; group < groups && v < vecs) {
-        const int h_end = split_begin(p_.heads, groups, group + 1);
-        float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
-        for (int h = split_begin(p_.heads, groups, group); h < h_end; h += kHeadsBatch) {
-          float4 part[kHeadsBatch];
-#pragma unroll
-          for (int u = 0; u < kHeadsBatch; ++u)
-            if (h + u < h_end) part[u] = __ldcg(heads + std::size_t(h + u) * stride + v);
-#pragma unroll
-          for (int u = 0; u < kHeadsBatch; ++u) {
-            if (h + u < h_end) {
-              s.x += part[u].x;
-              s.y += part[u].y;
-              s.z += part[u].z;
-              s.w += part[u].w;
-            }
-          }
-        }
-        sums[group * span + lane] = s;
-      }
-      __syncthreads();
-      if (const int v = v0 + int(threadIdx.x); int(threadIdx.x) < span && v < vecs) {
-        float4 s = sums[threadIdx.x];
-        for (int g = 1; g < groups; ++g) {
-          const float4 t = sums[g * span + threadIdx.x];
-          s.x += t.x;
-          s.y += t.y;
-          s.z += t.z;
-          s.w += t.w;
-        }
-        const int c = c0 + 4 * v;
-        const uint2 x = __ldcg(reinterpret_cast<const uint2*>(p_.x + c));
-        const __half2* xh = reinterpret_cast<const __half2*>(&x);
-        const float2 x01 = __half22float2(xh[0]), x23 = __half22float2(xh[1]);
-        __half2 h[2] = {__floats2half2_rn(x01.x + s.x, x01.y + s.y), __floats2half2_rn(x23.x + s.z, x23.y + s.w)};
-        const uint2 packed = *reinterpret_cast<const uint2*>(h);
-        for (int dst = 0; dst < ranks; ++dst) dsmem_store(reinterpret_cast<const uint2*>(input + c), dst, packed);
-        if (stores_h1) *reinterpret_cast<uint2*>(p_.h1 + c) = packed;
-      }
-      __syncthreads();
-    }
-    cluster_sync();  // the cluster's input is complete in every rank
-    norm_.load_input_shared(input, p_.hidden);
+                       chunk.end, vec(layout_.scores), vec(layout_.partials), combine, scratch());
+    cluster_sync();  // every rank's partials are on rank 0; no shared memory is touched remotely after this
+    if (rank == 0) Attention::combine_partials(combine, ranks, p_.attn + head * kHeadDim);
+    stamp(p_, kMarkAttention);
   }
 
   // norm_up's lists (gate, up) from list l: act = GELU(up + b_up), or silu(gate) * up.

@@ -77,7 +77,7 @@ std::size_t layer_smem(const LayerShape& s, int first, int last, int cluster, in
   const int blocks = cluster * clusters;
   const SmemLayout layout(s.hidden, proj_columns<Model>(s.hidden, s.ffn),
                           launch_head_dim<Model>(first, last, s.head_dim), s.max_seq, cluster, clusters,
-                          LayerBlock<Model, 64, 0, 0>::gate_rows(s.ffn, blocks), applies_o_proj_per_head<Model>());
+                          LayerBlock<Model, 64, 0, 0>::gate_rows(s.ffn, blocks));
   std::size_t smem = 0;
   for (int i = first; i <= last; ++i) {
     const PhaseSpec spec = Model::phase(i);

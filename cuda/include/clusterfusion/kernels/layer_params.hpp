@@ -29,7 +29,7 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kStages = CF_STAGES;  // boxes in flight per warp: 16 warps x 2 x 4 KB = 128 KB per SM
 constexpr int kLnVecs = 2;  // 16-byte vectors of the layer input per thread: hidden <= kLnVecs * 8 * kThreads
 constexpr int kMaxItems = 256;     // work items (job chunks) of one job list in one block
-constexpr int kMaxJobLists = 8;    // the lists of every phase of one launch
+constexpr int kMaxJobLists = 9;    // the lists of every phase of one launch (Llama cooperative: 3 + 2 + 2 + 2)
 // sm_90's opt-in maximum of dynamic shared memory per block (227 KB, H100 and H200 alike).
 constexpr std::size_t kMaxSmemPerBlock = 232448;
 // proj_residual runs a rank's K boxes in up to this many passes (one job list each, kProjLists in
@@ -51,7 +51,6 @@ struct DecoderLayerParams {
   __half* h1;       // [hidden] x + attention (sequential residual)
   __half* out;      // [hidden] the layer output
   float* attn;      // [heads * head_dim] attention outputs before W_o
-  float* head_out;  // [heads][hidden] each head's attention through its W_o columns (head_o_proj)
   float* act;       // [ffn] the MLP activation before W_down
   __half* k_cache;  // this layer: [kv_heads][max_seq][head_dim]
   __half* v_cache;
@@ -73,17 +72,15 @@ struct SmemLayout {
   static constexpr std::size_t kRingBytes = std::size_t(kWarps) * kStages * kBoxBytes;
   static constexpr std::size_t kBarriers = kRingBytes;
   static constexpr std::size_t kJobLists = kBarriers + align_up(kWarps * kStages * 8, 128);
-  static constexpr std::size_t kJobListBytes = 88;  // sizeof(JobList), checked where it is defined
+  static constexpr std::size_t kJobListBytes = 80;  // sizeof(JobList), checked where it is defined
   static constexpr std::size_t kScratch = kJobLists + align_up(kMaxJobLists * kJobListBytes, 128);  // reductions
   static constexpr std::size_t kItemPartials = kScratch + 128;  // kBoxRows row sums per work item
   static constexpr std::size_t kVectors = kItemPartials + kMaxItems * kBoxRows * 4;  // phase-specific vectors
 
   // norm_qkv_rope_attend and norm_up: the two norms of the input, the head's q|k|v, scores of this block's
-  // positions, reduction partials, the cluster's softmax partials (m, l, o) gathered on rank 0 (on every rank for
-  // head_o_proj), SwiGLU's gate values of this block's rows, and for architectures with head_o_proj (o_per_head)
-  // the head's attention output repeated to a box row and the float16 input assembled by the cluster
-  // (LayerVec::HeadsResidual).
-  std::size_t a1, a2, qkv, scores, partials, combine, gate, head_attn, input, norm_end;
+  // positions, reduction partials, the cluster's softmax partials (m, l, o) gathered on rank 0, and SwiGLU's
+  // gate values of this block's rows.
+  std::size_t a1, a2, qkv, scores, partials, combine, gate, norm_end;
   // proj_residual: a cluster's ranks split its K (proj_cols columns: the attention output for W_o, then the MLP
   // activation for W_down, laid end to end) into parts of whole boxes, proj_passes parts per rank; proj_slice holds
   // the part of the vector a pass reads (the largest any part gets), and rank_partials on rank 0 every part's
@@ -93,7 +90,7 @@ struct SmemLayout {
   int rows_per_cluster;  // the most output rows any cluster owns
 
   __host__ __device__ SmemLayout(int hidden, int proj_cols, int head_dim, int max_seq, int cluster, int clusters,
-                                 int gate_rows, bool o_per_head) {
+                                 int gate_rows) {
     const int chunk = (max_seq + cluster - 1) / cluster;
     a1 = kVectors;
     a2 = a1 + align_up(hidden * 4, 16);
@@ -102,9 +99,7 @@ struct SmemLayout {
     partials = scores + align_up(chunk * 4, 16);
     combine = partials + align_up(kThreads * 8 * 4, 16);
     gate = combine + align_up(cluster * (head_dim + 2) * 4, 16);
-    head_attn = gate + align_up(gate_rows * 4, 16);
-    input = head_attn + (o_per_head ? kBoxCols * 4 : 0);
-    norm_end = input + (o_per_head ? align_up(hidden * 2, 16) : 0);
+    norm_end = gate + align_up(gate_rows * 4, 16);
     rows_per_cluster = (hidden / kBoxRows + clusters - 1) / clusters * kBoxRows;
     const int k_boxes = proj_cols / kBoxCols;
     for (proj_passes = 1;; ++proj_passes) {

@@ -2,7 +2,6 @@
 // projections have biases, and its list of phases (one launch each in split mode). A phase is a combination of
 // three operations, named by what they do:
 //   norm_qkv_rope_attend  head clusters: norm(input) -> q|k|v rows -> rotary -> cache append -> attention -> attn
-//                         (-> o_proj: the head's attention through its W_o columns, a per-head partial of W_o attn)
 //   norm_up               every block's share of the MLP's up rows: act = GELU(W_up n + b) or silu(W_gate n) * W_up n
 //   proj_residual         output rows: output = residual + W_o attn and/or W_down act (+ biases)
 // Adding an architecture is one traits struct here plus its host glue (weights, config).
@@ -14,13 +13,11 @@ enum class NormKind { LayerNorm, RMSNorm };  // LayerNorm with bias; RMSNorm wit
 enum class MlpKind { Gelu, SwiGlu };         // act = GELU(up); act = silu(gate) * up
 
 // The [hidden] float16 vectors a phase reads and writes: the layer input, the sequential residual's middle
-// (x + attention) and the layer output. HeadsResidual is h1 assembled by the phase that normalises it, from x
-// and the heads' W_o partials (it also stores h1).
-enum class LayerVec { X, H1, Out, HeadsResidual };
+// (x + attention) and the layer output.
+enum class LayerVec { X, H1, Out };
 
 struct PhaseSpec {
   bool attend;      // norm_qkv_rope_attend of `input` (the attention norm)
-  bool head_o_proj; // ... followed by its head's W_o columns (per-head partials of W_o attn)
   bool up;          // norm_up of `input` (the MLP norm)
   bool o_proj;      // proj_residual with W_o attn ...
   bool down_proj;   // ... and/or W_down act
@@ -37,35 +34,27 @@ struct GptNeoX {
   static constexpr int kPhases = 2;
   static constexpr const char* kPhaseNames[kPhases] = {"norm_qkv_rope_attend_up", "o_down_proj_residual"};
   __host__ __device__ static constexpr PhaseSpec phase(int i) {
-    return i == 0 ? PhaseSpec{true, false, true, false, false, LayerVec::X, LayerVec::X, LayerVec::X}
-                  : PhaseSpec{false, false, false, true, true, LayerVec::X, LayerVec::X, LayerVec::Out};
+    return i == 0 ? PhaseSpec{true, true, false, false, LayerVec::X, LayerVec::X, LayerVec::X}
+                  : PhaseSpec{false, false, true, true, LayerVec::X, LayerVec::X, LayerVec::Out};
   }
 };
 
-// Sequential residual: h1 = x + attention(RMSNorm x); out = h1 + MLP(RMSNorm h1); three phases. W_o is applied
-// per head right after attention, so h1 needs no phase of its own: the MLP phase sums x and the heads' partials.
+// Sequential residual: h1 = x + attention(RMSNorm x); out = h1 + MLP(RMSNorm h1); four phases.
 struct Llama {
   static constexpr NormKind kNorm = NormKind::RMSNorm;
   static constexpr MlpKind kMlp = MlpKind::SwiGlu;
   static constexpr bool kFusedQkv = false;  // three matrices, q of every head, then k and v of the kv heads
   static constexpr bool kBiases = false;
-  static constexpr int kPhases = 3;
-  static constexpr const char* kPhaseNames[kPhases] = {"norm_qkv_rope_attend_o_proj", "residual_norm_gate_up",
+  static constexpr int kPhases = 4;
+  static constexpr const char* kPhaseNames[kPhases] = {"norm_qkv_rope_attend", "o_proj_residual", "norm_gate_up",
                                                        "down_proj_residual"};
   __host__ __device__ static constexpr PhaseSpec phase(int i) {
-    return i == 0   ? PhaseSpec{true, true, false, false, false, LayerVec::X, LayerVec::X, LayerVec::X}
-           : i == 1 ? PhaseSpec{false, false, true, false, false, LayerVec::HeadsResidual, LayerVec::X, LayerVec::X}
-                    : PhaseSpec{false, false, false, false, true, LayerVec::X, LayerVec::H1, LayerVec::Out};
+    return i == 0   ? PhaseSpec{true, false, false, false, LayerVec::X, LayerVec::X, LayerVec::X}
+           : i == 1 ? PhaseSpec{false, false, true, false, LayerVec::X, LayerVec::X, LayerVec::H1}
+           : i == 2 ? PhaseSpec{false, true, false, false, LayerVec::H1, LayerVec::X, LayerVec::X}
+                    : PhaseSpec{false, false, false, true, LayerVec::X, LayerVec::H1, LayerVec::Out};
   }
 };
-
-// Whether a model's phases apply W_o per head (its tensor map then reads W_o's per-head column slices).
-template <class Model>
-__host__ __device__ constexpr bool applies_o_proj_per_head() {
-  for (int i = 0; i < Model::kPhases; ++i)
-    if (Model::phase(i).head_o_proj) return true;
-  return false;
-}
 
 // The head dimension a launch of phases first..last is compiled for: its own when it attends; the others do
 // not depend on it, so one instantiation (64) serves every config.
@@ -76,14 +65,13 @@ __host__ __device__ constexpr int launch_head_dim(int first, int last, int head_
   return attends ? head_dim : 64;
 }
 
-// Job lists a phase runs, in stream order: q|k|v pieces, gate and up, the head's W_o columns, output rows (one
-// list per pass over a rank's K: kProjPasses in layer_params.hpp; the second is empty where one pass fits).
+// Job lists a phase runs, in stream order: q|k|v pieces, gate and up, output rows (one list per pass over a
+// rank's K: kProjPasses in layer_params.hpp; the second is empty where one pass fits).
 constexpr int kQkvLists = 3;
 constexpr int kUpLists = 2;
 constexpr int kProjLists = 2;
 __host__ __device__ constexpr int phase_lists(const PhaseSpec& s) {
-  return (s.attend ? kQkvLists : 0) + (s.up ? kUpLists : 0) + (s.head_o_proj ? 1 : 0) +
-         (s.o_proj || s.down_proj ? kProjLists : 0);
+  return (s.attend ? kQkvLists : 0) + (s.up ? kUpLists : 0) + (s.o_proj || s.down_proj ? kProjLists : 0);
 }
 
 // The K of a model's proj_residual phase, in columns: W_o's (hidden) and/or W_down's (ffn), laid end to end.

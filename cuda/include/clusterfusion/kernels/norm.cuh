@@ -63,11 +63,11 @@ struct NormInputs {
   }
   // Through L2 (.cg): the input was just written by another kernel or block.
   __device__ void load_input(const __half* x_, int hidden) {
-    load_input_with(hidden, [x_](int v) { return __ldcg(reinterpret_cast<const uint4*>(x_) + v); });
-  }
-  // From shared memory: an input the block's cluster assembled.
-  __device__ void load_input_shared(const __half* x_, int hidden) {
-    load_input_with(hidden, [x_](int v) { return reinterpret_cast<const uint4*>(x_)[v]; });
+#pragma unroll
+    for (int i = 0; i < kLnVecs; ++i) {
+      const int v = threadIdx.x + i * blockDim.x;
+      if (v < hidden / 8) x[i] = __ldcg(reinterpret_cast<const uint4*>(x_) + v);
+    }
   }
 
   // dst[0] = norm 0 of x when wanted[0], dst[1] = norm 1 of x when wanted[1] (shared memory).
@@ -99,16 +99,6 @@ struct NormInputs {
       }
     }
     __syncthreads();
-  }
-
- private:
-  template <class Load>
-  __device__ void load_input_with(int hidden, Load&& load) {
-#pragma unroll
-    for (int i = 0; i < kLnVecs; ++i) {
-      const int v = threadIdx.x + i * blockDim.x;
-      if (v < hidden / 8) x[i] = load(v);
-    }
   }
 };
 

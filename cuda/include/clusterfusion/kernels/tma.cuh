@@ -60,16 +60,6 @@ __device__ __forceinline__ void tma_load_2d(void* dst, const CUtensorMap* map, M
       : "memory");
 }
 
-// The same for a 3D tensor map: the box at element coordinates (c0, c1, c2), c0 the innermost.
-__device__ __forceinline__ void tma_load_3d(void* dst, const CUtensorMap* map, MBarrier* bar, int c0, int c1, int c2,
-                                            uint64_t policy) {
-  asm volatile(
-      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint"
-      " [%0], [%1, {%2, %3, %4}], [%5], %6;" ::"r"(smem_addr(dst)),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(smem_addr(&bar->word)), "l"(policy)
-      : "memory");
-}
-
 // Asks L2 to fetch `bytes` (a multiple of 16) at `src` ahead of use; no completion to wait for.
 __device__ __forceinline__ void bulk_prefetch_l2(const void* src, uint32_t bytes) {
   asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(reinterpret_cast<uint64_t>(src)), "r"(bytes)

@@ -27,11 +27,8 @@ struct Segment {
   int first_box = 0;
 };
 
-// Jobs row0 + rows()*j for j in [0, jobs), each the sum over boxes [box_begin, box_end) of its segments' boxes
-// laid end to end; item i is chunk i % chunks of job i / chunks and goes to warp (first_warp + i) % kWarps.
-// A box row is one weight row of kBoxCols columns (2D maps), or, for a column slice (`slice` of a 3D map
-// [rows][slices][kBoxCols / split], one box along K), `split` weight rows of that slice: the vector then holds the
-// slice's values `split` times and the lanes of a box row sum in groups.
+// Jobs row0 + kBoxRows*j for j in [0, jobs), each the sum over boxes [box_begin, box_end) of its segments'
+// boxes laid end to end; item i is chunk i % chunks of job i / chunks and goes to warp (first_warp + i) % kWarps.
 struct JobList {
   int row0;
   int jobs;
@@ -40,10 +37,7 @@ struct JobList {
   int segments;
   Segment seg[2];
   int box_begin, box_end;
-  int slice = -1;
-  int split = 1;
 
-  __device__ int rows() const { return kBoxRows * split; }  // output rows of one job
   __device__ int items() const { return jobs * chunks; }
   // Boxes [chunk_begin(c), chunk_begin(c + 1)) of a job belong to chunk c.
   __device__ int chunk_begin(int c) const { return box_begin + ((box_end - box_begin) * c) / chunks; }
@@ -67,8 +61,8 @@ __device__ __forceinline__ void finish_job_lists(JobList* lists, int count) {
     JobList& list = lists[l];
     int chunks = list.jobs > 0 ? kWarps / gcd(list.jobs, kWarps) : 1;
     chunks = min(chunks, list.box_end - list.box_begin);
-    while (chunks > 1 && list.jobs * chunks * list.split > kMaxItems) --chunks;
-    if (list.jobs * list.split > kMaxItems) __trap();  // the host plan keeps every list within the partials buffer
+    while (chunks > 1 && list.jobs * chunks > kMaxItems) --chunks;
+    if (list.jobs > kMaxItems) __trap();  // the host plan keeps every list within the partials buffer
     list.chunks = chunks;
     list.first_warp = warp;
     warp = (warp + list.items()) % kWarps;
@@ -105,13 +99,9 @@ class WarpStream {
   }
 
   // Runs list `l` (the list the consumer has reached) on the whole block, then calls epilogue(row, value)
-  // once per output row, from one thread each. Starts and ends with every thread of the block in step. kSplit is
-  // the list's split, a compile-time constant: the per-item sums are on the stream's critical path (each warp
-  // refills its ring only as it consumes).
-  template <int kSplit = 1, class Epilogue>
+  // once per output row, from one thread each. Starts and ends with every thread of the block in step.
+  template <class Epilogue>
   __device__ void run(int l, Epilogue&& epilogue) {
-    static_assert(kSplit >= 1 && 32 % kSplit == 0, "a box row splits into 1, 2, 4, ... weight rows");
-    constexpr int kRows = kBoxRows * kSplit, kLanes = 32 / kSplit;  // output rows of a job; lanes per weight row
     const JobList& list = lists_[l];
     for (int i = first_item(list); i < list.items(); i += kWarps) {
       const int chunk = i % list.chunks;
@@ -127,18 +117,17 @@ class WarpStream {
         ++consumed_;
         issue();
       }
-      // Box row r holds weight rows r*kSplit + g, g = lane / kLanes; one lane of each group stores its sum.
 #pragma unroll
       for (int r = 0; r < kBoxRows; ++r) {
-        const float sum = lane_group_sum<kLanes>(acc[r]);
-        if (lane_ % kLanes == r % kLanes) partials_[(i * kBoxRows + r) * kSplit + lane_ / kLanes] = sum;
+        const float sum = warp_sum(acc[r]);
+        if (lane_ == r) partials_[i * kBoxRows + r] = sum;
       }
     }
     __syncthreads();
-    for (int t = threadIdx.x; t < list.jobs * kRows; t += blockDim.x) {
-      const int job = t / kRows, r = t % kRows;
+    for (int t = threadIdx.x; t < list.jobs * kBoxRows; t += blockDim.x) {
+      const int job = t / kBoxRows, r = t % kBoxRows;
       float value = 0.f;
-      for (int c = 0; c < list.chunks; ++c) value += partials_[(job * list.chunks + c) * kRows + r];
+      for (int c = 0; c < list.chunks; ++c) value += partials_[(job * list.chunks + c) * kBoxRows + r];
       epilogue(list.row0 + t, value);
     }
     __syncthreads();  // the partials buffer is free for the next list
@@ -159,7 +148,7 @@ class WarpStream {
   __device__ void enter_item() {
     const JobList& list = lists_[list_];
     const int chunk = item_ % list.chunks;
-    row_ = list.row0 + item_ / list.chunks * list.rows();
+    row_ = list.row0 + item_ / list.chunks * kBoxRows;
     box_ = list.chunk_begin(chunk);
     box_end_ = list.chunk_begin(chunk + 1);
     seg0_boxes_ = list.seg[0].boxes;
@@ -181,16 +170,11 @@ class WarpStream {
     if (list_ >= list_count_) return;
     const int slot = issued_ % kStages;
     if (lane_ == 0) {
-      const JobList& list = lists_[list_];
       const bool first = box_ < seg0_boxes_;
-      const CUtensorMap* map = list.seg[first ? 0 : 1].map;
+      const CUtensorMap* map = lists_[list_].seg[first ? 0 : 1].map;
+      const int col = (first ? box_ : box_ - seg0_boxes_) * kBoxCols;
       bars_[slot].arrive_expect_tx(kBoxBytes);
-      if (list.slice >= 0) {
-        tma_load_3d(ring_ + slot * kBoxBytes, map, &bars_[slot], 0, list.slice, row_, policy_);
-      } else {
-        const int col = (first ? box_ : box_ - seg0_boxes_) * kBoxCols;
-        tma_load_2d(ring_ + slot * kBoxBytes, map, &bars_[slot], col, row_, policy_);
-      }
+      tma_load_2d(ring_ + slot * kBoxBytes, map, &bars_[slot], col, row_, policy_);
     }
     ++issued_;
     if (++box_ < box_end_) return;
