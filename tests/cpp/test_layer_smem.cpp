@@ -68,8 +68,8 @@ TEST(LayerSmem, EveryNeoXShapeFitsAtItsContextLength) {
 }
 
 // Twice the context: the attention scores of a rank's positions grow with max_seq / cluster size; gpt-neox-20b's
-// first phase in clusters of one block is the tightest (224912 bytes: its scores, 16 KB, beside two [hidden] float
-// vectors of 24 KB each, with no room for Llama's per-head W_o vectors, which GPT-NeoX does not reserve).
+// first phase in clusters of one block is the tightest (its scores, 16 KB, beside two [hidden] float vectors of
+// 24 KB each).
 TEST(LayerSmem, EveryNeoXShapeFitsAt4096Positions) {
   for (const std::string& name : neox_names()) {
     SCOPED_TRACE(name);
