@@ -16,11 +16,14 @@ Each system generates once to the longest decode length with a CUDA event after 
 tokens reads the first N (TTFT: prompt start to the first token; TPOT: mean time between tokens 1..N). The
 streaming-read bandwidth (torch.sum over 2 GiB) is measured in the same run; floor_ms = bytes a step must read
 (every tensor of the weight schema but the input embedding, a tied LM head counted once as the LM head, plus the
-KV cache at the row's mean context) / that bandwidth. at_ctx512 holds each system's mean step time at contexts
+KV cache at the row's mean context) / that bandwidth. Beside it, gflop_per_token (step_flops at the same context:
+2 FLOPs per multiply-add of every matrix the step reads, plus attention's 4 * heads * head_dim * ctx per layer) and
+tflops, the achieved TFLOP/s (FLOPs per token / TPOT). at_ctx512 holds each system's mean step time at contexts
 480..543 against the floor there (the issues' targets: <= 1.25x the floor for pythia-2.8b, <= 1.15x for
 pythia-6.9b, >= 2x faster than transformers_graph; <= 1.25x for llama-2-7b, <= 2.5x for tinyllama-1.1b, both
 faster than transformers_compiled, which runs only when --systems names it).
-Writes bench/results/e2e_<gpu>.json (or --out) and a PNG beside it when matplotlib is installed.
+Runs on --device (default cuda:0), recorded in the JSON as `device`. Writes bench/results/e2e_<gpu>.json
+(e2e_<gpu>_cudaN.json for --device cuda:N, N > 0; or --out) and a PNG beside it when matplotlib is installed.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from bench_layer import layer_bytes
+from bench_layer import layer_bytes, layer_flops, matrix_elements
 from gpu_measure import gpu_tag, streaming_read_bw
 
 SYSTEMS = ["transformers_eager", "transformers_graph", "transformers_compiled", "split", "cooperative",
@@ -61,6 +64,8 @@ def parse_args(argv=None):
                         "is ~30x slower (default 128; --quick 32)")
     parser.add_argument("--quick", action="store_true", help="decode 16,512 and a short eager run")
     parser.add_argument("--out", default=None, help="JSON path, or a directory to write e2e_<gpu>.json into")
+    parser.add_argument("--device", default="cuda:0", help="the GPU to run on, cuda:N (default cuda:0; recorded "
+                        "in the JSON; the default JSON name gets a _cudaN suffix for N > 0)")
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--plot-from", default=None, metavar="JSON", help="only draw the PNG of an earlier run's "
                         "JSON (beside it), where matplotlib is installed")
@@ -82,6 +87,12 @@ def parse_args(argv=None):
         unknown = [m for m in args.models if m not in model_names()]
         if unknown:
             parser.error(f"--models: unknown {unknown}, expected some of {model_names()}")
+        # Without CUDA at all, main() says so; otherwise the index must name one of the devices torch sees.
+        count = torch.cuda.device_count() if torch.cuda.is_available() else None
+        index = args.device[len("cuda:"):] if args.device.startswith("cuda:") else ""
+        if not (index.isascii() and index.isdigit()) or (count is not None and int(index) >= count):
+            parser.error(f"--device: expected cuda:N with N < device count ({count or 0}), got {args.device}")
+        args.device = f"cuda:{int(index)}"
     return args
 
 
@@ -96,6 +107,17 @@ def step_bytes(config, ctx):
 
     model = sum(math.prod(s["shape"]) for s in cf.weight_schema(config)["model"] if s["name"] != "embed_in")
     return 2 * model + config.layers * layer_bytes(config, ctx)
+
+
+def step_flops(config, ctx):
+    """FLOPs of one decode step at context ctx (the decode FLOPs per token): 2 per multiply-add of every matrix the
+    step reads, each layer's (bench_layer.layer_flops: q|k|v, o, MLP, and attention's 4 * heads * head_dim * ctx)
+    and the LM head's; the input embedding is a row lookup, not counted. Derived from the weight schema, so a tied
+    LM head counts once, as the LM head."""
+    import clusterfusion as cf
+
+    head = matrix_elements(s for s in cf.weight_schema(config)["model"] if s["name"] != "embed_in")
+    return 2 * head + config.layers * layer_flops(config, ctx)
 
 
 class Timeline:
@@ -288,16 +310,28 @@ def run_system(system, model, prompt, n):
     return times, extra
 
 
-def rows_for(model_name, system, prompt_len, times, decode, bytes_at, read_bw, extra):
+def rows_for(model_name, system, prompt_len, times, decode, bytes_at, read_bw, extra, flops_at=None):
+    """One row per decode length n: TPOT over tokens 1..n, the floor and (flops_at given) the decode FLOPs per
+    token and the achieved TFLOP/s, both at the mean context of those steps, prompt_len + n / 2."""
     rows = []
     for n in decode:
         if n > len(times):
             continue
         tpot = (times[n - 1] - times[0]) / (n - 1)
-        floor = bytes_at(prompt_len + n / 2) / read_bw * 1e3
-        rows.append(dict(model=model_name, system=system, prompt_tokens=prompt_len, decode_tokens=n,
-                         ttft_ms=times[0], tpot_ms=tpot, tok_s=1e3 / tpot, floor_ms=floor, **extra))
+        ctx = prompt_len + n / 2
+        floor = bytes_at(ctx) / read_bw * 1e3
+        row = dict(model=model_name, system=system, prompt_tokens=prompt_len, decode_tokens=n,
+                   ttft_ms=times[0], tpot_ms=tpot, tok_s=1e3 / tpot, floor_ms=floor)
+        if flops_at is not None:
+            flops = flops_at(ctx)
+            row.update(gflop_per_token=flops / 1e9, tflops=achieved_tflops(flops, tpot))
+        rows.append({**row, **extra})
     return rows
+
+
+def achieved_tflops(flops_per_token, tpot_ms):
+    """TFLOP/s at flops_per_token FLOPs every tpot_ms milliseconds."""
+    return flops_per_token / (tpot_ms * 1e-3) / 1e12
 
 
 def at_ctx512(times, prompt_len):
@@ -319,17 +353,23 @@ def run(args, save=None):
     import clusterfusion as cf
     from clusterfusion.cli import progress, random_model
 
+    # Everything below runs on args.device: models, buffers and events are made on the current device ("cuda").
+    device = getattr(args, "device", "cuda:0")
+    torch.cuda.set_device(device)
     device_name = torch.cuda.get_device_name()
     read_bw = streaming_read_bw()
-    print(f"{device_name}: streaming read {read_bw / 1e12:.3f} TB/s", flush=True)
-    result = dict(gpu=gpu_tag(device_name), device_name=device_name, read_bw_TBps=read_bw / 1e12,
-                  command=shlex.join(["python3", *sys.argv]), floor_ms={}, at_ctx512={}, rows=[], errors=[])
+    print(f"{device_name} ({device}): streaming read {read_bw / 1e12:.3f} TB/s", flush=True)
+    result = dict(gpu=gpu_tag(device_name), device=device, device_name=device_name, read_bw_TBps=read_bw / 1e12,
+                  command=shlex.join(["python3", *sys.argv]), floor_ms={}, gflop_per_token={}, at_ctx512={},
+                  rows=[], errors=[])
     longest = max(args.decode)
     for model_name in args.models:
         bytes_at = lambda ctx, c=cf.ModelConfig.named(model_name): step_bytes(c, ctx)  # noqa: E731
+        flops_at = lambda ctx, c=cf.ModelConfig.named(model_name): step_flops(c, ctx)  # noqa: E731
         result["floor_ms"][model_name] = bytes_at(0) / read_bw * 1e3
+        result["gflop_per_token"][model_name] = flops_at(0) / 1e9
         floor512 = bytes_at(512) / read_bw * 1e3
-        result["at_ctx512"][model_name] = {"floor_ms": floor512}
+        result["at_ctx512"][model_name] = {"floor_ms": floor512, "gflop_per_token": flops_at(512) / 1e9}
         try:
             model = random_model(model_name, seed=1234)
         except Exception as error:  # record it and go on with the other models
@@ -351,10 +391,12 @@ def run(args, save=None):
                 continue
             finally:
                 torch.cuda.empty_cache()
-            result["rows"] += rows_for(model_name, system, args.prompt, times, args.decode, bytes_at, read_bw, extra)
+            result["rows"] += rows_for(model_name, system, args.prompt, times, args.decode, bytes_at, read_bw, extra,
+                                       flops_at)
             ms = at_ctx512(times, args.prompt)
             if ms is not None:
-                result["at_ctx512"][model_name][system] = dict(tpot_ms=ms, vs_floor=ms / floor512)
+                result["at_ctx512"][model_name][system] = dict(
+                    tpot_ms=ms, vs_floor=ms / floor512, tflops=achieved_tflops(flops_at(512), ms))
         del model
         torch.cuda.empty_cache()
         if save is not None:
@@ -362,16 +404,27 @@ def run(args, save=None):
     return result
 
 
+def _flops_cells(row):
+    """The GFLOP/token and TFLOP/s cells (blank for a result written before these columns existed)."""
+    if "gflop_per_token" not in row:
+        return f"{'':>9} {'':>7}"
+    return f"{row['gflop_per_token']:9.3f} {row['tflops']:7.3f}"
+
+
 def table(result):
     lines = [f"{result['device_name']}: read {result['read_bw_TBps']:.3f} TB/s",
              f"{'model':<14} {'system':<31} {'decode':>6} {'ttft_ms':>9} {'tpot_ms':>8} {'tok/s':>7} {'floor':>7} "
-             f"{'x floor':>7}"]
+             f"{'x floor':>7} {'GFLOP/tok':>9} {'TFLOP/s':>7}"]
     for r in result["rows"]:
         lines.append(f"{r['model']:<14} {r['system']:<31} {r['decode_tokens']:>6} {r['ttft_ms']:9.2f} "
-                     f"{r['tpot_ms']:8.3f} {r['tok_s']:7.1f} {r['floor_ms']:7.3f} {r['tpot_ms'] / r['floor_ms']:7.2f}")
+                     f"{r['tpot_ms']:8.3f} {r['tok_s']:7.1f} {r['floor_ms']:7.3f} {r['tpot_ms'] / r['floor_ms']:7.2f} "
+                     f"{_flops_cells(r)}")
     for model, entry in result["at_ctx512"].items():
-        parts = [f"{s} {v['tpot_ms']:.3f} ms ({v['vs_floor']:.2f}x)" for s, v in entry.items() if s != "floor_ms"]
-        lines.append(f"at ctx 512, {model} (floor {entry['floor_ms']:.3f} ms): " + ", ".join(parts))
+        parts = [f"{s} {v['tpot_ms']:.3f} ms ({v['vs_floor']:.2f}x" + (f", {v['tflops']:.3f} TFLOP/s)" if "tflops" in v
+                                                                     else ")")
+                 for s, v in entry.items() if isinstance(v, dict)]
+        flops = f", {entry['gflop_per_token']:.3f} GFLOP/token" if "gflop_per_token" in entry else ""
+        lines.append(f"at ctx 512, {model} (floor {entry['floor_ms']:.3f} ms{flops}): " + ", ".join(parts))
     lines += [f"error: {e}" for e in result["errors"]]
     return "\n".join(lines)
 
@@ -418,7 +471,8 @@ def main(argv=None):
         sys.exit("bench_e2e.py: no CUDA device")
     path = Path(args.out) if args.out else Path(__file__).resolve().parent / "results"
     if path.is_dir() or not path.suffix:
-        path = path / f"e2e_{gpu_tag(torch.cuda.get_device_name())}.json"
+        suffix = "" if args.device == "cuda:0" else "_" + args.device.replace(":", "")
+        path = path / f"e2e_{gpu_tag(torch.cuda.get_device_name(args.device))}{suffix}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     save = lambda result: path.write_text(json.dumps(result, indent=1) + "\n")  # noqa: E731
     result = run(args, save)

@@ -42,6 +42,11 @@ HF_CLASSES = {"gpt_neox": ("GPTNeoXLayer", "GPTNeoXRotaryEmbedding"),
               "llama": ("LlamaDecoderLayer", "LlamaRotaryEmbedding")}
 MODES = ["split", "cooperative", "split_graph", "cooperative_graph", "split_graph_overlap",
          "cooperative_graph_overlap", "transformers_eager", "transformers_graph"]
+# The seeds' ablation (GPT-NeoX only; --hybrid adds them): half the layer by the library, half by torch on the same
+# weights, eager and in a CUDA graph. lib_attn: the library's norm_qkv_rope_attend_up phase (attention before W_o,
+# the MLP activation), then torch's W_o, W_down and residual. lib_down: transformers' attention (through W_o) and
+# MLP up, then the library's DecoderLayer.down_residual (out = x + attn_output + W_down act + b_down).
+HYBRID_MODES = ["hybrid_lib_attn", "hybrid_lib_attn_graph", "hybrid_lib_down", "hybrid_lib_down_graph"]
 DEFAULT_CTX = [16, 128, 512, 1024, 2048]
 GRAPH_PASSES = 2  # passes over the rotated layers per graph replay
 WARMUP = 5
@@ -59,6 +64,8 @@ def parse_args(argv=None):
     parser.add_argument("--iters", type=int, default=None, help="timed iterations (graph replays) per row "
                         "(default 200, --quick 30)")
     parser.add_argument("--quick", action="store_true", help="fewer iterations and contexts 16, 512, 2048")
+    parser.add_argument("--hybrid", action="store_true", help="also the seeds' hybrid modes "
+                        f"({', '.join(HYBRID_MODES)}) for the GPT-NeoX models, and print their table")
     parser.add_argument("--out", default=None, help="JSON path, or an existing directory to write "
                         "layer_<gpu>.json into (default bench/results/layer_<gpu>.json)")
     args = parser.parse_args(argv)
@@ -66,7 +73,10 @@ def parse_args(argv=None):
     args.modes = [m for m in args.modes.split(",") if m]
     from clusterfusion import model_names
 
-    for name, given, known in (("--models", args.models, model_names()), ("--modes", args.modes, MODES)):
+    if args.hybrid:
+        args.modes += [m for m in HYBRID_MODES if m not in args.modes]
+    for name, given, known in (("--models", args.models, model_names()), ("--modes", args.modes,
+                                                                         MODES + HYBRID_MODES)):
         unknown = [v for v in given if v not in known]
         if unknown:
             parser.error(f"{name}: unknown {unknown}, expected some of {list(known)}")
@@ -160,6 +170,22 @@ def layer_bytes(config, ctx):
     return 2 * weights + 2 * ctx * config.kv_heads * config.head_dim * 2
 
 
+def matrix_elements(specs):
+    """Elements of the matrices (2-D tensors) among weight-schema entries: each is one multiply-add per decoded
+    token when the matrix is applied to a vector. Vectors (biases, norm weights) are not counted."""
+    return sum(math.prod(spec["shape"]) for spec in specs if len(spec["shape"]) == 2)
+
+
+def layer_flops(config, ctx):
+    """FLOPs of one decode step of one layer at context ctx: 2 per multiply-add of every matrix of the layer in
+    the weight schema (q|k|v, o, MLP), plus attention over ctx positions: q.k and p.v, each a multiply-add per
+    query head, head_dim element and position, 4 * heads * head_dim * ctx. Norms, biases, rotary, softmax and
+    activations are not counted (a few FLOPs per element of a vector, < 0.1% of the total)."""
+    import clusterfusion as cf
+
+    return 2 * matrix_elements(cf.weight_schema(config)["layer"]) + 4 * config.heads * config.head_dim * ctx
+
+
 def rel_err(out, x, expected):
     """‖(out − x) − (expected − x)‖ / ‖expected − x‖: the layer's update against transformers'."""
     delta, want = out.double() - x.double(), expected.double() - x.double()
@@ -225,11 +251,44 @@ class ModelBench:
         out = self.hf_layers[index](self.x.view(1, 1, -1), **{self.cache_keyword: caches[index]}, **kwargs)
         return out[0] if isinstance(out, tuple) else out
 
+    def hybrid_call(self, index, position, mode, caches, kwargs):
+        """One layer of a hybrid mode (HYBRID_MODES), GPT-NeoX: out [hidden] float16."""
+        import torch.nn.functional as F
+
+        hf = self.hf_layers[index]
+        if mode == "hybrid_lib_attn":  # the library's attention and MLP up; torch's W_o, W_down and residual
+            self.fused[index].run_phase(self.cache, index, 0, self.x, self.out, self.attn, self.mlp_act, position,
+                                        h1=self.h1, stream=torch.cuda.current_stream().cuda_stream)
+            attn_out = hf.attention.dense(self.attn.half())
+            mlp_out = hf.mlp.dense_4h_to_h(self.mlp_act.half())
+            return torch.add(self.x + attn_out, mlp_out, out=self.out)
+        # transformers' attention (through W_o and b_o) and MLP up; the library's down-projection and residual
+        x = self.x.view(1, 1, -1)
+        attn_out, _ = hf.attention(hf.input_layernorm(x), attention_mask=None,
+                                   **{self.cache_keyword: caches[index]}, **kwargs)
+        act = hf.mlp.act(hf.mlp.dense_h_to_4h(hf.post_attention_layernorm(x)))
+        self.mlp_act.copy_(act.reshape(-1))
+        self.fused[index].down_residual(self.x, attn_out.reshape(-1), self.mlp_act, self.out,
+                                        stream=torch.cuda.current_stream().cuda_stream)
+        return self.out
+
     def time_mode(self, mode, ctx, iters):
         """(us per layer, the output of the last layer's call) for one mode at context ctx."""
         position, last = ctx - 1, self.rotate - 1
         self.cache.length = position
         calls = self.rotate * GRAPH_PASSES
+        if mode in HYBRID_MODES:
+            base = mode.removesuffix("_graph")
+            kwargs = self.hf_inputs(position)
+            kwargs.pop("cache_position", None)
+            caches = [FixedSlotCache(keys, values, position) for keys, values in self.kv]
+            call = lambda i: self.hybrid_call(i % self.rotate, position, base, caches, kwargs)  # noqa: E731
+            if mode == base:
+                ms = median_event_ms(call, iters, warmup=WARMUP)
+                return ms * 1e3, call(last).clone()
+            graph, _ = captured(lambda: [call(i) for i in range(calls)])
+            ms = median_event_ms(lambda i: graph.replay(), iters, per_call=calls, warmup=WARMUP)
+            return ms * 1e3, self.out.clone()
         if mode in ("split", "cooperative"):
             ms = median_event_ms(lambda i: self.fused_call(i % self.rotate, position, mode), iters, warmup=WARMUP)
             return ms * 1e3, self.fused_call(last, position, mode).clone()
@@ -297,6 +356,8 @@ def run(args, save=None):
             for mode in args.modes:
                 row = dict(model=model, mode=mode, ctx=ctx, us=None, bytes=layer_bytes(bench.config, ctx),
                            bw_frac=None)
+                if mode in HYBRID_MODES and not bench.config.parallel_residual:
+                    continue  # GPT-NeoX only: no row
                 if mode.startswith("cooperative") and not bench.cooperative_supported:
                     row["error"] = "cooperative mode not supported on this device for this config"
                 else:
@@ -327,7 +388,8 @@ def table(result, modes):
     keys = sorted({(r["model"], r["ctx"]) for r in result["rows"]}, key=lambda k: (order.index(k[0]), k[1]))
     short = {"split": "split", "cooperative": "coop", "split_graph": "split_g", "cooperative_graph": "coop_g",
              "split_graph_overlap": "split_go", "cooperative_graph_overlap": "coop_go",
-             "transformers_eager": "hf", "transformers_graph": "hf_g"}
+             "transformers_eager": "hf", "transformers_graph": "hf_g", "hybrid_lib_attn": "h_attn",
+             "hybrid_lib_attn_graph": "h_attn_g", "hybrid_lib_down": "h_down", "hybrid_lib_down_graph": "h_down_g"}
     head = " ".join(f"{short[m]:>8}" for m in modes)
     lines = [f"read bandwidth {result['read_bw_TBps']:.3f} TB/s on {result['gpu']}; us per layer | fraction of "
              "read bandwidth",
@@ -337,6 +399,34 @@ def table(result, modes):
         us = " ".join(f"{r['us']:8.1f}" if r and r["us"] is not None else f"{'-':>8}" for r in rows)
         frac = " ".join(f"{r['bw_frac']:8.3f}" if r and r["bw_frac"] is not None else f"{'-':>8}" for r in rows)
         lines.append(f"{model:<14} {ctx:>5} {us} | {frac}")
+    return "\n".join(lines)
+
+
+# The seeds' hybrid table: (column, mode), us per layer in a CUDA graph and eager.
+HYBRID_TABLE = [("lib attn+up, torch down", "hybrid_lib_attn"), ("torch attn+up, lib down", "hybrid_lib_down"),
+                ("fully fused (split)", "split"), ("transformers", "transformers")]
+
+
+def hybrid_table(result):
+    """The seeds' ablation per GPT-NeoX model and ctx: us per layer, graph (eager) for each column; empty when no
+    hybrid row ran."""
+    cells = {(r["model"], r["ctx"], r["mode"]): r for r in result["rows"]}
+    keys = list(dict.fromkeys((r["model"], r["ctx"]) for r in result["rows"] if r["mode"] in HYBRID_MODES))
+    if not keys:
+        return ""
+
+    def us(model, ctx, mode):
+        r = cells.get((model, ctx, mode))
+        return f"{r['us']:.1f}" if r and r["us"] is not None else "-"
+
+    lines = ["hybrid table (us per layer: CUDA graph (eager))",
+             f"{'model':<14} {'ctx':>5} " + " ".join(f"{name:>26}" for name, _ in HYBRID_TABLE)]
+    for model, ctx in keys:
+        cols = []
+        for _, mode in HYBRID_TABLE:
+            graph = f"{mode}_graph" if mode != "split" else "split_graph_overlap"
+            cols.append(f"{us(model, ctx, graph) + ' (' + us(model, ctx, mode if mode != 'transformers' else 'transformers_eager') + ')':>26}")
+        lines.append(f"{model:<14} {ctx:>5} " + " ".join(cols))
     return "\n".join(lines)
 
 
@@ -351,6 +441,9 @@ def main(argv=None):
     save(result)
     print(f"wrote {path}")
     print(table(result, args.modes))
+    hybrid = hybrid_table(result)
+    if hybrid:
+        print(hybrid)
     failed = [r for r in result["rows"] if "error" in r]
     return 1 if failed else 0
 

@@ -194,6 +194,30 @@ void DecoderLayer::run_phase(KVCache& cache, int layer, const LayerIO& io, int p
     cache.set_length(std::max(cache.length(), position + 1));
 }
 
+void DecoderLayer::down_residual(const void* x, const void* attn_output, const float* mlp_act, void* out,
+                                 cudaStream_t stream) const {
+  if (!config_.parallel_residual || layer_model(config_.arch) != kernels::LayerModel::GptNeoX)
+    throw std::invalid_argument("down_residual: GPT-NeoX (parallel residual) layers only");
+  check_io_pointer(x, "x", 2);
+  check_io_pointer(attn_output, "attn_output", 2);
+  check_io_pointer(mlp_act, "mlp_act", 16);
+  check_io_pointer(out, "out", 2);
+  const DeviceGuard on(device_);
+  check_stream_device(stream, device_, "layer");
+  kernels::DecoderLayerParams p = *params_;
+  p.x = static_cast<const __half*>(x);
+  p.residual_add = static_cast<const __half*>(attn_output);
+  p.act = const_cast<float*>(mlp_act);
+  p.out = static_cast<__half*>(out);
+  p.position = 0;  // unused: the launch neither attends nor touches a cache
+  p.max_seq = max_seq_;
+  p.overlap_previous = overlap_previous_;
+  const kernels::LayerShape shape = layer_shape(config_, max_seq_);
+  const kernels::LayerGrid grid{plan_.blocks, plan_.cluster_size,
+                                kernels::down_residual_smem(shape, plan_.cluster_size, plan_.clusters)};
+  CF_CUDA_CHECK(kernels::launch_down_residual(p, grid, stream));
+}
+
 void DecoderLayer::launch(const kernels::DecoderLayerParams& p, LayerMode mode, cudaStream_t stream) const {
   const int phases = static_cast<int>(plan_.smem_phase.size());
   if (mode == LayerMode::Cooperative) {

@@ -163,7 +163,30 @@ void bind_layer(nb::module_& m) {
           "position"_a, "h1"_a.none() = nb::none(), "stream"_a = 0,
           "Phase `phase` (an index into phase_names) alone, as split mode launches it: the attending phase "
           "writes attn (and appends k/v), the up phase mlp_act, the projections h1 or out. Same checks as "
-          "forward.");
+          "forward.")
+      .def(
+          "down_residual",
+          [](const PyDecoderLayer& l, nb::handle x, nb::handle attn_output, nb::handle mlp_act, nb::handle out,
+             std::uintptr_t stream) {
+            const ModelConfig& c = l.config;
+            const void* xp =
+                on_device(to_checked_array<InArray>(x, "x", cuda_spec(kFloat16, {c.hidden})), "x", l.device);
+            const void* ap = on_device(
+                to_checked_array<InArray>(attn_output, "attn_output", cuda_spec(kFloat16, {c.hidden})),
+                "attn_output", l.device);
+            const auto* mp = static_cast<const float*>(on_device(
+                to_checked_array<InArray>(mlp_act, "mlp_act", cuda_spec(kFloat32, {c.ffn})), "mlp_act", l.device));
+            void* op =
+                on_device(to_checked_array<OutArray>(out, "out", cuda_spec(kFloat16, {c.hidden})), "out", l.device);
+            const DeviceGuard on(l.device);
+            l.layer->down_residual(xp, ap, mp, op, reinterpret_cast<cudaStream_t>(stream));
+          },
+          "x"_a.none(), "attn_output"_a.none(), "mlp_act"_a.none(), "out"_a.none(), "stream"_a = 0,
+          "GPT-NeoX only: out = x + attn_output + W_down mlp_act + b_down, the MLP's down-projection and the "
+          "residual for an attention output computed elsewhere (attn_output [hidden] float16, already through "
+          "W_o and b_o; x, out [hidden] float16, out may be x or attn_output; mlp_act [ffn] float32, e.g. what "
+          "run_phase's first phase leaves). One launch on the layer's grid: the o_down_proj_residual phase "
+          "without W_o. ValueError for a Llama layer.");
 }
 
 }  // namespace clusterfusion::python

@@ -1,4 +1,5 @@
-"""Shared pytest setup: the `gpu` marker, a fresh reproducible seed per test, and the `ref` reference module."""
+"""Shared pytest setup: the `gpu` and `gpu2` markers, a fresh reproducible seed per test, and the `ref` reference
+module."""
 
 import importlib.util
 import os
@@ -12,25 +13,36 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def _cuda_available():
+def _cuda_device_count():
+    """The CUDA devices torch sees (0 without torch or without CUDA)."""
     try:
         import torch
     except ImportError:
-        return False
-    return torch.cuda.is_available()
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped without one)")
+    config.addinivalue_line("markers", "gpu2: needs two CUDA GPUs (skipped with fewer); a gpu2 test is also a gpu "
+                                       "test (selected by -m gpu)")
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m selects by marker, so that -m gpu selects the gpu2 tests too
 def pytest_collection_modifyitems(config, items):
-    if _cuda_available():
-        return
-    skip = pytest.mark.skip(reason="no CUDA GPU")
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        if "gpu2" in item.keywords and "gpu" not in item.keywords:
+            item.add_marker(pytest.mark.gpu)
+    count = _cuda_device_count()
+    if count >= 2:
+        return
+    no_gpu = pytest.mark.skip(reason="no CUDA GPU")
+    one_gpu = pytest.mark.skip(reason=f"gpu2: needs two CUDA devices, torch sees {count}")
+    for item in items:
+        if count == 0 and "gpu" in item.keywords:
+            item.add_marker(no_gpu)
+        elif "gpu2" in item.keywords:
+            item.add_marker(one_gpu)
 
 
 @pytest.fixture(autouse=True)

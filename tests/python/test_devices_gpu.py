@@ -2,7 +2,7 @@
 built; every call runs there, and tensors, caches and streams of another device raise ValueError naming them. On
 one GPU, "another device" is a DLPack producer claiming the next device id over real memory
 (dlpack_claims.Claimed); with two GPUs or more, real memory, streams and engines of the second device too (those
-tests skip on one GPU)."""
+tests, marked `gpu2`, skip on one GPU; test_two_gpus.py has the pythia-2.8b engines, threads and split weights)."""
 
 import os
 import random
@@ -17,8 +17,6 @@ from dlpack_claims import Claimed  # noqa: E402
 pytestmark = pytest.mark.gpu
 
 MAX_SEQ = 64
-two_gpus = pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.device_count() < 2,
-                              reason="needs two CUDA devices")
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +99,7 @@ def test_context_refuses_weights_and_prefix_claimed_on_another_device(cf, model)
     assert ctx.position == 3
 
 
-@two_gpus
+@pytest.mark.gpu2
 def test_calls_run_on_the_objects_device_whatever_is_current(cf, model):
     """Everything built on cuda:0, every call made with cuda:1 current: the same results, and cuda:1 stays
     current."""
@@ -122,7 +120,7 @@ def test_calls_run_on_the_objects_device_whatever_is_current(cf, model):
         assert torch.cuda.current_device() == 1
 
 
-@two_gpus
+@pytest.mark.gpu2
 def test_memory_caches_and_streams_of_another_device_are_refused(cf, model):
     from clusterfusion.weights import model_weights
 
@@ -147,7 +145,7 @@ def test_memory_caches_and_streams_of_another_device_are_refused(cf, model):
         cf.DecodeContext(config, MAX_SEQ, stream=stream.cuda_stream, **model_weights(model, config))
 
 
-@two_gpus
+@pytest.mark.gpu2
 def test_an_engine_on_the_second_device(cf, model):
     """The model on cuda:1 while cuda:0 is current: generation equals that of the same model on cuda:0."""
     import copy

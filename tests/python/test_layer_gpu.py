@@ -491,3 +491,39 @@ def test_unsupported_head_dim_is_refused(cf):
                    w_down=weight(hidden, ffn), b_down=weight(hidden))
     with pytest.raises(ValueError, match="head_dim: 72 is not supported"):
         cf.DecoderLayer(config, MAX_SEQ, **weights)
+
+
+# ---- down_residual: the seeds' MLP-only op -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("setup", NEOX_SHAPES + BIG_NEOX_SHAPES, indirect=True)
+def test_down_residual_matches_the_float64_formula(setup):
+    """out = x + attn_output + W_down mlp_act + b_down (attn_output computed elsewhere, through W_o already),
+    against float64; repeatable bit for bit, and the same bits when out is x or attn_output."""
+    s, c = setup, setup.config
+    x = random_x(c)
+    attn_output = (0.5 * torch.randn(c.hidden, device="cuda")).half()
+    mlp_act = torch.randn(c.ffn, device="cuda")
+    out = torch.full((c.hidden,), float("nan"), dtype=torch.float16, device="cuda")
+    s.layer.down_residual(x, attn_output, mlp_act, out, stream=stream())
+    torch.cuda.synchronize()
+    w = s.ref_weights
+    update = w["w_down"] @ f64(mlp_act) + w["b_down"]
+    expected = f64(x) + f64(attn_output) + update
+    assert rel_err(f64(out), expected) <= REL_TOL, s
+    assert rel_err(f64(out) - f64(x) - f64(attn_output), update) <= REL_TOL, s
+    again = torch.empty_like(out)
+    s.layer.down_residual(x, attn_output, mlp_act, again, stream=stream())
+    in_place_x, in_place_attn = x.clone(), attn_output.clone()
+    s.layer.down_residual(in_place_x, attn_output, mlp_act, in_place_x, stream=stream())
+    s.layer.down_residual(x, in_place_attn, mlp_act, in_place_attn, stream=stream())
+    torch.cuda.synchronize()
+    for other in (again, in_place_x, in_place_attn):
+        assert torch.equal(other, out), s
+
+
+@pytest.mark.parametrize("setup", ["tinyllama-1.1b"], indirect=True)
+def test_down_residual_is_gpt_neox_only(setup):
+    c = setup.config
+    x = random_x(c)
+    with pytest.raises(ValueError, match="down_residual: GPT-NeoX"):
+        setup.layer.down_residual(x, x, torch.zeros(c.ffn, device="cuda"), torch.empty_like(x))

@@ -91,6 +91,14 @@ class DecoderLayer {
   void run_phase(KVCache& cache, int layer, const LayerIO& io, int position, int phase,
                  cudaStream_t stream = nullptr) const;
 
+  // GPT-NeoX (parallel residual) only: out = x + attn_output + W_down mlp_act + b_down, the MLP's down-projection
+  // and the residual for an attention output computed elsewhere (attn_output: [hidden] float16, already through
+  // W_o and b_o), in one launch on the layer's grid: forward's o_down_proj_residual phase without W_o. x, attn_output
+  // and out [hidden] float16 (out may be x or attn_output), mlp_act [ffn] float32 (16-byte aligned). Throws
+  // std::invalid_argument for a Llama layer or a null or misaligned pointer. No cache: nothing else is touched.
+  void down_residual(const void* x, const void* attn_output, const float* mlp_act, void* out,
+                     cudaStream_t stream = nullptr) const;
+
   // For tests and debugging, synchronous, with no launch of this layer in flight: the word of the cooperative
   // kernel's grid barrier, 0 or 2^31 between launches (cuda/include/clusterfusion/kernels/grid_barrier.cuh).
   // Setting anything else throws std::invalid_argument.

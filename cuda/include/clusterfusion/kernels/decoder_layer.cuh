@@ -369,6 +369,8 @@ class LayerBlock {
     if constexpr (spec.o_proj || spec.down_proj) {
       const __half* residual = layer_vec(p_, spec.residual);
       constants_[kPhase - kFirst].out.add_later([residual](int row) { return __half2float(__ldcg(residual + row)); });
+      if (p_.residual_add != nullptr)
+        constants_[kPhase - kFirst].out.add_later([v = p_.residual_add](int row) { return __half2float(__ldcg(v + row)); });
       if constexpr (first) {
         cluster_wait();
         stamp(p_, kMarkClusterReady);
@@ -556,7 +558,11 @@ class LayerBlock {
     cluster_sync();  // every rank's partial sums are on rank 0
     if (rank != 0) return;
     const auto biases = out_biases(kO, kDown);
-    const auto constant = [&](int row) { return biases(row) + __half2float(__ldcg(residual + row)); };
+    const __half* extra = p_.residual_add;
+    const auto constant = [&](int row) {
+      const float value = biases(row) + __half2float(__ldcg(residual + row));
+      return extra != nullptr ? value + __half2float(__ldcg(extra + row)) : value;
+    };
     for (int t = threadIdx.x; t < rows; t += blockDim.x) {
       float sum = 0.f;
       for (int r = 0; r < ranks * passes; ++r) sum += rank_partials[r * stride + t];

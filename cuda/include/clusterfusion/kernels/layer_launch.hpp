@@ -40,4 +40,9 @@ cudaError_t max_active_layer_clusters(const LayerShape& shape, int cluster, std:
 cudaError_t launch_decoder_layer(const DecoderLayerParams& p, const LayerShape& shape, int first, int last,
                                  const LayerGrid& grid, cudaStream_t stream);
 
+// GPT-NeoX's down_proj_residual alone (model_traits.hpp, GptNeoXDownResidual): out = x + residual_add + W_down act
+// + b_down, one launch on the layer's grid; its dynamic shared memory on `clusters` clusters of `cluster` blocks.
+std::size_t down_residual_smem(const LayerShape& shape, int cluster, int clusters);
+cudaError_t launch_down_residual(const DecoderLayerParams& p, const LayerGrid& grid, cudaStream_t stream);
+
 }  // namespace clusterfusion::kernels

@@ -52,6 +52,7 @@ struct DecoderLayerParams {
   const __half* x;  // [hidden] the layer input
   __half* h1;       // [hidden] x + attention (sequential residual)
   __half* out;      // [hidden] the layer output
+  const __half* residual_add;  // optional [hidden]: added to proj_residual's residual (down_residual's attn_output)
   float* attn;      // [heads * head_dim] attention outputs before W_o
   float* act;       // [ffn] the MLP activation before W_down
   __half* k_cache;  // this layer: [kv_heads][max_seq][head_dim]

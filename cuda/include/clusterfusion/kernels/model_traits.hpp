@@ -39,6 +39,18 @@ struct GptNeoX {
   }
 };
 
+// GPT-NeoX's MLP down-projection alone, for an attention output computed elsewhere (DecoderLayer::down_residual):
+// out = x + attn_output + W_down act + b_down, attn_output (already through W_o and b_o) added to the residual
+// through DecoderLayerParams::residual_add. Not a phase list of forward(): one launch, the o_down_proj_residual
+// phase without W_o.
+struct GptNeoXDownResidual : GptNeoX {
+  static constexpr int kPhases = 1;
+  static constexpr const char* kPhaseNames[kPhases] = {"down_proj_residual"};
+  __host__ __device__ static constexpr PhaseSpec phase(int) {
+    return PhaseSpec{false, false, false, true, LayerVec::X, LayerVec::X, LayerVec::Out};
+  }
+};
+
 // Sequential residual: h1 = x + attention(RMSNorm x); out = h1 + MLP(RMSNorm h1); four phases.
 struct Llama {
   static constexpr NormKind kNorm = NormKind::RMSNorm;
