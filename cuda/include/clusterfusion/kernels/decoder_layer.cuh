@@ -130,7 +130,6 @@ template <class Model, int kHeadDim, int kFirst, int kLast>
 __device__ __forceinline__ void build_job_lists(const DecoderLayerParams& p, const SmemLayout& L, unsigned char* smem,
                                                 int position) {
   static_assert(phase_list_base<Model>(kFirst, kLast + 1) <= kMaxJobLists, "the job lists' shared-memory region");
-  static_assert(kProjLists == kProjPasses, "one proj_residual list per pass");
   auto* lists = reinterpret_cast<JobList*>(smem + SmemLayout::kJobLists);
   if (threadIdx.x == 0) {
     const int blocks = gridDim.x, block = blockIdx.x;

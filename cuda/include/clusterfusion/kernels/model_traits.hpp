@@ -6,6 +6,7 @@
 //   proj_residual         output rows: output = residual + W_o attn and/or W_down act (+ biases)
 // Adding an architecture is one traits struct here plus its host glue (weights, config).
 #pragma once
+#include "clusterfusion/kernels/layer_params.hpp"
 
 namespace clusterfusion::kernels {
 
@@ -78,10 +79,10 @@ __host__ __device__ constexpr int launch_head_dim(int first, int last, int head_
 }
 
 // Job lists a phase runs, in stream order: q|k|v pieces, gate and up, output rows (one list per pass over a
-// rank's K: kProjPasses in layer_params.hpp; the second is empty where one pass fits).
+// rank's K, layer_params.hpp; the second is empty where one pass fits).
 constexpr int kQkvLists = 3;
 constexpr int kUpLists = 2;
-constexpr int kProjLists = 2;
+constexpr int kProjLists = kProjPasses;
 __host__ __device__ constexpr int phase_lists(const PhaseSpec& s) {
   return (s.attend ? kQkvLists : 0) + (s.up ? kUpLists : 0) + (s.o_proj || s.down_proj ? kProjLists : 0);
 }
