@@ -1,11 +1,14 @@
 // Device tensors for the GPU tests: random float16 tensors (their rounded values kept on the host), scratch
 // buffers that can be poisoned, and a decoder layer's random weights drawn by iterating the weight schema.
 #pragma once
+#include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <cuda_fp16.h>
@@ -21,6 +24,9 @@ namespace cf_test {
 namespace cf = clusterfusion;
 
 // A device buffer of float16 values drawn from N(mean, std), with the values (as rounded) kept on the host.
+// Drawn in fixed chunks, each from its own engine seeded by one draw of `rng` and the chunk's index, on as many
+// threads as there are cores: the same seed gives the same values whatever the core count, and a gpt-neox-20b
+// layer (604 M values) takes about a second instead of fifteen.
 struct HalfTensor {
   std::vector<double> host;
   __half* dev = nullptr;
@@ -28,13 +34,28 @@ struct HalfTensor {
   HalfTensor(std::vector<int64_t> s, double mean, double std, std::mt19937_64& rng) : shape(std::move(s)) {
     int64_t n = 1;
     for (auto d : shape) n *= d;
-    std::normal_distribution<double> dist(mean, std);
+    constexpr int64_t kChunk = int64_t(1) << 20;
+    const std::uint64_t seed = rng();
+    const int64_t chunks = (n + kChunk - 1) / kChunk;
     std::vector<__half> h(n);
     host.resize(n);
-    for (int64_t i = 0; i < n; ++i) {
-      h[i] = __double2half(dist(rng));
-      host[i] = __half2float(h[i]);
-    }
+    std::atomic<int64_t> next{0};
+    auto draw = [&] {
+      for (int64_t c = next++; c < chunks; c = next++) {
+        std::seed_seq seq{std::uint32_t(seed), std::uint32_t(seed >> 32), std::uint32_t(c), std::uint32_t(c >> 32)};
+        std::mt19937_64 engine(seq);
+        std::normal_distribution<double> dist(mean, std);
+        for (int64_t i = c * kChunk, end = std::min(n, i + kChunk); i < end; ++i) {
+          h[i] = __double2half(dist(engine));
+          host[i] = __half2float(h[i]);
+        }
+      }
+    };
+    const int64_t workers = std::min<int64_t>(chunks, std::max(1u, std::thread::hardware_concurrency()));
+    std::vector<std::thread> threads;
+    for (int64_t t = 1; t < workers; ++t) threads.emplace_back(draw);
+    draw();
+    for (auto& t : threads) t.join();
     CF_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&dev), n * sizeof(__half)));
     CF_CUDA_CHECK(cudaMemcpy(dev, h.data(), n * sizeof(__half), cudaMemcpyHostToDevice));
   }
