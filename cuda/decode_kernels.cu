@@ -64,6 +64,17 @@ cudaError_t plan_lm_head(int vocab, int hidden, NormKind norm, LmHeadPlan* out) 
   return cudaSuccess;
 }
 
+cudaError_t prepare_decode_kernels() {
+  cudaFuncAttributes attrs;
+  for (const void* kernel : {reinterpret_cast<const void*>(&embedding_kernel),
+                             reinterpret_cast<const void*>(&select_token_kernel),
+                             reinterpret_cast<const void*>(&store_token_kernel),
+                             reinterpret_cast<const void*>(&store_int_kernel)}) {
+    CF_RETURN_IF_ERROR(cudaFuncGetAttributes(&attrs, kernel));
+  }
+  return cudaSuccess;
+}
+
 cudaError_t launch_embedding(const __half* table, const int* tokens, const int* position, __half* out, int hidden,
                              cudaStream_t stream) {
   constexpr int kThreads = 256;

@@ -47,6 +47,10 @@ cudaError_t max_active_layer_clusters(const LayerShape& shape, int cluster, std:
                     [&](auto m) { return max_active_clusters<decltype(m)>(shape, cluster, smem, clusters); });
 }
 
+cudaError_t prepare_decoder_layer(const LayerShape& shape) {
+  return with_model(shape.model, [&](auto m) { return prepare_layer<decltype(m)>(shape); });
+}
+
 cudaError_t launch_decoder_layer(const DecoderLayerParams& p, const LayerShape& shape, int first, int last,
                                  const LayerGrid& grid, cudaStream_t stream) {
   return with_model(shape.model,

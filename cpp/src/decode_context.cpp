@@ -73,6 +73,7 @@ DecodeContext::DecodeContext(const ModelConfig& config, const ModelWeights& weig
   mode_ = mode.value_or(LayerMode::Split);
   kernels::LmHeadPlan lm_head;
   CF_CUDA_CHECK(kernels::plan_lm_head(config_.vocab, config_.hidden, final_norm_kind(config_), &lm_head));
+  CF_CUDA_CHECK(kernels::prepare_decode_kernels());
   lm_head_blocks_ = lm_head.blocks;
   lm_head_smem_ = lm_head.smem;
   try {

@@ -53,6 +53,7 @@ DecoderLayer::DecoderLayer(const ModelConfig& config, const LayerWeights& weight
   config_.validate();
   weights_.check(config_);
   plan_ = plan_layer(config_, max_seq);  // after require_hopper(): a device is there
+  CF_CUDA_CHECK(kernels::prepare_decoder_layer(layer_shape(config_, max_seq)));
   device_ = current_device();
   weights_.check_device(config_, device_, "layer");
   kernels::DecoderLayerParams& p = *params_;

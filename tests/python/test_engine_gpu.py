@@ -6,7 +6,8 @@ at real shapes (pythia-2.8b, pythia-6.9b, llama-2-7b, tinyllama-1.1b, llama-3.2-
   transformers float16's, and every step where its top-1 differs from float32's is one where float32's margin
   between the two tokens is within float16 noise (two logits each off by the step's float16 error);
 - greedy generation of 128 tokens against transformers float16 greedy: the match rate is reported, and at the
-  first divergence float32's two best candidates must be the two tokens and lie within float16 noise;
+  first divergence each pick's float32 logit must lie within float16 noise (two logits each off by the step's
+  error) of float32's best;
 - tokens and logits bitwise identical across runs; sampling reproducible by seed; streaming and eos;
 - the loading path save_pretrained -> from_pretrained -> from_transformers -> generate.
 
@@ -136,20 +137,22 @@ def test_greedy_generation_matches_transformers_up_to_float16_ties(setup):
     print(f"{setup}: greedy token match rate {match:.3f}, first divergence at step {divergence}")
     if divergence is None:
         return
-    # At the first divergence both saw the same prefix: float32 must rank the two tokens first and second, with a
-    # gap that float16 error can bridge: two logits each off by at most the step's error (transformers float16's,
-    # or the library's, which the teacher-forced test bounds by ERROR_FACTOR times it) flip a gap up to twice it.
+    # At the first divergence both saw the same prefix, and each pick must be a near-tie of float32's best: a token
+    # chosen under logits each off by at most e from float32's lies within 2e of float32's max. e is transformers
+    # float16's error at this step, times STEP_FACTOR for the library (the teacher-forced test bounds its error by
+    # that). Several tokens can lie that close (seen: a third token within float16 noise of float32's top two), so
+    # neither pick has to be float32's first or second.
     prefix = prompt + ours[:divergence]
     fp32 = setup.logits(prefix, torch.float32)[-1]
     fp16 = setup.logits(prefix, torch.float16)[-1]
     noise = (fp16 - fp32).abs().max().item()
-    top2 = fp32.topk(2)
-    best = set(top2.indices.tolist())
-    gap = (top2.values[0] - top2.values[1]).item()
+    best = fp32.max().item()
+    below = {name: best - fp32[token].item() for name, token in (("library", ours[divergence]),
+                                                                  ("transformers", theirs[divergence]))}
     detail = (f"{setup} step {divergence}: library {ours[divergence]}, transformers {theirs[divergence]}, float32 "
-              f"top-2 {top2.indices.tolist()} gap {gap:.4g}, float16 noise {noise:.4g}")
-    assert {ours[divergence], theirs[divergence]} == best, detail
-    assert gap <= 2 * ERROR_FACTOR * noise, detail
+              f"best {int(fp32.argmax())}, below it by {below}, transformers float16 noise {noise:.4g}")
+    assert below["library"] <= 2 * STEP_FACTOR * noise, detail
+    assert below["transformers"] <= 2 * STEP_FACTOR * noise, detail
 
 
 def test_tokens_and_logits_are_bitwise_repeatable(setup):

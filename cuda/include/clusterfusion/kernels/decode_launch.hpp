@@ -29,6 +29,10 @@ struct LmHeadPlan {
 // Throws std::invalid_argument naming ModelConfig.hidden for a size the kernel cannot take.
 cudaError_t plan_lm_head(int vocab, int hidden, NormKind norm, LmHeadPlan* plan);
 
+// Loads the step's other kernels (embedding, token selection, the stores) on the current device, so that none is
+// first launched inside the step's graph capture.
+cudaError_t prepare_decode_kernels();
+
 // out = table[tokens[*position]] ([hidden] float16).
 cudaError_t launch_embedding(const __half* table, const int* tokens, const int* position, __half* out, int hidden,
                              cudaStream_t stream);

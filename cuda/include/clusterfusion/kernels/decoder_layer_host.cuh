@@ -116,6 +116,27 @@ cudaError_t launch_layer(const DecoderLayerParams& p, const LayerShape& s, int f
   });
 }
 
+// Every kernel of the layer at one head_dim, each phase's and the all-phases one: loaded and its shared-memory limit
+// raised now, not at its first launch: with lazy module loading, first launches inside the step's graph capture
+// cleared another component's pending CUDA error (tests/cpp/test_pending_error_gpu.cpp; not with eager loading).
+template <class Model, int kHeadDim, int kPhase = 0>
+cudaError_t prepare_kernels() {
+  constexpr int D = launch_head_dim<Model>(kPhase, kPhase, kHeadDim);
+  CF_RETURN_IF_ERROR(
+      allow_max_dynamic_smem(reinterpret_cast<const void*>(&decoder_layer_kernel<Model, D, kPhase, kPhase>)));
+  if constexpr (kPhase + 1 < Model::kPhases) {
+    return prepare_kernels<Model, kHeadDim, kPhase + 1>();
+  } else {
+    return allow_max_dynamic_smem(
+        reinterpret_cast<const void*>(&decoder_layer_kernel<Model, kHeadDim, 0, Model::kPhases - 1>));
+  }
+}
+
+template <class Model>
+cudaError_t prepare_layer(const LayerShape& s) {
+  return CF_DISPATCH_HEAD_DIM(s.head_dim, D, [&] { return prepare_kernels<Model, D>(); });
+}
+
 template <class Model>
 cudaError_t max_active_clusters(const LayerShape& s, int cluster, std::size_t smem, int* clusters) {
   return CF_DISPATCH_HEAD_DIM(s.head_dim, D,
@@ -128,6 +149,7 @@ cudaError_t max_active_clusters(const LayerShape& s, int cluster, std::size_t sm
 #define CF_MODEL_TEMPLATES(EXTERN, Model)                                                                    \
   EXTERN template std::size_t layer_smem<Model>(const LayerShape&, int, int, int, int);                     \
   EXTERN template cudaError_t max_active_clusters<Model>(const LayerShape&, int, std::size_t, int*);         \
+  EXTERN template cudaError_t prepare_layer<Model>(const LayerShape&);                                       \
   EXTERN template cudaError_t launch_layer<Model>(const DecoderLayerParams&, const LayerShape&, int, int,    \
                                                   const LayerGrid&, cudaStream_t);
 

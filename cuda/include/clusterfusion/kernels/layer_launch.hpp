@@ -35,6 +35,10 @@ std::size_t layer_smem(const LayerShape& shape, int first, int last, int cluster
 // How many clusters of `cluster` blocks of the all-phases kernel with `smem` bytes fit on the current device.
 cudaError_t max_active_layer_clusters(const LayerShape& shape, int cluster, std::size_t smem, int* clusters);
 
+// Loads every kernel a layer of this shape launches and raises its shared-memory limit, on the current device:
+// called when the layer is built, so that no launch (in a graph capture, say) is a kernel's first.
+cudaError_t prepare_decoder_layer(const LayerShape& shape);
+
 // Launches phase `first` alone (first == last), or every phase as one cooperative launch with grid barriers
 // (first == 0, last == the last phase). Throws std::invalid_argument for an unsupported head_dim or phase range.
 cudaError_t launch_decoder_layer(const DecoderLayerParams& p, const LayerShape& shape, int first, int last,
