@@ -28,15 +28,6 @@ bool layer_phase_attends(LayerModel model, int phase) {
   return with_model(model, [phase](auto m) { return decltype(m)::phase(phase).attend; });
 }
 
-bool layer_every_block_streams(LayerModel model) {
-  return with_model(model, [](auto m) {
-    using Model = decltype(m);
-    for (int i = 0; i < Model::kPhases; ++i)
-      if (Model::phase(i).attend && !Model::phase(i).up) return false;
-    return true;
-  });
-}
-
 std::size_t layer_smem(const LayerShape& shape, int first, int last, int cluster, int clusters) {
   return with_model(shape.model,
                     [&](auto m) { return layer_smem<decltype(m)>(shape, first, last, cluster, clusters); });

@@ -62,8 +62,6 @@ DecoderLayer::DecoderLayer(const ModelConfig& config, const LayerWeights& weight
       const TensorView& w = weights_[slot];
       if (w.data == nullptr) continue;
       p.maps[source.map] = make_matrix_tensor_map(w.data, w.shape[0], w.shape[1], kernels::kBoxRows, kernels::kBoxCols);
-      p.weights[source.map] = half_ptr(w);
-      p.weight_cols[source.map] = static_cast<int>(w.shape[1]);
     }
   }
   p.norm_weight[0] = half_ptr(weights_[LayerSlot::ln1_weight]);

@@ -15,12 +15,6 @@ namespace {
 
 constexpr int kMaxClusterSize = 8;  // the portable limit
 
-// Experiment knob (bench/NOTES.md v22, off by default): where the phase that attends leaves the clusters beyond the
-// heads idle (Llama), prefer the cluster size with the most head blocks over the one with the most blocks.
-#ifndef CF_PLAN_HEADS_FIRST
-#define CF_PLAN_HEADS_FIRST 0
-#endif
-
 void require_multiple(const char* field, int value, int of) {
   if (value % of != 0)
     throw std::invalid_argument(std::string("ModelConfig.") + field + ": must be a multiple of " + std::to_string(of) +
@@ -63,7 +57,6 @@ LayerLaunchPlan plan_layer(const ModelConfig& c, int max_seq) {
     for (int i = 0; i < phases; ++i) plan.smem_phase.push_back(kernels::layer_smem(shape, i, i, n, clusters));
     plan.smem_cooperative = kernels::layer_smem(shape, 0, phases - 1, n, clusters);
   };
-  const bool heads_first = CF_PLAN_HEADS_FIRST && !kernels::layer_every_block_streams(shape.model);
   LayerLaunchPlan plan;
   plan.threads = kernels::kThreads;
   for (int n = kMaxClusterSize; n >= 1; --n) {
@@ -75,8 +68,7 @@ LayerLaunchPlan plan_layer(const ModelConfig& c, int max_seq) {
     int resident = 0;
     CF_CUDA_CHECK(kernels::max_active_layer_clusters(shape, n, smem_bound, &resident));
     const int clusters = std::min(resident, prop.multiProcessorCount / n);
-    // Heads first: the largest admissible N has the most head blocks, heads * N.
-    if (clusters < c.heads || (heads_first ? plan.blocks > 0 : clusters * n <= plan.blocks)) continue;
+    if (clusters < c.heads || clusters * n <= plan.blocks) continue;
     fill(plan, n, clusters);
     plan.cooperative_supported = true;
   }

@@ -268,13 +268,6 @@ __device__ __forceinline__ void copy_from_l2(float* dst, const float* src0, int 
 constexpr int kEarlyStages = CF_EARLY_STAGES;
 static_assert(kEarlyStages >= 0 && kEarlyStages <= kStages, "CF_EARLY_STAGES: 0..CF_STAGES");
 
-// Bytes of its first phase's weights a block asks L2 for while it waits for the previous kernel (overlapping
-// launches only), beyond what its ring holds: 0 (off) by default; an experiment of bench/NOTES.md (v21).
-#ifndef CF_L2_LOOKAHEAD_KB
-#define CF_L2_LOOKAHEAD_KB 0
-#endif
-constexpr long long kL2LookaheadBytes = (long long)CF_L2_LOOKAHEAD_KB << 10;
-
 // One block's run of phases kFirst..kLast. The constructor is the prologue (everything that needs only the
 // weights); run() waits for the previous kernel and executes the phases.
 //
@@ -319,9 +312,6 @@ class LayerBlock {
     if (prime_early()) {
       stream_.prime(kFirstNorms ? kEarlyStages : kStages);
       stamp(p, kMarkPrimed);
-    }
-    if constexpr (kL2LookaheadBytes > 0) {
-      if (p.overlap_previous) prefetch_first_phase_to_l2();
     }
   }
 
@@ -411,33 +401,6 @@ class LayerBlock {
   }
   __device__ auto up_bias() const {
     return [b = p_.up_bias](int row) { return __half2float(b[row]); };
-  }
-
-  // The first kL2LookaheadBytes of the first phase's weight rows, in stream order: thread t takes rows t,
-  // t + blockDim.x, ... of the phase's lists laid end to end, and each row's box range is one contiguous run per
-  // segment. Rows beyond the budget are left to the stream.
-  __device__ void prefetch_first_phase_to_l2() const {
-    const int l0 = phase_list_base<Model>(kFirst, kFirst), l1 = phase_list_base<Model>(kFirst, kFirst + 1);
-    long long before = 0;  // bytes of the lists before list l
-    for (int l = l0; l < l1 && before < kL2LookaheadBytes; ++l) {
-      const JobList& list = lists_[l];
-      const int s0 = list.seg[0].boxes;
-      const long long row_bytes = (long long)(list.box_end - list.box_begin) * kBoxCols * 2;
-      const long long in_budget = (kL2LookaheadBytes - before + row_bytes - 1) / (row_bytes > 0 ? row_bytes : 1);
-      const int rows = int(in_budget < list.jobs * kBoxRows ? in_budget : list.jobs * kBoxRows);
-      for (int r = threadIdx.x; r < rows; r += blockDim.x) {
-        const int row = list.row0 + r;
-        for (int seg = 0; seg < list.segments; ++seg) {
-          const int b0 = seg == 0 ? list.box_begin : max(list.box_begin, s0) - s0;
-          const int b1 = seg == 0 ? min(list.box_end, s0) : list.box_end - s0;
-          if (b1 <= b0) continue;
-          const int map = int(list.seg[seg].map - p_.maps);
-          const __half* w = p_.weights[map] + std::size_t(row) * p_.weight_cols[map] + std::size_t(b0) * kBoxCols;
-          bulk_prefetch_l2(w, uint32_t(b1 - b0) * kBoxCols * 2);
-        }
-      }
-      before += row_bytes * list.jobs * kBoxRows;
-    }
   }
 
   // Asks L2 for this block's cached keys and values at kernel start, so that attention, which runs after the

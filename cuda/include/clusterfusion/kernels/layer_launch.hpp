@@ -26,9 +26,6 @@ struct LayerGrid {
 int layer_phase_count(LayerModel model);
 const char* layer_phase_name(LayerModel model, int phase);  // "norm_qkv_rope_attend", ...
 bool layer_phase_attends(LayerModel model, int phase);
-// Whether the blocks beyond the head clusters have work in every phase: a phase that attends without MLP up rows
-// (Llama's) leaves them idle while the head clusters stream q|k|v.
-bool layer_every_block_streams(LayerModel model);
 
 // Dynamic shared memory of a launch of phases first..last on `clusters` clusters of `cluster` blocks.
 std::size_t layer_smem(const LayerShape& shape, int first, int last, int cluster, int clusters);

@@ -43,8 +43,6 @@ enum WeightMap { kMapQ, kMapK, kMapV, kMapO, kMapGate, kMapUp, kMapDown, kWeight
 
 struct DecoderLayerParams {
   CUtensorMap maps[kWeightMaps];
-  const __half* weights[kWeightMaps];  // the matrices behind the maps (row-major, weight_cols columns), for L2
-  int weight_cols[kWeightMaps];        // prefetches (CF_L2_LOOKAHEAD_KB)
   const __half* norm_weight[2];  // the attention norm, the MLP norm
   const __half* norm_bias[2];    // LayerNorm only
   const __half *qkv_bias, *o_bias, *up_bias, *down_bias;  // architectures with biases only
