@@ -8,6 +8,7 @@ another extension may still hold one; compute-sanitizer runs of bench/sanitize_l
 and nanobind stays silent about types and functions kept that way only while no instance of theirs is left. The
 `pinned` program holds every type past the teardown to check exactly that, here without a GPU."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -18,25 +19,65 @@ import pytest
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 REPORT = "nanobind: leaked"
+TIMEOUT_S = 600
+SANITIZE_MODELS = "pythia-2.8b,pythia-6.9b,llama-2-7b,tinyllama-1.1b"  # bench/gpu_check.sh's
+# The sanitizer program plain, and with the environment gpu_check.sh gives it under compute-sanitizer (without
+# torch's caching allocator). Runs under compute-sanitizer on the H200 still ended with the report (2026-12-03)
+# where the plain run did not.
+SANITIZE_ENVS = {"plain": {}, "no_caching": {"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}}
 
 
-def run(args, timeout=600, **extra_env):
-    """`python ARGS` from the repository root, offline (and with `extra_env`); returns the CompletedProcess after
-    checking its exit status and that nanobind reported nothing."""
+def start(args, **extra_env):
+    """`python ARGS` from the repository root, offline (and with `extra_env`), started and not waited for: each
+    program's time is mostly its interpreter's imports, so the programs of a group run side by side."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", **extra_env)
-    result = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, env=env,
-                            timeout=timeout, cwd=REPO)
-    output = f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
-    assert result.returncode == 0, f"exit status {result.returncode}\n{output}"
+    return subprocess.Popen([sys.executable, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, cwd=REPO)
+
+
+def finish(program):
+    """Waits for a started program; returns its stdout after checking its exit status and that nanobind reported
+    nothing."""
+    try:
+        stdout, stderr = program.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        program.kill()
+        stdout, stderr = program.communicate()
+        pytest.fail(f"still running after {TIMEOUT_S} s\n--- stdout\n{stdout}\n--- stderr\n{stderr}")
+    output = f"--- stdout\n{stdout}\n--- stderr\n{stderr}"
+    assert program.returncode == 0, f"exit status {program.returncode}\n{output}"
     # nanobind writes its report with fprintf, sometimes right after other text on the same line.
-    assert REPORT not in result.stderr, f"nanobind found objects of the package alive at exit\n{output}"
-    return result
+    assert REPORT not in stderr, f"nanobind found objects of the package alive at exit\n{output}"
+    return stdout
+
+
+def started(programs):
+    """A module fixture's value: the programs, killed at teardown if a test left one running."""
+    yield programs
+    for program in programs.values():
+        if program.poll() is None:
+            program.kill()
+            program.communicate()
+
+
+@pytest.fixture(scope="module")
+def cpu_programs():
+    yield from started({name: start([HERE / "exit_programs.py", name]) for name in ("cpu", "pinned")})
+
+
+@pytest.fixture(scope="module")
+def gpu_programs():
+    pytest.importorskip("torch")
+    programs = {name: start([REPO / "bench" / "sanitize_layer.py", "--models", SANITIZE_MODELS], **env)
+                for name, env in SANITIZE_ENVS.items()}
+    if importlib.util.find_spec("transformers") is not None:
+        programs["gpu"] = start([HERE / "exit_programs.py", "gpu"])
+    yield from started(programs)
 
 
 @pytest.mark.parametrize("program", ["cpu", "pinned"])
-def test_programs_without_a_gpu_exit_with_nothing_left(program):
-    result = run([HERE / "exit_programs.py", program])
-    assert f"{program}: done" in result.stdout
+def test_programs_without_a_gpu_exit_with_nothing_left(cpu_programs, program):
+    assert f"{program}: done" in finish(cpu_programs[program])
 
 
 def test_the_check_sees_a_leaked_instance():
@@ -66,21 +107,14 @@ def test_no_function_of_the_module_keeps_an_instance_as_a_default():
 
 
 @pytest.mark.gpu
-def test_gpu_program_exits_with_nothing_left():
+def test_gpu_program_exits_with_nothing_left(gpu_programs):
     """DecoderLayer, KVCache and its views, DecodeContext, FusedLayer and Engine (needs torch and transformers)."""
-    pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    result = run([HERE / "exit_programs.py", "gpu"])
-    assert "gpu: done" in result.stdout
+    assert "gpu: done" in finish(gpu_programs["gpu"])
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("env", [{}, {"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}], ids=["plain", "no_caching"])
-def test_sanitize_layer_exits_with_nothing_left(env):
-    """The program of the report itself, at the shapes bench/gpu_check.sh gives it, plain and with the environment
-    gpu_check.sh gives it under compute-sanitizer (without torch's caching allocator). Runs under compute-sanitizer
-    on the H200 still ended with the report (2026-12-03) where the plain run did not."""
-    pytest.importorskip("torch")
-    models = "pythia-2.8b,pythia-6.9b,llama-2-7b,tinyllama-1.1b"
-    result = run([REPO / "bench" / "sanitize_layer.py", "--models", models], **env)
-    assert "finite" in result.stdout
+@pytest.mark.parametrize("env", list(SANITIZE_ENVS))
+def test_sanitize_layer_exits_with_nothing_left(gpu_programs, env):
+    """The program of the report itself, at the shapes bench/gpu_check.sh gives it (SANITIZE_ENVS)."""
+    assert "finite" in finish(gpu_programs[env])
