@@ -98,7 +98,7 @@ if [[ ${results[0]} == pass ]]; then
     record tests "skipped (CF_SKIP_TESTS=1)" 0
   else
     : >"$OUT/ctest.log"
-    step ctest "$OUT/ctest.log" 240 0 ctest --test-dir "$BUILD" --output-on-failure --timeout 200
+    step ctest "$OUT/ctest.log" 240 0 ctest --test-dir "$BUILD" --output-on-failure --timeout 90
 
     : >"$OUT/pytest.log"
     step pytest "$OUT/pytest.log" 300 0 env PYTHONPATH="$BUILD/python" "$PYTHON" -m pytest tests/python -rs -rP \
