@@ -4,7 +4,6 @@
 // so plans of different sizes share a kernel from two threads or from a graph captured before the other ran.
 #include <gtest/gtest.h>
 
-#include <cctype>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -26,6 +25,7 @@
 #include "cuda_device.hpp"
 #include "device_tensors.hpp"
 #include "random_inputs.hpp"
+#include "test_names.hpp"
 
 namespace cf = clusterfusion;
 using cf_test::DeviceBuffer;
@@ -116,11 +116,7 @@ bool same_bits(const std::vector<__half>& a, const std::vector<__half>& b) {
 
 class Cooperative : public ::testing::TestWithParam<const char*> {};
 INSTANTIATE_TEST_SUITE_P(Models, Cooperative, ::testing::Values("pythia-70m", "tinyllama-1.1b"),
-                         [](const auto& info) {
-                           std::string name = info.param;
-                           for (char& ch : name) ch = std::isalnum(static_cast<unsigned char>(ch)) ? ch : '_';
-                           return name;
-                         });
+                         cf_test::ModelTestName());
 
 // The old barrier counted arrivals in a 32-bit word that was never reset: from 4294967292 (32,537,631 launches of
 // 132 blocks) the next launch hung. Now the word is 0 or 2^31 after every barrier; from 2^31, the state whose

@@ -5,7 +5,6 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <cctype>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -28,6 +27,7 @@
 #include "random_inputs.hpp"
 #include "random_model.hpp"
 #include "thrown_message.hpp"
+#include "test_names.hpp"
 
 namespace cf = clusterfusion;
 using cf_test::RandomModel;
@@ -131,11 +131,7 @@ std::vector<float> context_logits(const cf::DecodeContext& ctx) {
 // The architectures at small real shapes: GPT-NeoX, and Llama with grouped-query attention and a tied head.
 class DecodeContextModels : public ::testing::TestWithParam<const char*> {};
 INSTANTIATE_TEST_SUITE_P(Models, DecodeContextModels, ::testing::Values("pythia-70m", "llama-3.2-1b"),
-                         [](const auto& info) {
-                           std::string name = info.param;
-                           for (char& ch : name) ch = std::isalnum(static_cast<unsigned char>(ch)) ? ch : '_';
-                           return name;
-                         });
+                         cf_test::ModelTestName());
 
 std::vector<int> random_tokens(int n, int vocab) {
   std::vector<int> t(n);

@@ -3,7 +3,6 @@
 // overlapped launches. (Llama's float64 comparisons run in tests/python/test_layer_gpu.py.)
 #include <gtest/gtest.h>
 
-#include <cctype>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -20,6 +19,7 @@
 #include "cuda_device.hpp"
 #include "device_tensors.hpp"
 #include "random_inputs.hpp"
+#include "test_names.hpp"
 
 namespace cf = clusterfusion;
 using cf_test::DeviceBuffer;
@@ -139,9 +139,7 @@ INSTANTIATE_TEST_SUITE_P(Pythia, NeoXLayerGpu,
                                            LayerCase{"gpt-neox-20b", {1, 2047}},
                                            LayerCase{"pythia-12b", {0, 1000}, 80, "neox_80_heads"}),
                          [](const auto& info) {
-                           std::string name = info.param.label ? info.param.label : info.param.model;
-                           for (char& ch : name) ch = std::isalnum(static_cast<unsigned char>(ch)) ? ch : '_';
-                           return name;
+                           return cf_test::test_name(info.param.label ? info.param.label : info.param.model);
                          });
 
 TEST(NeoXLayerGpuErrors, PositionPastCacheThrowsAndLaunchesNothing) {
@@ -179,11 +177,7 @@ namespace {
 class DecoderLayerGpu : public ::testing::TestWithParam<const char*> {};
 INSTANTIATE_TEST_SUITE_P(Models, DecoderLayerGpu,
                          ::testing::Values("pythia-2.8b", "pythia-12b", "gpt-neox-20b", "tinyllama-1.1b", "llama-3-8b"),
-                         [](const auto& info) {
-                           std::string name = info.param;
-                           for (char& ch : name) ch = std::isalnum(static_cast<unsigned char>(ch)) ? ch : '_';
-                           return name;
-                         });
+                         cf_test::ModelTestName());
 
 TEST_P(DecoderLayerGpu, DevicePositionMatchesHostPositionAndRefusesPastTheCache) {
   CF_REQUIRE_HOPPER();
