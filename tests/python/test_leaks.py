@@ -4,12 +4,19 @@ a fresh interpreter, since the check runs only when one exits.
 
 The package's own objects must never hold an instance of a bound type for the module's lifetime (a default argument
 that is one, a cache, a module global): CPython does not promise to free every type at exit (typing's caches or
-another extension may still hold one; compute-sanitizer runs of bench/sanitize_layer.py ended with such a report),
-and nanobind stays silent about types and functions kept that way only while no instance of theirs is left. The
-`pinned` program holds every type past the teardown to check exactly that, here without a GPU."""
+another extension may still hold one), and nanobind stays silent about types and functions kept that way only while
+no instance of theirs is left. The `pinned` program holds every type past the teardown to check exactly that, here
+without a GPU.
+
+Under compute-sanitizer, bench/sanitize_layer.py ended with the report while no Python object held its frames: the
+tool's host backtraces keep a reference to every Python frame above the innermost one at each kernel launch, so the
+locals of those frames outlive the interpreter (bench/results/sanitizer_host_backtraces_h200.txt: a torch-only
+program shows it). bench/gpu_check.sh therefore asks for device backtraces only, and the last test here runs the
+program under the tool that way."""
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,17 +29,22 @@ REPORT = "nanobind: leaked"
 TIMEOUT_S = 600
 SANITIZE_MODELS = "pythia-2.8b,pythia-6.9b,llama-2-7b,tinyllama-1.1b"  # bench/gpu_check.sh's
 # The sanitizer program plain, and with the environment gpu_check.sh gives it under compute-sanitizer (without
-# torch's caching allocator). Runs under compute-sanitizer on the H200 still ended with the report (2026-12-03)
-# where the plain run did not.
+# torch's caching allocator).
 SANITIZE_ENVS = {"plain": {}, "no_caching": {"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}}
+# compute-sanitizer as gpu_check.sh runs it (one model: instrumented runs are slow), where the tool is installed.
+SANITIZER = shutil.which("compute-sanitizer") or (
+    "/usr/local/cuda/bin/compute-sanitizer" if Path("/usr/local/cuda/bin/compute-sanitizer").exists() else None)
+SANITIZER_ARGS = ["--tool", "memcheck", "--error-exitcode", "1", "--show-backtrace", "device",
+                  "--kernel-name", "kns=decoder_layer"]
 
 
-def start(args, **extra_env):
-    """`python ARGS` from the repository root, offline (and with `extra_env`), started and not waited for: each
-    program's time is mostly its interpreter's imports, so the programs of a group run side by side."""
+def start(args, tool=(), **extra_env):
+    """`python ARGS` from the repository root, offline (and with `extra_env`), under `tool` (a command line) if
+    given, started and not waited for: each program's time is mostly its interpreter's imports, so the programs of a
+    group run side by side."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", **extra_env)
-    return subprocess.Popen([sys.executable, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, cwd=REPO)
+    return subprocess.Popen([*tool, sys.executable, *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
 
 
 def finish(program):
@@ -72,6 +84,9 @@ def gpu_programs():
                 for name, env in SANITIZE_ENVS.items()}
     if importlib.util.find_spec("transformers") is not None:
         programs["gpu"] = start([HERE / "exit_programs.py", "gpu"])
+    if SANITIZER is not None:
+        programs["sanitizer"] = start([REPO / "bench" / "sanitize_layer.py", "--models", "tinyllama-1.1b"],
+                                      tool=[SANITIZER, *SANITIZER_ARGS], **SANITIZE_ENVS["no_caching"])
     yield from started(programs)
 
 
@@ -118,3 +133,10 @@ def test_gpu_program_exits_with_nothing_left(gpu_programs):
 def test_sanitize_layer_exits_with_nothing_left(gpu_programs, env):
     """The program of the report itself, at the shapes bench/gpu_check.sh gives it (SANITIZE_ENVS)."""
     assert "finite" in finish(gpu_programs[env])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(SANITIZER is None, reason="compute-sanitizer not found (PATH, /usr/local/cuda/bin)")
+def test_sanitize_layer_under_compute_sanitizer_exits_with_nothing_left(gpu_programs):
+    """gpu_check.sh's memcheck run (one model): no error (the tool's exit status) and nothing left at exit."""
+    assert "finite" in finish(gpu_programs["sanitizer"])
