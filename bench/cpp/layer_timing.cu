@@ -97,9 +97,10 @@ float time_graph_ms(cudaGraphExec_t exec, cudaStream_t stream, int iters) {
   return ms[ms.size() / 2];
 }
 
-constexpr int kMarks = 12;  // kernels::kTimelineMarks, in the order of kernels::TimelineMark
-const char* const kMarkNames[kMarks] = {"entry", "listed",     "primed",    "input",     "normed", "cluster ok",
-                                        "qkv",   "up",         "head ready", "attention", "proj",   "end"};
+constexpr int kMarks = 16;  // kernels::kTimelineMarks, in the order of kernels::TimelineMark
+const char* const kMarkNames[kMarks] = {"entry",  "listed", "primed",  "input",  "normed",    "cluster ok",
+                                        "qkv",    "up",     "head ready", "rotary", "scores", "softmax",
+                                        "values", "attention", "proj",  "end"};
 
 }  // namespace
 

@@ -29,7 +29,7 @@ struct LayerIO {
   void* h1 = nullptr;       // [hidden] float16: x + attention (sequential residual, Llama); unused by GPT-NeoX
   float* attn = nullptr;    // [hidden] float32: concatenated per-head attention outputs (before W_o)
   float* mlp_act = nullptr; // [ffn] float32: the MLP activation (before W_down)
-  // Optional, for kernel tuning: 12 global-timer stamps (ns) per block of the plan, at the stages of the layer;
+  // Optional, for kernel tuning: 16 global-timer stamps (ns) per block of the plan, at the stages of the layer;
   // in split mode one such row per phase, in phase order.
   unsigned long long* timeline = nullptr;
 };

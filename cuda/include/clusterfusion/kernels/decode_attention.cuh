@@ -11,6 +11,9 @@
 
 namespace clusterfusion::kernels {
 
+// The steps of DecodeAttention::partial, in order, reported to its caller as each ends (the layer's timeline).
+enum class AttentionStep { kScores, kSoftmax, kValues };
+
 template <int kHeadDim>
 struct DecodeAttention {
   static_assert(kHeadDim % 8 == 0, "head_dim must be a multiple of 8 (16-byte vectors)");
@@ -72,10 +75,12 @@ struct DecodeAttention {
   }
 
   // This block's softmax partials over positions [t0, t1) of 0..position. q is rotated and scaled; k_new and
-  // v_new are the new token's key and value. Writes (m, l, o[kHeadDim]) into rank 0's `combine` slot.
+  // v_new are the new token's key and value. Writes (m, l, o[kHeadDim]) into rank 0's `combine` slot; calls
+  // done(step) as each AttentionStep ends.
+  template <class Done>
   __device__ static void partial(const float* q, const float* k_new, const float* v_new, const __half* k_cache,
                                  const __half* v_cache, int position, int t0, int t1, float* scores,
-                                 float* partials, float* combine, float* scratch) {
+                                 float* partials, float* combine, float* scratch, Done&& done) {
     const int vec = threadIdx.x % kVecs, group = threadIdx.x / kVecs;
     const bool active = group < kGroups;
     float qv[8];
@@ -111,6 +116,7 @@ struct DecodeAttention {
       }
       __syncthreads();
     }
+    done(AttentionStep::kScores);
     float m = -INFINITY;
     for (int i = threadIdx.x; i < t1 - t0; i += blockDim.x) m = fmaxf(m, scores[i]);
     m = block_max(m, scratch);
@@ -121,6 +127,7 @@ struct DecodeAttention {
       l += p;
     }
     l = block_sum(l, scratch);  // its barriers also publish the probabilities
+    done(AttentionStep::kSoftmax);
 
     // Values: each thread accumulates its vector over its positions, then the groups are summed in order.
     float o[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
@@ -158,6 +165,7 @@ struct DecodeAttention {
       dsmem_store(slot, 0, m);
       dsmem_store(slot + 1, 0, l);
     }
+    done(AttentionStep::kValues);
   }
 
   // On rank 0, after a cluster barrier: merges the cluster's partials in rank order into out[kHeadDim].

@@ -35,7 +35,8 @@ __device__ __forceinline__ int step_position(const DecoderLayerParams& p) {
 
 // Where a block is in the layer, stamped into p.timeline when set (see bench/cpp/layer_timing.cu).
 enum TimelineMark {
-  kMarkEntry, kMarkListed, kMarkPrimed, kMarkInput, kMarkNormed, kMarkClusterReady, kMarkQkv, kMarkUp, kMarkHeadReady, kMarkAttention, kMarkProj, kMarkEnd
+  kMarkEntry, kMarkListed, kMarkPrimed, kMarkInput, kMarkNormed, kMarkClusterReady, kMarkQkv, kMarkUp, kMarkHeadReady,
+  kMarkRotary, kMarkScores, kMarkSoftmax, kMarkValues, kMarkAttention, kMarkProj, kMarkEnd
 };
 static_assert(kMarkEnd + 1 == kTimelineMarks, "one stamp slot per mark");
 __device__ __forceinline__ void stamp(const DecoderLayerParams& p, TimelineMark mark) {
@@ -461,8 +462,10 @@ class LayerBlock {
     }
     const KvChunk chunk(position_);
     float* combine = vec(layout_.combine);
+    stamp(p_, kMarkRotary);
     Attention::partial(q, k, v, p_.k_cache + head_offset, p_.v_cache + head_offset, position_, chunk.begin,
-                       chunk.end, vec(layout_.scores), vec(layout_.partials), combine, scratch());
+                       chunk.end, vec(layout_.scores), vec(layout_.partials), combine, scratch(),
+                       [this](AttentionStep step) { stamp(p_, TimelineMark(kMarkScores + int(step))); });
     cluster_sync();  // every rank's partials are on rank 0; no shared memory is touched remotely after this
     if (rank == 0) Attention::combine_partials(combine, ranks, p_.attn + head * kHeadDim);
     stamp(p_, kMarkAttention);

@@ -36,7 +36,7 @@ constexpr std::size_t kMaxSmemPerBlock = 232448;
 // model_traits.hpp), reloading its slice of the vector between them; a second pass only where one slice would not
 // fit in kMaxSmemPerBlock (a cluster of one block at the largest shapes).
 constexpr int kProjPasses = 2;
-constexpr int kTimelineMarks = 12;
+constexpr int kTimelineMarks = 16;
 
 // The weight matrices a layer streams (TMA tensor maps). GPT-NeoX's fused q|k|v matrix takes kMapQ.
 enum WeightMap { kMapQ, kMapK, kMapV, kMapO, kMapGate, kMapUp, kMapDown, kWeightMaps };
