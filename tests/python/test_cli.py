@@ -303,6 +303,14 @@ def test_test_extras_have_what_the_test_command_needs():
     assert {"pytest", "nanobind", "torch", "transformers", "safetensors", "numpy"} <= names
 
 
+def test_the_package_is_apache_2_licensed():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "Apache-2.0" and project["license-files"] == ["LICENSE"]
+    text = (REPO / "LICENSE").read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text and "END OF TERMS AND CONDITIONS" in text
+
+
 def test_readme_starts_with_install_then_a_quickstart_quoting_the_h200_results():
     import json
 
