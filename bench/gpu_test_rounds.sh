@@ -4,8 +4,9 @@
 #   bash bench/gpu_test_rounds.sh [ROUNDS]    (default 3)
 # Each round runs ctest and pytest side by side, pytest in three processes (test_engine_gpu.py, test_layer_gpu.py,
 # the other files): the tests check values, never times, and none reads the device's free memory, so sharing the
-# GPU changes nothing they check. Logs and JUnit XML per round go to $OUT (default ./gpu_rounds); prints one line
-# per process and round, and exits 1 if any failed.
+# GPU changes nothing they check. Logs (pytest's with the tests' printed summaries) and JUnit XML per round go to
+# $OUT (default ./gpu_rounds); prints one line per process and round, and exits 1 if any failed.
+# bench/gpu_check.sh runs one round after its build (the configure and build here are then no-ops).
 set -uo pipefail
 ROUNDS=${1:-3}
 OUT=${OUT:-$PWD/gpu_rounds}
@@ -39,7 +40,7 @@ for round in $(seq 1 "$ROUNDS"); do
   pids[ctest]=$!
   for name in engine layer rest; do
     # shellcheck disable=SC2046  # shard's output is a list of arguments
-    env PYTHONPATH="$BUILD/python" "$PYTHON" -m pytest $(shard "$name") -rs -p no:cacheprovider \
+    env PYTHONPATH="$BUILD/python" "$PYTHON" -m pytest $(shard "$name") -rs -rP -p no:cacheprovider \
       --junitxml="$OUT/pytest-$name-$round.xml" >"$OUT/pytest-$name-$round.log" 2>&1 &
     pids[pytest-$name]=$!
   done
@@ -47,7 +48,7 @@ for round in $(seq 1 "$ROUNDS"); do
     status=pass
     wait "${pids[$name]}" || { status=FAIL; failed=1; }
     log="$OUT/${name}-$round.log"
-    summary=$(grep -E "tests passed|^=+ .*(passed|failed|error).* =+$" "$log" | tail -1)
+    summary=$(grep -E "tests passed|^=+ .*(passed|failed|error|skipped).* =+$" "$log" | tail -1)
     echo "round $round  $name  $status  $summary"
     [[ $status == FAIL ]] && grep -E "^(FAILED|ERROR) |\(Failed\)|\*\*\*Failed" "$log" | head -20
   done
