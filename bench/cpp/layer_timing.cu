@@ -12,6 +12,7 @@
 #include "clusterfusion/cuda_check.hpp"
 #include "clusterfusion/kv_cache.hpp"
 #include "clusterfusion/decoder_layer.hpp"
+#include "clusterfusion/kernels/layer_params.hpp"
 #include "clusterfusion/weight_schema.hpp"
 
 namespace cf = clusterfusion;
@@ -97,10 +98,12 @@ float time_graph_ms(cudaGraphExec_t exec, cudaStream_t stream, int iters) {
   return ms[ms.size() / 2];
 }
 
-constexpr int kMarks = 16;  // kernels::kTimelineMarks, in the order of kernels::TimelineMark
-const char* const kMarkNames[kMarks] = {"entry",  "listed", "primed",  "input",  "normed",    "cluster ok",
-                                        "qkv",    "up",     "head ready", "rotary", "scores", "softmax",
-                                        "values", "attention", "proj",  "end"};
+constexpr int kMarks = cf::kernels::kTimelineMarks;
+// In the order of kernels::TimelineMark (decoder_layer.cuh).
+const char* const kMarkNames[] = {"entry",  "listed",    "primed", "input",      "normed", "cluster ok",
+                                  "qkv",    "up",        "head ready", "rotary", "scores", "softmax",
+                                  "values", "attention", "proj",   "end"};
+static_assert(sizeof(kMarkNames) / sizeof(kMarkNames[0]) == kMarks, "one name per timeline mark");
 
 }  // namespace
 
