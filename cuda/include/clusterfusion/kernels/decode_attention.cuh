@@ -21,22 +21,32 @@ struct DecodeAttention {
   // by side, kUnroll loads in flight per thread. Head dims like 80 (10 vectors) leave a few threads idle.
   static constexpr int kVecs = kHeadDim / 8;
   static constexpr int kGroups = kThreads / kVecs;
-  static constexpr int kUnroll = 8;
+  static constexpr int kUnroll = kAttentionUnroll;
   static constexpr int kTile = kGroups * kUnroll;
-  static_assert(kTile * kVecs <= kThreads * 8, "score partials must fit the partials buffer");
+  static_assert(kTile * kVecs <= kThreads * kAttentionPartials, "score partials must fit the partials buffer");
+  static_assert(kGroups * kVecs * 8 <= kThreads * kAttentionPartials, "value partials must fit the partials buffer");
   static_assert(kHeadDim / 2 <= kThreads, "one thread per rotary pair");
 
-  // Rotates the first rotary_dims of q and k (rotate-half) at `position` and scales q by 1/sqrt(d). Thread i
-  // rotates pair (i, i + rotary_dims/2) with its inverse frequency `inv_freq` (rotary_dims/2 <= blockDim.x).
-  // The angle position * inv_freq is formed and reduced modulo 2*pi in double, so it stays exact to float
-  // rounding at any cache length; sin and cos of the reduced angle are then cheap in float.
-  __device__ static void rotary(float* q, float* k, int position, int rotary_dims, double inv_freq) {
-    const int half_dims = rotary_dims / 2;
-    if (const int i = threadIdx.x; i < half_dims) {
+  // Thread i's rotation at `position` for pair (i, i + rotary_dims/2), inverse frequency `inv_freq`: computed
+  // before the layer's input is waited for, off the path from q|k|v to the scores. The angle is formed and reduced modulo 2*pi in double,
+  // so it stays exact to float rounding at any cache length; sin and cos of the reduced angle are then cheap in
+  // float.
+  struct Rotation {
+    float cos = 1.f, sin = 0.f;
+    __device__ Rotation() = default;
+    __device__ Rotation(int position, double inv_freq) {
       const double theta = position * inv_freq;
       constexpr double kTwoPi = 6.283185307179586;
-      float s, c;
-      sincosf(float(theta - kTwoPi * rint(theta / kTwoPi)), &s, &c);
+      sincosf(float(theta - kTwoPi * rint(theta / kTwoPi)), &sin, &cos);
+    }
+  };
+
+  // Rotates the first rotary_dims of q and k (rotate-half) and scales q by 1/sqrt(d). Thread i rotates pair
+  // (i, i + rotary_dims/2) by `rotation`, its own (rotary_dims/2 <= blockDim.x).
+  __device__ static void rotary(float* q, float* k, int rotary_dims, Rotation rotation) {
+    const int half_dims = rotary_dims / 2;
+    if (const int i = threadIdx.x; i < half_dims) {
+      const float c = rotation.cos, s = rotation.sin;
       const float q0 = q[i], q1 = q[i + half_dims], k0 = k[i], k1 = k[i + half_dims];
       q[i] = q0 * c - q1 * s;
       q[i + half_dims] = q1 * c + q0 * s;

@@ -322,6 +322,10 @@ class LayerBlock {
   }
 
   __device__ void run() {
+    // The rotation now, while the previous kernel finishes (its inverse frequency was loaded at entry).
+    if constexpr (any_phase(&PhaseSpec::attend)) {
+      if (threadIdx.x < p_.rotary_dims / 2) rotation_ = {position_, inv_freq_};
+    }
     wait_for_previous_kernel();
     run_phase<kFirst>();
     stamp(p_, kMarkEnd);
@@ -451,7 +455,7 @@ class LayerBlock {
     float* q = qkv;
     float* k = qkv + kHeadDim;
     float* v = qkv + 2 * kHeadDim;
-    Attention::rotary(q, k, position_, p_.rotary_dims, inv_freq_);
+    Attention::rotary(q, k, p_.rotary_dims, rotation_);
     const std::size_t head_offset = std::size_t(kv_head(head)) * p_.max_seq * kHeadDim;
     // The first query head of a kv group appends; the group's other clusters computed the same k and v.
     if (rank == 0 && head % (p_.heads / p_.kv_heads) == 0) {
@@ -543,6 +547,7 @@ class LayerBlock {
   WarpStream stream_;
   NormInputs<Model::kNorm> norm_;
   double inv_freq_ = 0.0;
+  typename Attention::Rotation rotation_;
   PhaseConstants constants_[kCount];
 };
 

@@ -28,6 +28,12 @@ constexpr int kWarps = CF_WARPS;
 constexpr int kThreads = kWarps * 32;
 constexpr int kStages = CF_STAGES;  // boxes in flight per warp: 16 warps x 2 x 4 KB = 128 KB per SM
 constexpr int kLnVecs = 2;  // 16-byte vectors of the layer input per thread: hidden <= kLnVecs * 8 * kThreads
+// Cache rows in flight per thread in the attention (DecodeAttention's tile: kUnroll positions per thread): 9 puts
+// a block's chunk at ctx 512 (257 positions) in one tile at head_dim 128 (32 positions side by side); the sums do
+// not depend on it.
+constexpr int kAttentionUnroll = 9;
+// Floats per thread of the attention's partials buffer: a tile's score partials or the values' group sums (8).
+constexpr int kAttentionPartials = kAttentionUnroll > 8 ? kAttentionUnroll : 8;
 constexpr int kMaxItems = 256;     // work items (job chunks) of one job list in one block
 constexpr int kMaxJobLists = 9;    // the lists of every phase of one launch (Llama cooperative: 3 + 2 + 2 + 2)
 // sm_90's opt-in maximum of dynamic shared memory per block (227 KB, H100 and H200 alike).
@@ -98,7 +104,7 @@ struct SmemLayout {
     qkv = a2 + align_up(hidden * 4, 16);
     scores = qkv + align_up(3 * head_dim * 4, 16);
     partials = scores + align_up(chunk * 4, 16);
-    combine = partials + align_up(kThreads * 8 * 4, 16);
+    combine = partials + align_up(kThreads * kAttentionPartials * 4, 16);
     gate = combine + align_up(cluster * (head_dim + 2) * 4, 16);
     norm_end = gate + align_up(gate_rows * 4, 16);
     rows_per_cluster = (hidden / kBoxRows + clusters - 1) / clusters * kBoxRows;
