@@ -28,9 +28,9 @@ struct DecodeAttention {
   static_assert(kHeadDim / 2 <= kThreads, "one thread per rotary pair");
 
   // Thread i's rotation at `position` for pair (i, i + rotary_dims/2), inverse frequency `inv_freq`: computed
-  // before the layer's input is waited for, off the path from q|k|v to the scores. The angle is formed and reduced modulo 2*pi in double,
-  // so it stays exact to float rounding at any cache length; sin and cos of the reduced angle are then cheap in
-  // float.
+  // before the layer's input is waited for, off the path from q|k|v to the scores. The angle is formed and reduced
+  // modulo 2*pi in double, so it stays exact to float rounding at any cache length; sin and cos of the reduced
+  // angle are then cheap in float.
   struct Rotation {
     float cos = 1.f, sin = 0.f;
     __device__ Rotation() = default;
