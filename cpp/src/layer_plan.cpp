@@ -15,6 +15,11 @@ namespace {
 
 constexpr int kMaxClusterSize = 8;  // the portable limit
 
+// Build-time knob for the A/B of bench/NOTES.md v35: only this cluster size is considered (0: every size).
+#ifndef CF_CLUSTER_SIZE
+#define CF_CLUSTER_SIZE 0
+#endif
+
 void require_multiple(const char* field, int value, int of) {
   if (value % of != 0)
     throw std::invalid_argument(std::string("ModelConfig.") + field + ": must be a multiple of " + std::to_string(of) +
@@ -60,7 +65,7 @@ LayerLaunchPlan plan_layer(const ModelConfig& c, int max_seq) {
   LayerLaunchPlan plan;
   plan.threads = kernels::kThreads;
   for (int n = kMaxClusterSize; n >= 1; --n) {
-    if (n > 3 * c.head_dim / kernels::kBoxRows) continue;
+    if (n > 3 * c.head_dim / kernels::kBoxRows || (CF_CLUSTER_SIZE != 0 && n != CF_CLUSTER_SIZE)) continue;
     // Shared memory shrinks as clusters grow (fewer output rows each): bound it at the fewest admissible
     // clusters, one per head, for the occupancy query.
     const std::size_t smem_bound = kernels::layer_smem(shape, 0, phases - 1, n, c.heads);
