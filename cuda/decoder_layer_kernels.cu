@@ -28,6 +28,13 @@ bool layer_phase_attends(LayerModel model, int phase) {
   return with_model(model, [phase](auto m) { return decltype(m)::phase(phase).attend; });
 }
 
+bool layer_phase_heads_only(LayerModel model, int phase) {
+  return with_model(model, [phase](auto m) {
+    const PhaseSpec s = decltype(m)::phase(phase);
+    return s.attend && !s.up && !s.o_proj && !s.down_proj;
+  });
+}
+
 std::size_t layer_smem(const LayerShape& shape, int first, int last, int cluster, int clusters) {
   return with_model(shape.model,
                     [&](auto m) { return layer_smem<decltype(m)>(shape, first, last, cluster, clusters); });

@@ -15,9 +15,11 @@ namespace {
 
 constexpr int kMaxClusterSize = 8;  // the portable limit
 
-// Build-time knob for the A/B of bench/NOTES.md v35: only this cluster size is considered (0: every size).
-#ifndef CF_CLUSTER_SIZE
-#define CF_CLUSTER_SIZE 0
+// Build-time knob for the A/B of bench/NOTES.md v36: the cluster size of a phase that only the head clusters
+// work in. 0: the largest that fits (heads clusters resident at once, one block per SM); -1: the layer's own;
+// n: n only, where it fits.
+#ifndef CF_HEAD_PHASE_CLUSTER
+#define CF_HEAD_PHASE_CLUSTER 0
 #endif
 
 void require_multiple(const char* field, int value, int of) {
@@ -58,14 +60,15 @@ LayerLaunchPlan plan_layer(const ModelConfig& c, int max_seq) {
     plan.cluster_size = n;
     plan.clusters = clusters;
     plan.blocks = clusters * n;
-    plan.smem_phase.clear();
-    for (int i = 0; i < phases; ++i) plan.smem_phase.push_back(kernels::layer_smem(shape, i, i, n, clusters));
+    plan.phase_grids.clear();
+    for (int i = 0; i < phases; ++i)
+      plan.phase_grids.push_back({n, n * clusters, kernels::layer_smem(shape, i, i, n, clusters)});
     plan.smem_cooperative = kernels::layer_smem(shape, 0, phases - 1, n, clusters);
   };
   LayerLaunchPlan plan;
   plan.threads = kernels::kThreads;
   for (int n = kMaxClusterSize; n >= 1; --n) {
-    if (n > 3 * c.head_dim / kernels::kBoxRows || (CF_CLUSTER_SIZE != 0 && n != CF_CLUSTER_SIZE)) continue;
+    if (n > 3 * c.head_dim / kernels::kBoxRows) continue;
     // Shared memory shrinks as clusters grow (fewer output rows each): bound it at the fewest admissible
     // clusters, one per head, for the occupancy query.
     const std::size_t smem_bound = kernels::layer_smem(shape, 0, phases - 1, n, c.heads);
@@ -90,6 +93,24 @@ LayerLaunchPlan plan_layer(const ModelConfig& c, int max_seq) {
                                   " available");
     }
     fill(plan, 1, c.heads);
+    return plan;
+  }
+  // A phase with no rows beyond the heads' (Llama's norm_qkv_rope_attend) leaves the other clusters idle while the
+  // head clusters stream q|k|v: give each head more blocks instead, the largest cluster whose heads clusters are
+  // resident at once and fit one block per SM (the all-phases kernel's occupancy stands in for the phase's own).
+  for (int i = 0; i < phases; ++i) {
+    if (!kernels::layer_phase_heads_only(shape.model, i) || CF_HEAD_PHASE_CLUSTER < 0) continue;
+    for (int n = kMaxClusterSize; n > plan.cluster_size; --n) {
+      if (n > 3 * c.head_dim / kernels::kBoxRows || c.heads * n > prop.multiProcessorCount) continue;
+      if (CF_HEAD_PHASE_CLUSTER > 0 && n != CF_HEAD_PHASE_CLUSTER) continue;
+      const std::size_t smem = kernels::layer_smem(shape, i, i, n, c.heads);
+      if (smem > limit) continue;
+      int resident = 0;
+      CF_CUDA_CHECK(kernels::max_active_layer_clusters(shape, n, smem, &resident));
+      if (resident < c.heads) continue;
+      plan.phase_grids[i] = {n, n * c.heads, smem};
+      break;
+    }
   }
   return plan;
 }
