@@ -72,6 +72,7 @@ DecoderLayer::DecoderLayer(const ModelConfig& config, const LayerWeights& weight
   p.o_bias = half_ptr(weights_[LayerSlot::b_o]);
   p.up_bias = half_ptr(weights_[LayerSlot::b_up]);
   p.down_bias = half_ptr(weights_[LayerSlot::b_down]);
+  p.attention_chunks = plan_.attention_chunks;
   p.hidden = config_.hidden;
   p.heads = config_.heads;
   p.kv_heads = config_.kv_heads;

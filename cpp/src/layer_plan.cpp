@@ -56,14 +56,15 @@ LayerLaunchPlan plan_layer(const ModelConfig& c, int max_seq) {
   // needs it; the split kernels then also run in one wave). Clusters beyond the heads stream MLP and output
   // rows only. Ties go to the larger N, which spreads each head's attention over more blocks.
   const std::size_t limit = prop.sharedMemPerBlockOptin;
-  auto fill = [&](LayerLaunchPlan& plan, int n, int clusters) {
+  auto fill = [&](LayerLaunchPlan& plan, int n, int clusters, int chunks) {
     plan.cluster_size = n;
     plan.clusters = clusters;
     plan.blocks = clusters * n;
+    plan.attention_chunks = chunks;
     plan.phase_grids.clear();
     for (int i = 0; i < phases; ++i)
-      plan.phase_grids.push_back({n, n * clusters, kernels::layer_smem(shape, i, i, n, clusters)});
-    plan.smem_cooperative = kernels::layer_smem(shape, 0, phases - 1, n, clusters);
+      plan.phase_grids.push_back({n, n * clusters, kernels::layer_smem(shape, i, i, n, clusters, chunks)});
+    plan.smem_cooperative = kernels::layer_smem(shape, 0, phases - 1, n, clusters, chunks);
   };
   LayerLaunchPlan plan;
   plan.threads = kernels::kThreads;
@@ -71,19 +72,19 @@ LayerLaunchPlan plan_layer(const ModelConfig& c, int max_seq) {
     if (n > 3 * c.head_dim / kernels::kBoxRows) continue;
     // Shared memory shrinks as clusters grow (fewer output rows each): bound it at the fewest admissible
     // clusters, one per head, for the occupancy query.
-    const std::size_t smem_bound = kernels::layer_smem(shape, 0, phases - 1, n, c.heads);
+    const std::size_t smem_bound = kernels::layer_smem(shape, 0, phases - 1, n, c.heads, n);
     if (smem_bound > limit) continue;
     int resident = 0;
     CF_CUDA_CHECK(kernels::max_active_layer_clusters(shape, n, smem_bound, &resident));
     const int clusters = std::min(resident, prop.multiProcessorCount / n);
     if (clusters < c.heads || clusters * n <= plan.blocks) continue;
-    fill(plan, n, clusters);
+    fill(plan, n, clusters, n);
     plan.cooperative_supported = true;
   }
   if (plan.blocks == 0) {
     // More heads than resident clusters: the split kernels still run (in waves), the cooperative one cannot.
     for (int i = 0; i < phases; ++i) {
-      const std::size_t smem = kernels::layer_smem(shape, i, i, 1, c.heads);
+      const std::size_t smem = kernels::layer_smem(shape, i, i, 1, c.heads, 1);
       if (smem <= limit) continue;
       const std::string what = kernels::layer_phase_attends(shape.model, i)
                                    ? "max_seq: " + std::to_string(max_seq)
@@ -92,25 +93,30 @@ LayerLaunchPlan plan_layer(const ModelConfig& c, int max_seq) {
                                   " bytes of shared memory per block, over the " + std::to_string(limit) +
                                   " available");
     }
-    fill(plan, 1, c.heads);
+    fill(plan, 1, c.heads, 1);
     return plan;
   }
   // A phase with no rows beyond the heads' (Llama's norm_qkv_rope_attend) leaves the other clusters idle while the
-  // head clusters stream q|k|v: give each head more blocks instead, the largest cluster whose heads clusters are
-  // resident at once and fit one block per SM (the all-phases kernel's occupancy stands in for the phase's own).
-  for (int i = 0; i < phases; ++i) {
-    if (!kernels::layer_phase_heads_only(shape.model, i) || CF_HEAD_PHASE_CLUSTER < 0) continue;
-    for (int n = kMaxClusterSize; n > plan.cluster_size; --n) {
-      if (n > 3 * c.head_dim / kernels::kBoxRows || c.heads * n > prop.multiProcessorCount) continue;
-      if (CF_HEAD_PHASE_CLUSTER > 0 && n != CF_HEAD_PHASE_CLUSTER) continue;
-      const std::size_t smem = kernels::layer_smem(shape, i, i, n, c.heads);
-      if (smem > limit) continue;
-      int resident = 0;
-      CF_CUDA_CHECK(kernels::max_active_layer_clusters(shape, n, smem, &resident));
-      if (resident < c.heads) continue;
-      plan.phase_grids[i] = {n, n * c.heads, smem};
-      break;
-    }
+  // head clusters stream q|k|v: in split mode it runs on one cluster per head of the largest size M whose heads
+  // clusters are resident at once on one block per SM (the all-phases kernel's occupancy stands in for the
+  // phase's own), and every launch cuts a head's positions into M attention chunks, so that the cooperative
+  // launch, on the layer's own clusters, still gives the same bits.
+  int heads_only = -1;
+  for (int i = 0; i < phases; ++i)
+    if (kernels::layer_phase_heads_only(shape.model, i)) heads_only = i;
+  if (heads_only < 0 || CF_HEAD_PHASE_CLUSTER < 0) return plan;
+  for (int m = std::min(kMaxClusterSize, 3 * c.head_dim / kernels::kBoxRows); m > plan.cluster_size; --m) {
+    if (c.heads * m > prop.multiProcessorCount || (CF_HEAD_PHASE_CLUSTER > 0 && m != CF_HEAD_PHASE_CLUSTER)) continue;
+    LayerLaunchPlan spread = plan;
+    fill(spread, plan.cluster_size, plan.clusters, m);
+    const std::size_t smem = kernels::layer_smem(shape, heads_only, heads_only, m, c.heads, m);
+    if (smem > limit || spread.smem_cooperative > limit) continue;
+    int resident = 0, resident_all = 0;
+    CF_CUDA_CHECK(kernels::max_active_layer_clusters(shape, m, smem, &resident));
+    CF_CUDA_CHECK(kernels::max_active_layer_clusters(shape, plan.cluster_size, spread.smem_cooperative, &resident_all));
+    if (resident < c.heads || resident_all < plan.clusters) continue;
+    spread.phase_grids[heads_only] = {m, m * c.heads, smem};
+    return spread;
   }
   return plan;
 }

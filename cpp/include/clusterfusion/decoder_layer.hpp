@@ -50,6 +50,7 @@ struct LayerLaunchPlan {
   // Each phase's own launch: the grid above, except a phase whose work is the head clusters' alone (Llama's
   // norm_qkv_rope_attend), which runs one cluster per head, of the largest size that fits at once.
   std::vector<PhaseGrid> phase_grids;
+  int attention_chunks = 0;  // a head's positions in this many chunks in every launch (the same bits in each mode)
   std::size_t smem_cooperative = 0;
   bool cooperative_supported = false;
 };

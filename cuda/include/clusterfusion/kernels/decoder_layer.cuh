@@ -225,12 +225,16 @@ __device__ __forceinline__ float half_or_zero(const __half* v, int row) {
   return v != nullptr ? __half2float(v[row]) : 0.f;
 }
 
-// This block's positions of its head's cache: [begin, end) of 0..position (the last one is the new token).
-struct KvChunk {
-  int begin, end;
-  __device__ explicit KvChunk(int position)
-      : begin(split_begin(position + 1, cluster_size(), cluster_rank())),
-        end(split_begin(position + 1, cluster_size(), cluster_rank() + 1)) {}
+// A head's positions 0..position (the last one is the new token) in `chunks` chunks; this block's are
+// [first, last), shared out over the cluster's ranks. Chunk c is positions [begin(c), begin(c + 1)).
+struct KvChunks {
+  int position, chunks, first, last;
+  __device__ KvChunks(int position, int chunks)
+      : position(position),
+        chunks(chunks),
+        first(split_begin(chunks, cluster_size(), cluster_rank())),
+        last(split_begin(chunks, cluster_size(), cluster_rank() + 1)) {}
+  __device__ int begin(int c) const { return split_begin(position + 1, chunks, c); }
 };
 
 // Copies n0 floats from src0 then n1 from src1 (multiples of 4) that another block or kernel wrote (read through
@@ -294,7 +298,7 @@ class LayerBlock {
         smem_(smem),
         position_(position),
         layout_(p.hidden, proj_columns<Model>(p.hidden, p.ffn), kHeadDim, p.max_seq, cluster_size(),
-                gridDim.x / cluster_size(), gate_rows(p.ffn, gridDim.x)),
+                gridDim.x / cluster_size(), p.attention_chunks, gate_rows(p.ffn, gridDim.x)),
         lists_(reinterpret_cast<const JobList*>(smem + SmemLayout::kJobLists)),
         stream_(smem, lists_, total_lists()) {
     // A launch that starts with proj_residual: announce that this block has started before any rank stores
@@ -413,11 +417,12 @@ class LayerBlock {
   __device__ void prefetch_kv_chunk() const {
     const int head = blockIdx.x / cluster_size();
     if (threadIdx.x != 0 || head >= p_.heads) return;
-    const KvChunk chunk(position_);
-    const int cached_end = min(chunk.end, position_);  // the new token is not in the cache yet
-    if (cached_end <= chunk.begin) return;
-    const std::size_t offset = (std::size_t(kv_head(head)) * p_.max_seq + chunk.begin) * kHeadDim;
-    const uint32_t bytes = uint32_t(cached_end - chunk.begin) * kHeadDim * 2;
+    const KvChunks chunks(position_, p_.attention_chunks);
+    const int begin = chunks.begin(chunks.first);
+    const int cached_end = min(chunks.begin(chunks.last), position_);  // the new token is not in the cache yet
+    if (cached_end <= begin) return;
+    const std::size_t offset = (std::size_t(kv_head(head)) * p_.max_seq + begin) * kHeadDim;
+    const uint32_t bytes = uint32_t(cached_end - begin) * kHeadDim * 2;
     bulk_prefetch_l2(p_.k_cache + offset, bytes);
     bulk_prefetch_l2(p_.v_cache + offset, bytes);
   }
@@ -464,14 +469,17 @@ class LayerBlock {
         p_.v_cache[head_offset + std::size_t(position_) * kHeadDim + e] = __float2half_rn(v[e]);
       }
     }
-    const KvChunk chunk(position_);
+    const KvChunks chunks(position_, p_.attention_chunks);
     float* combine = vec(layout_.combine);
     stamp(p_, kMarkRotary);
-    Attention::partial(q, k, v, p_.k_cache + head_offset, p_.v_cache + head_offset, position_, chunk.begin,
-                       chunk.end, vec(layout_.scores), vec(layout_.partials), combine, scratch(),
-                       [this](AttentionStep step) { stamp(p_, TimelineMark(kMarkScores + int(step))); });
-    cluster_sync();  // every rank's partials are on rank 0; no shared memory is touched remotely after this
-    if (rank == 0) Attention::combine_partials(combine, ranks, p_.attn + head * kHeadDim);
+    for (int c = chunks.first; c < chunks.last; ++c) {
+      if (c > chunks.first) __syncthreads();  // the last chunk's partials are read before they are rewritten
+      Attention::partial(q, k, v, p_.k_cache + head_offset, p_.v_cache + head_offset, position_, chunks.begin(c),
+                         chunks.begin(c + 1), vec(layout_.scores), vec(layout_.partials), combine + c * (kHeadDim + 2),
+                         scratch(), [this](AttentionStep step) { stamp(p_, TimelineMark(kMarkScores + int(step))); });
+    }
+    cluster_sync();  // every chunk's partials are on rank 0; no shared memory is touched remotely after this
+    if (rank == 0) Attention::combine_partials(combine, p_.attention_chunks, p_.attn + head * kHeadDim);
     stamp(p_, kMarkAttention);
   }
 
