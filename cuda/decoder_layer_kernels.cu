@@ -29,10 +29,7 @@ bool layer_phase_attends(LayerModel model, int phase) {
 }
 
 bool layer_phase_heads_only(LayerModel model, int phase) {
-  return with_model(model, [phase](auto m) {
-    const PhaseSpec s = decltype(m)::phase(phase);
-    return s.attend && !s.up && !s.o_proj && !s.down_proj;
-  });
+  return with_model(model, [phase](auto m) { return decltype(m)::phase(phase).heads_only(); });
 }
 
 std::size_t layer_smem(const LayerShape& shape, int first, int last, int cluster, int clusters, int attention_chunks) {

@@ -73,6 +73,7 @@ DecoderLayer::DecoderLayer(const ModelConfig& config, const LayerWeights& weight
   p.up_bias = half_ptr(weights_[LayerSlot::b_up]);
   p.down_bias = half_ptr(weights_[LayerSlot::b_down]);
   p.attention_chunks = plan_.attention_chunks;
+  p.qkv_chunks = plan_.qkv_chunks;
   p.hidden = config_.hidden;
   p.heads = config_.heads;
   p.kv_heads = config_.kv_heads;

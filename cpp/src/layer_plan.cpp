@@ -1,5 +1,6 @@
 // The launch plan of the decoder-layer kernels: what the kernels support, and the grid for this device.
 #include <algorithm>
+#include <numeric>
 #include <stdexcept>
 #include <string>
 
@@ -99,16 +100,23 @@ LayerLaunchPlan plan_layer(const ModelConfig& c, int max_seq) {
   // A phase with no rows beyond the heads' (Llama's norm_qkv_rope_attend) leaves the other clusters idle while the
   // head clusters stream q|k|v: in split mode it runs on one cluster per head of the largest size M whose heads
   // clusters are resident at once on one block per SM (the all-phases kernel's occupancy stands in for the
-  // phase's own), and every launch cuts a head's positions into M attention chunks, so that the cooperative
-  // launch, on the layer's own clusters, still gives the same bits.
+  // phase's own). So that the cooperative launch, on the layer's own clusters, still gives the same bits, every
+  // launch cuts a head's positions into M attention chunks and each q|k|v job along K into the chunks that
+  // balance an M-cluster's warps.
   int heads_only = -1;
   for (int i = 0; i < phases; ++i)
     if (kernels::layer_phase_heads_only(shape.model, i)) heads_only = i;
   if (heads_only < 0 || CF_HEAD_PHASE_CLUSTER < 0) return plan;
   for (int m = std::min(kMaxClusterSize, 3 * c.head_dim / kernels::kBoxRows); m > plan.cluster_size; --m) {
     if (c.heads * m > prop.multiProcessorCount || (CF_HEAD_PHASE_CLUSTER > 0 && m != CF_HEAD_PHASE_CLUSTER)) continue;
+    const int units = 3 * c.head_dim / kernels::kBoxRows;  // a head's q|k|v jobs
+    if (units % m != 0) continue;
+    const int qkv_chunks = kernels::kWarps / std::gcd(units / m, kernels::kWarps);
+    const int most_jobs = (units + plan.cluster_size - 1) / plan.cluster_size;
+    if (qkv_chunks > c.hidden / kernels::kBoxCols || most_jobs * qkv_chunks > kernels::kMaxItems) continue;
     LayerLaunchPlan spread = plan;
     fill(spread, plan.cluster_size, plan.clusters, m);
+    spread.qkv_chunks = qkv_chunks;
     const std::size_t smem = kernels::layer_smem(shape, heads_only, heads_only, m, c.heads, m);
     if (smem > limit || spread.smem_cooperative > limit) continue;
     int resident = 0, resident_all = 0;

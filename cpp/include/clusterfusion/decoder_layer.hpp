@@ -51,6 +51,7 @@ struct LayerLaunchPlan {
   // norm_qkv_rope_attend), which runs one cluster per head, of the largest size that fits at once.
   std::vector<PhaseGrid> phase_grids;
   int attention_chunks = 0;  // a head's positions in this many chunks in every launch (the same bits in each mode)
+  int qkv_chunks = 0;        // K chunks of every q|k|v job (0: each job list picks its own)
   std::size_t smem_cooperative = 0;
   bool cooperative_supported = false;
 };

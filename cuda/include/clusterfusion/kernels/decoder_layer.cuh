@@ -150,16 +150,16 @@ __device__ __forceinline__ void build_job_lists(const DecoderLayerParams& p, con
           for (int piece = 0; piece < kQkvLists; ++piece) {
             const QkvPiece q = qkv_piece<Model, kHeadDim>(p, cluster, piece);
             const int lo = max(u0, piece_begin), hi = min(u1, piece_begin + q.units);
-            lists[l++] = JobList{q.row0 + (lo - piece_begin) * kBoxRows, max(0, hi - lo), 1, 0, 1,
+            lists[l++] = JobList{q.row0 + (lo - piece_begin) * kBoxRows, max(0, hi - lo), p.qkv_chunks, 0, 1,
                                  {{&p.maps[q.map], a1, k_boxes}, {}}, 0, k_boxes};
             piece_begin += q.units;
           }
         }
         if (spec.up) {
           const int gate_jobs = Model::kMlp == MlpKind::SwiGlu ? share.up_units : 0;
-          lists[l++] = JobList{share.up_first * kBoxRows, gate_jobs, 1, 0, 1, {{&p.maps[kMapGate], a2, k_boxes}, {}},
+          lists[l++] = JobList{share.up_first * kBoxRows, gate_jobs, 0, 0, 1, {{&p.maps[kMapGate], a2, k_boxes}, {}},
                                0, k_boxes};
-          lists[l++] = JobList{share.up_first * kBoxRows, share.up_units, 1, 0, 1,
+          lists[l++] = JobList{share.up_first * kBoxRows, share.up_units, 0, 0, 1,
                                {{&p.maps[kMapUp], a2, k_boxes}, {}}, 0, k_boxes};
         }
       }
@@ -182,7 +182,7 @@ __device__ __forceinline__ void build_job_lists(const DecoderLayerParams& p, con
           const bool used = pass < passes;
           const int b0 = used ? split_begin(boxes, parts, rank * passes + pass) : 0;
           const int b1 = used ? split_begin(boxes, parts, rank * passes + pass + 1) : 0;
-          JobList list{o0 * kBoxRows, used ? o1 - o0 : 0, 1, 0, segments, {first, down}, b0, b1};
+          JobList list{o0 * kBoxRows, used ? o1 - o0 : 0, 0, 0, segments, {first, down}, b0, b1};
           const int in_first = min(max(first.boxes - b0, 0), b1 - b0);  // the slice's boxes of segment 0
           list.seg[0].vec = slice;
           list.seg[0].first_box = b0;
@@ -337,6 +337,15 @@ class LayerBlock {
 
  private:
   static constexpr int total_lists() { return phase_list_base<Model>(kFirst, kLast + 1); }
+  // Only a launch of several phases of a model with a heads-only phase has more attention chunks than ranks (the
+  // plan spreads that phase over more blocks in split mode, LayerLaunchPlan); every other launch has one chunk per
+  // rank and no loop, whose registers would spill.
+  static constexpr bool chunk_loop() {
+    bool spread = false;
+    for (int i = 0; i < Model::kPhases; ++i) spread = spread || Model::phase(i).heads_only();
+    return kFirst != kLast && spread;
+  }
+  static constexpr bool kChunkLoop = chunk_loop();
   __device__ bool prime_early() const { return p_.overlap_previous || !kFirstNorms; }
 
   template <int kPhase>
@@ -472,11 +481,19 @@ class LayerBlock {
     const KvChunks chunks(position_, p_.attention_chunks);
     float* combine = vec(layout_.combine);
     stamp(p_, kMarkRotary);
-    for (int c = chunks.first; c < chunks.last; ++c) {
-      if (c > chunks.first) __syncthreads();  // the last chunk's partials are read before they are rewritten
+    const auto chunk_partial = [&](int c) {
       Attention::partial(q, k, v, p_.k_cache + head_offset, p_.v_cache + head_offset, position_, chunks.begin(c),
                          chunks.begin(c + 1), vec(layout_.scores), vec(layout_.partials), combine + c * (kHeadDim + 2),
                          scratch(), [this](AttentionStep step) { stamp(p_, TimelineMark(kMarkScores + int(step))); });
+    };
+    if constexpr (kChunkLoop) {
+      for (int c = chunks.first; c < chunks.last; ++c) {
+        if (c > chunks.first) __syncthreads();  // the last chunk's partials are read before they are rewritten
+        chunk_partial(c);
+      }
+    } else {
+      if (chunks.last != chunks.first + 1) __trap();  // the plan gives every other launch one chunk per rank
+      chunk_partial(chunks.first);
     }
     cluster_sync();  // every chunk's partials are on rank 0; no shared memory is touched remotely after this
     if (rank == 0) Attention::combine_partials(combine, p_.attention_chunks, p_.attn + head * kHeadDim);
