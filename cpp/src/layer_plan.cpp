@@ -10,18 +10,18 @@
 #include "clusterfusion/kernels/layer_launch.hpp"
 #include "layer_shape.hpp"
 
-namespace clusterfusion {
-
-namespace {
-
-constexpr int kMaxClusterSize = 8;  // the portable limit
-
 // Build-time knob for the A/B of bench/NOTES.md v36: the cluster size of a phase that only the head clusters
 // work in. 0: the largest that fits (heads clusters resident at once, one block per SM); -1: the layer's own;
 // n: n only, where it fits.
 #ifndef CF_HEAD_PHASE_CLUSTER
 #define CF_HEAD_PHASE_CLUSTER 0
 #endif
+
+namespace clusterfusion {
+
+namespace {
+
+constexpr int kMaxClusterSize = 8;  // the portable limit
 
 void require_multiple(const char* field, int value, int of) {
   if (value % of != 0)
@@ -102,17 +102,20 @@ LayerLaunchPlan plan_layer(const ModelConfig& c, int max_seq) {
   // clusters are resident at once on one block per SM (the all-phases kernel's occupancy stands in for the
   // phase's own). So that the cooperative launch, on the layer's own clusters, still gives the same bits, every
   // launch cuts a head's positions into M attention chunks and each q|k|v job along K into the chunks that
-  // balance an M-cluster's warps.
-  int heads_only = -1;
-  for (int i = 0; i < phases; ++i)
+  // balance an M-cluster's warps. The chunk count serves every attending phase, so a model spreads only when its one
+  // attending phase is heads-only; M * heads stays within the plan's blocks (the timeline's rows per phase).
+  int heads_only = -1, attending = 0;
+  for (int i = 0; i < phases; ++i) {
+    attending += kernels::layer_phase_attends(shape.model, i);
     if (kernels::layer_phase_heads_only(shape.model, i)) heads_only = i;
-  if (heads_only < 0 || CF_HEAD_PHASE_CLUSTER < 0) return plan;
-  for (int m = std::min(kMaxClusterSize, 3 * c.head_dim / kernels::kBoxRows); m > plan.cluster_size; --m) {
-    if (c.heads * m > prop.multiProcessorCount || (CF_HEAD_PHASE_CLUSTER > 0 && m != CF_HEAD_PHASE_CLUSTER)) continue;
-    const int units = 3 * c.head_dim / kernels::kBoxRows;  // a head's q|k|v jobs
+  }
+  if (heads_only < 0 || attending != 1 || CF_HEAD_PHASE_CLUSTER < 0) return plan;
+  const int units = 3 * c.head_dim / kernels::kBoxRows;  // a head's q|k|v jobs
+  const int most_jobs = (units + plan.cluster_size - 1) / plan.cluster_size;
+  for (int m = std::min(kMaxClusterSize, units); m > plan.cluster_size; --m) {
+    if (c.heads * m > plan.blocks || (CF_HEAD_PHASE_CLUSTER > 0 && m != CF_HEAD_PHASE_CLUSTER)) continue;
     if (units % m != 0) continue;
     const int qkv_chunks = kernels::kWarps / std::gcd(units / m, kernels::kWarps);
-    const int most_jobs = (units + plan.cluster_size - 1) / plan.cluster_size;
     if (qkv_chunks > c.hidden / kernels::kBoxCols || most_jobs * qkv_chunks > kernels::kMaxItems) continue;
     LayerLaunchPlan spread = plan;
     fill(spread, plan.cluster_size, plan.clusters, m);

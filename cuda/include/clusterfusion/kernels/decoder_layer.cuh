@@ -4,7 +4,7 @@
 // norm_qkv_rope_attend, block (head h, cluster rank r):
 //   norm(input) -> its share of head h's q|k|v rows, broadcast to every block of the cluster (DSMEM)
 //   -> [norm_up in the same phase: its share of the MLP's up rows] -> rotary, cache append (rank 0 of the
-//   first head of a kv group) -> attention over its chunk of positions -> partials combined on rank 0 -> attn.
+//   first head of a kv group) -> attention over its chunks of positions -> partials combined on rank 0 -> attn.
 // norm_up: every block's share of the up rows (GELU(up + b), or silu(gate) * up with gate and up rows of the
 //   same output as two dot products combined in the epilogue).
 // proj_residual: a cluster owns output rows, its ranks split K (W_o's boxes, then W_down's), each holding only its
@@ -337,7 +337,7 @@ class LayerBlock {
 
  private:
   static constexpr int total_lists() { return phase_list_base<Model>(kFirst, kLast + 1); }
-  // Only a launch of several phases of a model with a heads-only phase has more attention chunks than ranks (the
+  // Only a launch of several phases of a model with a heads-only phase may have more attention chunks than ranks (the
   // plan spreads that phase over more blocks in split mode, LayerLaunchPlan); every other launch has one chunk per
   // rank and no loop, whose registers would spill.
   static constexpr bool chunk_loop() {

@@ -2,7 +2,8 @@
 // products of kBoxRows weight rows (one box row each) against float vectors in shared memory.
 //
 // Work is a list of jobs (kBoxRows output rows each) cut along K into `chunks` items, so that a block's items split
-// evenly over its warps even when it has fewer jobs than warps. Items go to warps round-robin; each item's row
+// evenly over its warps even when it has fewer jobs than warps (or into chunks the list is given, where a row's sum
+// must not depend on the block's job count). Items go to warps round-robin; each item's row
 // partial sums land in shared memory, and once the list is done they are added in chunk order (deterministic)
 // and handed to the epilogue. A warp is its own producer and consumer, so the ring needs one mbarrier per slot
 // and no block-wide sync; the producer runs kStages boxes ahead across lists, so the next list's (or phase's)
