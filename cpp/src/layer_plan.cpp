@@ -67,10 +67,11 @@ LayerLaunchPlan plan_layer(const ModelConfig& c, int max_seq) {
       plan.phase_grids.push_back({n, n * clusters, kernels::layer_smem(shape, i, i, n, clusters, chunks)});
     plan.smem_cooperative = kernels::layer_smem(shape, 0, phases - 1, n, clusters, chunks);
   };
+  const int units = 3 * c.head_dim / kernels::kBoxRows;  // a head's q|k|v jobs: at most one rank each
   LayerLaunchPlan plan;
   plan.threads = kernels::kThreads;
   for (int n = kMaxClusterSize; n >= 1; --n) {
-    if (n > 3 * c.head_dim / kernels::kBoxRows) continue;
+    if (n > units) continue;
     // Shared memory shrinks as clusters grow (fewer output rows each): bound it at the fewest admissible
     // clusters, one per head, for the occupancy query.
     const std::size_t smem_bound = kernels::layer_smem(shape, 0, phases - 1, n, c.heads, n);
@@ -110,7 +111,6 @@ LayerLaunchPlan plan_layer(const ModelConfig& c, int max_seq) {
     if (kernels::layer_phase_heads_only(shape.model, i)) heads_only = i;
   }
   if (heads_only < 0 || attending != 1 || CF_HEAD_PHASE_CLUSTER < 0) return plan;
-  const int units = 3 * c.head_dim / kernels::kBoxRows;  // a head's q|k|v jobs
   const int most_jobs = (units + plan.cluster_size - 1) / plan.cluster_size;
   for (int m = std::min(kMaxClusterSize, units); m > plan.cluster_size; --m) {
     if (c.heads * m > plan.blocks || (CF_HEAD_PHASE_CLUSTER > 0 && m != CF_HEAD_PHASE_CLUSTER)) continue;
