@@ -28,9 +28,14 @@ bool layer_phase_attends(LayerModel model, int phase) {
   return with_model(model, [phase](auto m) { return decltype(m)::phase(phase).attend; });
 }
 
-std::size_t layer_smem(const LayerShape& shape, int first, int last, int cluster, int clusters) {
-  return with_model(shape.model,
-                    [&](auto m) { return layer_smem<decltype(m)>(shape, first, last, cluster, clusters); });
+bool layer_phase_heads_only(LayerModel model, int phase) {
+  return with_model(model, [phase](auto m) { return decltype(m)::phase(phase).heads_only(); });
+}
+
+std::size_t layer_smem(const LayerShape& shape, int first, int last, int cluster, int clusters, int attention_chunks) {
+  return with_model(shape.model, [&](auto m) {
+    return layer_smem<decltype(m)>(shape, first, last, cluster, clusters, attention_chunks);
+  });
 }
 
 cudaError_t max_active_layer_clusters(const LayerShape& shape, int cluster, std::size_t smem, int* clusters) {

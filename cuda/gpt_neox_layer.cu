@@ -6,7 +6,7 @@ CF_MODEL_TEMPLATES(, GptNeoX)
 
 // The down-projection alone: one kernel (it does not attend, so no head dimension of its own).
 std::size_t down_residual_smem(const LayerShape& shape, int cluster, int clusters) {
-  return layer_smem<GptNeoXDownResidual>(shape, 0, 0, cluster, clusters);
+  return layer_smem<GptNeoXDownResidual>(shape, 0, 0, cluster, clusters, cluster);  // it does not attend
 }
 
 cudaError_t launch_down_residual(const DecoderLayerParams& p, const LayerGrid& grid, cudaStream_t stream) {

@@ -201,12 +201,16 @@ int main(int argc, char** argv) {
     CF_CUDA_CHECK(cudaMemcpy(t.data(), timeline, stamps * sizeof(unsigned long long), cudaMemcpyDeviceToHost));
     CF_CUDA_CHECK(cudaFree(timeline));
     unsigned long long t0 = ~0ull;
-    for (int b = 0; b < plan.blocks; ++b) t0 = std::min(t0, t[b * kMarks]);
+    for (int b = 0; b < plan.blocks; ++b)
+      if (t[b * kMarks] != 0) t0 = std::min(t0, t[b * kMarks]);  // a phase launch may have fewer blocks
     std::printf("  %s timeline (overlapped), us since the first block entered: min / median / max over the blocks\n"
                 "  of head clusters | of the other clusters\n", cf::layer_mode_name(mode));
-    const int head_blocks = config.heads * plan.cluster_size;
     for (int k = 0; k < kernels; ++k) {
-      if (kernels > 1) std::printf("    %s kernel\n", phases[k].c_str());
+      if (kernels > 1)
+        std::printf("    %s kernel, %d clusters of %d\n", phases[k].c_str(),
+                    plan.phase_grids[k].blocks / plan.phase_grids[k].cluster_size, plan.phase_grids[k].cluster_size);
+      const int ranks = kernels > 1 ? plan.phase_grids[k].cluster_size : plan.cluster_size;
+      const int head_blocks = config.heads * ranks;
       const unsigned long long* tk = t.data() + std::size_t(k) * plan.blocks * kMarks;
       for (int m = 0; m < kMarks; ++m) {
         bool reached = false;
@@ -227,8 +231,8 @@ int main(int argc, char** argv) {
       int last = 0;
       for (int b = 0; b < plan.blocks; ++b)
         if (tk[b * kMarks + kMarks - 1] > tk[last * kMarks + kMarks - 1]) last = b;
-      const int first_of_cluster = last / plan.cluster_size * plan.cluster_size;
-      for (int b = first_of_cluster; b < first_of_cluster + plan.cluster_size; ++b) {
+      const int first_of_cluster = last / ranks * ranks;
+      for (int b = first_of_cluster; b < first_of_cluster + ranks; ++b) {
         std::printf("    block %3d%s:", b, b == last ? " (ends last)" : "            ");
         for (int m = 0; m < kMarks; ++m)
           if (tk[b * kMarks + m] != 0)

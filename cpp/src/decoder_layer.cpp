@@ -72,6 +72,8 @@ DecoderLayer::DecoderLayer(const ModelConfig& config, const LayerWeights& weight
   p.o_bias = half_ptr(weights_[LayerSlot::b_o]);
   p.up_bias = half_ptr(weights_[LayerSlot::b_up]);
   p.down_bias = half_ptr(weights_[LayerSlot::b_down]);
+  p.attention_chunks = plan_.attention_chunks;
+  p.qkv_chunks = plan_.qkv_chunks;
   p.hidden = config_.hidden;
   p.heads = config_.heads;
   p.kv_heads = config_.kv_heads;
@@ -181,7 +183,7 @@ void DecoderLayer::forward_at_device_position(KVCache& cache, int layer, const L
 
 void DecoderLayer::run_phase(KVCache& cache, int layer, const LayerIO& io, int position, int phase,
                              cudaStream_t stream) const {
-  const int phases = static_cast<int>(plan_.smem_phase.size());
+  const int phases = static_cast<int>(plan_.phase_grids.size());
   if (phase < 0 || phase >= phases)
     throw std::out_of_range("phase: expected 0.." + std::to_string(phases - 1) + ", got " + std::to_string(phase));
   const DeviceGuard on(device_);
@@ -218,7 +220,7 @@ void DecoderLayer::down_residual(const void* x, const void* attn_output, const f
 }
 
 void DecoderLayer::launch(const kernels::DecoderLayerParams& p, LayerMode mode, cudaStream_t stream) const {
-  const int phases = static_cast<int>(plan_.smem_phase.size());
+  const int phases = static_cast<int>(plan_.phase_grids.size());
   if (mode == LayerMode::Cooperative) {
     if (!plan_.cooperative_supported)
       throw std::runtime_error("cooperative mode: the " + std::to_string(plan_.blocks) +
@@ -234,8 +236,10 @@ void DecoderLayer::launch(const kernels::DecoderLayerParams& p, LayerMode mode, 
 }
 
 void DecoderLayer::launch(const kernels::DecoderLayerParams& p, int first, int last, cudaStream_t stream) const {
-  const std::size_t smem = first == last ? plan_.smem_phase[first] : plan_.smem_cooperative;
-  const kernels::LayerGrid grid{plan_.blocks, plan_.cluster_size, smem};
+  const kernels::LayerGrid grid =
+      first == last ? kernels::LayerGrid{plan_.phase_grids[first].blocks, plan_.phase_grids[first].cluster_size,
+                                         plan_.phase_grids[first].smem}
+                    : kernels::LayerGrid{plan_.blocks, plan_.cluster_size, plan_.smem_cooperative};
   CF_CUDA_CHECK(kernels::launch_decoder_layer(p, layer_shape(config_, max_seq_), first, last, grid, stream));
 }
 

@@ -96,7 +96,17 @@ nb::dict plan_dict(const LayerLaunchPlan& p) {
   d["cluster_size"] = p.cluster_size;
   d["blocks"] = p.blocks;
   d["threads"] = p.threads;
-  d["smem_phase"] = p.smem_phase;
+  nb::list grids;
+  for (const PhaseGrid& g : p.phase_grids) {
+    nb::dict grid;
+    grid["cluster_size"] = g.cluster_size;
+    grid["blocks"] = g.blocks;
+    grid["smem"] = g.smem;
+    grids.append(grid);
+  }
+  d["phase_grids"] = grids;
+  d["attention_chunks"] = p.attention_chunks;
+  d["qkv_chunks"] = p.qkv_chunks;
   d["smem_cooperative"] = p.smem_cooperative;
   d["cooperative_supported"] = p.cooperative_supported;
   return d;

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 #include <cuda_fp16.h>
@@ -300,16 +301,45 @@ TEST_P(DecoderLayerGpu, OverlappedChainMatchesOrdinaryLaunchesBitwise) {
 
 namespace {
 
+// Each phase's own launch runs on the layer's clusters, except a phase that only the head clusters work in
+// (Llama's norm_qkv_rope_attend): one cluster per head, at least as large, whose size is the attention's chunk
+// count in every launch (and fixes the q|k|v jobs' K chunks when it is larger).
+TEST_P(DecoderLayerGpu, PlanSpreadsOnlyTheHeadsOnlyPhase) {
+  CF_REQUIRE_HOPPER();
+  cf::ModelConfig config = cf::model_config(GetParam());
+  config.layers = 1;
+  const RandomLayer w(config, cf_test::rng());
+  const cf::DecoderLayer layer(config, w.views(), 1024);
+  const cf::LayerLaunchPlan& plan = layer.plan();
+  const std::vector<std::string> phases = layer.phase_names();
+  ASSERT_EQ(plan.phase_grids.size(), phases.size());
+  int spread = plan.cluster_size;
+  for (std::size_t i = 0; i < phases.size(); ++i) {
+    SCOPED_TRACE(phases[i]);
+    const cf::PhaseGrid& g = plan.phase_grids[i];
+    if (config.arch == cf::Architecture::Llama && phases[i] == "norm_qkv_rope_attend" &&
+        g.cluster_size != plan.cluster_size) {
+      EXPECT_GT(g.cluster_size, plan.cluster_size);
+      EXPECT_EQ(g.blocks, config.heads * g.cluster_size);
+      EXPECT_LE(g.blocks, plan.blocks);
+      spread = g.cluster_size;
+    } else {
+      EXPECT_EQ(g.cluster_size, plan.cluster_size);
+      EXPECT_EQ(g.blocks, plan.blocks);
+    }
+  }
+  EXPECT_EQ(plan.attention_chunks, spread);
+  EXPECT_EQ(plan.qkv_chunks > 0, spread > plan.cluster_size);
+}
+
 // Split and cooperative launches give the same bits (output, h1, scratch and cache), and 50 runs of each give the
-// same bits again, from fresh random inputs at a position across several attention tiles.
+// same bits again, from fresh random inputs at positions across several attention tiles and at the first ones.
 TEST_P(DecoderLayerGpu, ModesBitwiseEqualAndRepeatable) {
   CF_REQUIRE_HOPPER();
   cf::ModelConfig config = cf::model_config(GetParam());
   config.layers = 1;
   const int max_seq = 1024;
   auto& rng = cf_test::rng();
-  const int position = cf_test::uniform_int(300, max_seq - 1);
-  SCOPED_TRACE("position " + std::to_string(position));
   const RandomLayer w(config, rng);
   cf::DecoderLayer layer(config, w.views(), max_seq);
   ASSERT_TRUE(layer.plan().cooperative_supported);
@@ -317,39 +347,43 @@ TEST_P(DecoderLayerGpu, ModesBitwiseEqualAndRepeatable) {
   HalfTensor past({int64_t(cache.layer_elems())}, 0, 1, rng), x({config.hidden}, 0, 1, rng);
   DeviceBuffer<__half> out(config.hidden), h1(config.hidden);
   DeviceBuffer<float> attn(config.hidden), act(config.ffn);
-  auto run = [&](cf::LayerMode mode) {
-    CF_CUDA_CHECK(cudaMemcpy(cache.keys(0), past.dev, cache.layer_elems() * 2, cudaMemcpyDeviceToDevice));
-    CF_CUDA_CHECK(cudaMemcpy(cache.values(0), past.dev, cache.layer_elems() * 2, cudaMemcpyDeviceToDevice));
-    cache.set_length(position);
-    out.poison();
-    h1.poison();
-    attn.poison();
-    act.poison();
-    layer.forward(cache, 0, cf::LayerIO{x.dev, out.dev, h1.dev, attn.dev, act.dev}, position, mode);
-    CF_CUDA_CHECK(cudaDeviceSynchronize());
-    std::vector<unsigned char> bytes;
-    auto append = [&](const auto& v) {
-      const auto* p = reinterpret_cast<const unsigned char*>(v.data());
-      bytes.insert(bytes.end(), p, p + v.size() * sizeof(v[0]));
+  // Past the attention tiles, and the first positions, where some attention chunks are empty.
+  for (const int position : {cf_test::uniform_int(300, max_seq - 1), 0, 2}) {
+    SCOPED_TRACE("position " + std::to_string(position));
+    auto run = [&](cf::LayerMode mode) {
+      CF_CUDA_CHECK(cudaMemcpy(cache.keys(0), past.dev, cache.layer_elems() * 2, cudaMemcpyDeviceToDevice));
+      CF_CUDA_CHECK(cudaMemcpy(cache.values(0), past.dev, cache.layer_elems() * 2, cudaMemcpyDeviceToDevice));
+      cache.set_length(position);
+      out.poison();
+      h1.poison();
+      attn.poison();
+      act.poison();
+      layer.forward(cache, 0, cf::LayerIO{x.dev, out.dev, h1.dev, attn.dev, act.dev}, position, mode);
+      CF_CUDA_CHECK(cudaDeviceSynchronize());
+      std::vector<unsigned char> bytes;
+      auto append = [&](const auto& v) {
+        const auto* p = reinterpret_cast<const unsigned char*>(v.data());
+        bytes.insert(bytes.end(), p, p + v.size() * sizeof(v[0]));
+      };
+      append(out.get());
+      append(attn.get());
+      append(act.get());
+      if (!config.parallel_residual) append(h1.get());
+      std::vector<__half> k(cache.layer_elems()), v(cache.layer_elems());
+      CF_CUDA_CHECK(cudaMemcpy(k.data(), cache.keys(0), k.size() * 2, cudaMemcpyDeviceToHost));
+      CF_CUDA_CHECK(cudaMemcpy(v.data(), cache.values(0), v.size() * 2, cudaMemcpyDeviceToHost));
+      append(k);
+      append(v);
+      return bytes;
     };
-    append(out.get());
-    append(attn.get());
-    append(act.get());
-    if (!config.parallel_residual) append(h1.get());
-    std::vector<__half> k(cache.layer_elems()), v(cache.layer_elems());
-    CF_CUDA_CHECK(cudaMemcpy(k.data(), cache.keys(0), k.size() * 2, cudaMemcpyDeviceToHost));
-    CF_CUDA_CHECK(cudaMemcpy(v.data(), cache.values(0), v.size() * 2, cudaMemcpyDeviceToHost));
-    append(k);
-    append(v);
-    return bytes;
-  };
-  const auto first = run(cf::LayerMode::Split);
-  const auto outputs = out.get();
-  for (const __half value : outputs) ASSERT_TRUE(std::isfinite(__half2float(value)));
-  EXPECT_TRUE(run(cf::LayerMode::Cooperative) == first) << "cooperative differs from split";
-  for (int repeat = 0; repeat < 50; ++repeat) {
-    const cf::LayerMode mode = repeat % 2 == 0 ? cf::LayerMode::Split : cf::LayerMode::Cooperative;
-    ASSERT_TRUE(run(mode) == first) << "run " << repeat << " (" << cf::layer_mode_name(mode) << ") differs";
+    const auto first = run(cf::LayerMode::Split);
+    const auto outputs = out.get();
+    for (const __half value : outputs) ASSERT_TRUE(std::isfinite(__half2float(value)));
+    EXPECT_TRUE(run(cf::LayerMode::Cooperative) == first) << "cooperative differs from split";
+    for (int repeat = 0; repeat < 50; ++repeat) {
+      const cf::LayerMode mode = repeat % 2 == 0 ? cf::LayerMode::Split : cf::LayerMode::Cooperative;
+      ASSERT_TRUE(run(mode) == first) << "run " << repeat << " (" << cf::layer_mode_name(mode) << ") differs";
+    }
   }
 }
 

@@ -37,11 +37,11 @@ void expect_fits(const cf::ModelConfig& c, int max_seq, int from, std::size_t li
   const int phases = kernels::layer_phase_count(shape.model);
   for (int n = from; n <= largest_cluster(c); ++n) {
     for (int first = 0; first < phases; ++first) {
-      EXPECT_LE(kernels::layer_smem(shape, first, first, n, c.heads), limit)
+      EXPECT_LE(kernels::layer_smem(shape, first, first, n, c.heads, n), limit)
           << "max_seq " << max_seq << ", clusters of " << n << ", phase "
           << kernels::layer_phase_name(shape.model, first);
     }
-    EXPECT_LE(kernels::layer_smem(shape, 0, phases - 1, n, c.heads), limit)
+    EXPECT_LE(kernels::layer_smem(shape, 0, phases - 1, n, c.heads, n), limit)
         << "max_seq " << max_seq << ", clusters of " << n << ", cooperative";
   }
 }
@@ -94,9 +94,9 @@ TEST(LayerSmem, ProjResidualShrinksWithTheCluster) {
     const kernels::LayerShape shape = shape_of(c, 2048);
     const int proj = kernels::layer_phase_count(shape.model) - 1;
     ASSERT_FALSE(kernels::layer_phase_attends(shape.model, proj));
-    std::size_t previous = kernels::layer_smem(shape, proj, proj, 2, c.heads);
+    std::size_t previous = kernels::layer_smem(shape, proj, proj, 2, c.heads, 2);
     for (int n = 3; n <= kMaxClusterSize; ++n) {
-      const std::size_t smem = kernels::layer_smem(shape, proj, proj, n, c.heads);
+      const std::size_t smem = kernels::layer_smem(shape, proj, proj, n, c.heads, n);
       EXPECT_LT(smem, previous) << "clusters of " << n;
       previous = smem;
     }

@@ -34,13 +34,24 @@ struct LayerIO {
   unsigned long long* timeline = nullptr;
 };
 
+// One phase's own launch (split mode): `blocks` blocks in clusters of `cluster_size`.
+struct PhaseGrid {
+  int cluster_size = 0;
+  int blocks = 0;
+  std::size_t smem = 0;  // dynamic shared memory per block
+};
+
 // How the kernels are laid out on the device for one config (computed once, from the device's properties).
 struct LayerLaunchPlan {
   int cluster_size = 0;  // blocks per cluster; cluster c < heads computes attention head c
   int clusters = 0;      // >= heads; the rest stream MLP and output rows only
   int blocks = 0;        // clusters * cluster_size, at most one per SM
   int threads = 0;
-  std::vector<std::size_t> smem_phase;  // dynamic shared memory of each phase's own launch
+  // Each phase's own launch: the grid above, except a phase whose work is the head clusters' alone (Llama's
+  // norm_qkv_rope_attend), which runs one cluster per head, of the largest size that fits at once.
+  std::vector<PhaseGrid> phase_grids;
+  int attention_chunks = 0;  // a head's positions in this many chunks in every launch (the same bits in each mode)
+  int qkv_chunks = 0;        // K chunks of every q|k|v job (0: each job list picks its own)
   std::size_t smem_cooperative = 0;
   bool cooperative_supported = false;
 };

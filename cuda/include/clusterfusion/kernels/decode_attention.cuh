@@ -1,7 +1,7 @@
 // Attention of one new token over one head's KV cache, split across the blocks of a cluster
-// (flash-decoding): each block takes a contiguous chunk of positions, computes its softmax partials
-// (max m, sum l, unnormalised output o), and rank 0 combines them in rank order through distributed
-// shared memory, so the result does not depend on timing.
+// (flash-decoding): the positions are cut into contiguous chunks, shared out over the blocks; each chunk's
+// softmax partials (max m, sum l, unnormalised output o) go to rank 0 through distributed shared memory, which
+// combines them in chunk order, so the result depends neither on timing nor on how many blocks share the head.
 #pragma once
 #include <cuda_fp16.h>
 
@@ -84,13 +84,13 @@ struct DecodeAttention {
     }
   }
 
-  // This block's softmax partials over positions [t0, t1) of 0..position. q is rotated and scaled; k_new and
-  // v_new are the new token's key and value. Writes (m, l, o[kHeadDim]) into rank 0's `combine` slot; calls
-  // done(step) as each AttentionStep ends.
+  // The softmax partials of positions [t0, t1) of 0..position. q is rotated and scaled; k_new and v_new are the
+  // new token's key and value. Writes (m, l, o[kHeadDim]) into `slot` of rank 0's shared memory; calls done(step)
+  // as each AttentionStep ends.
   template <class Done>
   __device__ static void partial(const float* q, const float* k_new, const float* v_new, const __half* k_cache,
                                  const __half* v_cache, int position, int t0, int t1, float* scores,
-                                 float* partials, float* combine, float* scratch, Done&& done) {
+                                 float* partials, float* slot, float* scratch, Done&& done) {
     const int vec = threadIdx.x % kVecs, group = threadIdx.x / kVecs;
     const bool active = group < kGroups;
     float qv[8];
@@ -165,7 +165,6 @@ struct DecodeAttention {
       for (int e = 0; e < 8; ++e) partials[(group * kVecs + vec) * 8 + e] = o[e];
     }
     __syncthreads();
-    float* slot = combine + cluster_rank() * (kHeadDim + 2);
     for (int e = threadIdx.x; e < kHeadDim; e += blockDim.x) {
       float s = 0.f;
       for (int g = 0; g < kGroups; ++g) s += partials[g * kHeadDim + e];
@@ -178,15 +177,15 @@ struct DecodeAttention {
     done(AttentionStep::kValues);
   }
 
-  // On rank 0, after a cluster barrier: merges the cluster's partials in rank order into out[kHeadDim].
-  __device__ static void combine_partials(const float* combine, int ranks, float* out) {
+  // On rank 0, after a cluster barrier: merges the head's `chunks` partials in chunk order into out[kHeadDim].
+  __device__ static void combine_partials(const float* combine, int chunks, float* out) {
     for (int e = threadIdx.x; e < kHeadDim; e += blockDim.x) {
       float m = -INFINITY;
-      for (int r = 0; r < ranks; ++r) m = fmaxf(m, combine[r * (kHeadDim + 2)]);
+      for (int c = 0; c < chunks; ++c) m = fmaxf(m, combine[c * (kHeadDim + 2)]);
       float l = 0.f, o = 0.f;
-      for (int r = 0; r < ranks; ++r) {
-        const float* slot = combine + r * (kHeadDim + 2);
-        if (slot[1] == 0.f) continue;  // a rank with no positions
+      for (int c = 0; c < chunks; ++c) {
+        const float* slot = combine + c * (kHeadDim + 2);
+        if (slot[1] == 0.f) continue;  // a chunk with no positions
         const float w = __expf(slot[0] - m);
         l = fmaf(slot[1], w, l);
         o = fmaf(slot[2 + e], w, o);

@@ -4,7 +4,7 @@
 // norm_qkv_rope_attend, block (head h, cluster rank r):
 //   norm(input) -> its share of head h's q|k|v rows, broadcast to every block of the cluster (DSMEM)
 //   -> [norm_up in the same phase: its share of the MLP's up rows] -> rotary, cache append (rank 0 of the
-//   first head of a kv group) -> attention over its chunk of positions -> partials combined on rank 0 -> attn.
+//   first head of a kv group) -> attention over its chunks of positions -> partials combined on rank 0 -> attn.
 // norm_up: every block's share of the up rows (GELU(up + b), or silu(gate) * up with gate and up rows of the
 //   same output as two dot products combined in the epilogue).
 // proj_residual: a cluster owns output rows, its ranks split K (W_o's boxes, then W_down's), each holding only its
@@ -150,16 +150,16 @@ __device__ __forceinline__ void build_job_lists(const DecoderLayerParams& p, con
           for (int piece = 0; piece < kQkvLists; ++piece) {
             const QkvPiece q = qkv_piece<Model, kHeadDim>(p, cluster, piece);
             const int lo = max(u0, piece_begin), hi = min(u1, piece_begin + q.units);
-            lists[l++] = JobList{q.row0 + (lo - piece_begin) * kBoxRows, max(0, hi - lo), 1, 0, 1,
+            lists[l++] = JobList{q.row0 + (lo - piece_begin) * kBoxRows, max(0, hi - lo), p.qkv_chunks, 0, 1,
                                  {{&p.maps[q.map], a1, k_boxes}, {}}, 0, k_boxes};
             piece_begin += q.units;
           }
         }
         if (spec.up) {
           const int gate_jobs = Model::kMlp == MlpKind::SwiGlu ? share.up_units : 0;
-          lists[l++] = JobList{share.up_first * kBoxRows, gate_jobs, 1, 0, 1, {{&p.maps[kMapGate], a2, k_boxes}, {}},
+          lists[l++] = JobList{share.up_first * kBoxRows, gate_jobs, 0, 0, 1, {{&p.maps[kMapGate], a2, k_boxes}, {}},
                                0, k_boxes};
-          lists[l++] = JobList{share.up_first * kBoxRows, share.up_units, 1, 0, 1,
+          lists[l++] = JobList{share.up_first * kBoxRows, share.up_units, 0, 0, 1,
                                {{&p.maps[kMapUp], a2, k_boxes}, {}}, 0, k_boxes};
         }
       }
@@ -182,7 +182,7 @@ __device__ __forceinline__ void build_job_lists(const DecoderLayerParams& p, con
           const bool used = pass < passes;
           const int b0 = used ? split_begin(boxes, parts, rank * passes + pass) : 0;
           const int b1 = used ? split_begin(boxes, parts, rank * passes + pass + 1) : 0;
-          JobList list{o0 * kBoxRows, used ? o1 - o0 : 0, 1, 0, segments, {first, down}, b0, b1};
+          JobList list{o0 * kBoxRows, used ? o1 - o0 : 0, 0, 0, segments, {first, down}, b0, b1};
           const int in_first = min(max(first.boxes - b0, 0), b1 - b0);  // the slice's boxes of segment 0
           list.seg[0].vec = slice;
           list.seg[0].first_box = b0;
@@ -225,12 +225,16 @@ __device__ __forceinline__ float half_or_zero(const __half* v, int row) {
   return v != nullptr ? __half2float(v[row]) : 0.f;
 }
 
-// This block's positions of its head's cache: [begin, end) of 0..position (the last one is the new token).
-struct KvChunk {
-  int begin, end;
-  __device__ explicit KvChunk(int position)
-      : begin(split_begin(position + 1, cluster_size(), cluster_rank())),
-        end(split_begin(position + 1, cluster_size(), cluster_rank() + 1)) {}
+// A head's positions 0..position (the last one is the new token) in `chunks` chunks; this block's are
+// [first, last), shared out over the cluster's ranks. Chunk c is positions [begin(c), begin(c + 1)).
+struct KvChunks {
+  int position, chunks, first, last;
+  __device__ KvChunks(int position, int chunks)
+      : position(position),
+        chunks(chunks),
+        first(split_begin(chunks, cluster_size(), cluster_rank())),
+        last(split_begin(chunks, cluster_size(), cluster_rank() + 1)) {}
+  __device__ int begin(int c) const { return split_begin(position + 1, chunks, c); }
 };
 
 // Copies n0 floats from src0 then n1 from src1 (multiples of 4) that another block or kernel wrote (read through
@@ -294,7 +298,7 @@ class LayerBlock {
         smem_(smem),
         position_(position),
         layout_(p.hidden, proj_columns<Model>(p.hidden, p.ffn), kHeadDim, p.max_seq, cluster_size(),
-                gridDim.x / cluster_size(), gate_rows(p.ffn, gridDim.x)),
+                gridDim.x / cluster_size(), p.attention_chunks, gate_rows(p.ffn, gridDim.x)),
         lists_(reinterpret_cast<const JobList*>(smem + SmemLayout::kJobLists)),
         stream_(smem, lists_, total_lists()) {
     // A launch that starts with proj_residual: announce that this block has started before any rank stores
@@ -333,6 +337,15 @@ class LayerBlock {
 
  private:
   static constexpr int total_lists() { return phase_list_base<Model>(kFirst, kLast + 1); }
+  // Only a launch of several phases of a model with a heads-only phase may have more attention chunks than ranks (the
+  // plan spreads that phase over more blocks in split mode, LayerLaunchPlan); every other launch has one chunk per
+  // rank and no loop, whose registers would spill.
+  static constexpr bool chunk_loop() {
+    bool spread = false;
+    for (int i = 0; i < Model::kPhases; ++i) spread = spread || Model::phase(i).heads_only();
+    return kFirst != kLast && spread;
+  }
+  static constexpr bool kChunkLoop = chunk_loop();
   __device__ bool prime_early() const { return p_.overlap_previous || !kFirstNorms; }
 
   template <int kPhase>
@@ -413,11 +426,12 @@ class LayerBlock {
   __device__ void prefetch_kv_chunk() const {
     const int head = blockIdx.x / cluster_size();
     if (threadIdx.x != 0 || head >= p_.heads) return;
-    const KvChunk chunk(position_);
-    const int cached_end = min(chunk.end, position_);  // the new token is not in the cache yet
-    if (cached_end <= chunk.begin) return;
-    const std::size_t offset = (std::size_t(kv_head(head)) * p_.max_seq + chunk.begin) * kHeadDim;
-    const uint32_t bytes = uint32_t(cached_end - chunk.begin) * kHeadDim * 2;
+    const KvChunks chunks(position_, p_.attention_chunks);
+    const int begin = chunks.begin(chunks.first);
+    const int cached_end = min(chunks.begin(chunks.last), position_);  // the new token is not in the cache yet
+    if (cached_end <= begin) return;
+    const std::size_t offset = (std::size_t(kv_head(head)) * p_.max_seq + begin) * kHeadDim;
+    const uint32_t bytes = uint32_t(cached_end - begin) * kHeadDim * 2;
     bulk_prefetch_l2(p_.k_cache + offset, bytes);
     bulk_prefetch_l2(p_.v_cache + offset, bytes);
   }
@@ -464,14 +478,25 @@ class LayerBlock {
         p_.v_cache[head_offset + std::size_t(position_) * kHeadDim + e] = __float2half_rn(v[e]);
       }
     }
-    const KvChunk chunk(position_);
+    const KvChunks chunks(position_, p_.attention_chunks);
     float* combine = vec(layout_.combine);
     stamp(p_, kMarkRotary);
-    Attention::partial(q, k, v, p_.k_cache + head_offset, p_.v_cache + head_offset, position_, chunk.begin,
-                       chunk.end, vec(layout_.scores), vec(layout_.partials), combine, scratch(),
-                       [this](AttentionStep step) { stamp(p_, TimelineMark(kMarkScores + int(step))); });
-    cluster_sync();  // every rank's partials are on rank 0; no shared memory is touched remotely after this
-    if (rank == 0) Attention::combine_partials(combine, ranks, p_.attn + head * kHeadDim);
+    const auto chunk_partial = [&](int c) {
+      Attention::partial(q, k, v, p_.k_cache + head_offset, p_.v_cache + head_offset, position_, chunks.begin(c),
+                         chunks.begin(c + 1), vec(layout_.scores), vec(layout_.partials), combine + c * (kHeadDim + 2),
+                         scratch(), [this](AttentionStep step) { stamp(p_, TimelineMark(kMarkScores + int(step))); });
+    };
+    if constexpr (kChunkLoop) {
+      for (int c = chunks.first; c < chunks.last; ++c) {
+        if (c > chunks.first) __syncthreads();  // the last chunk's partials are read before they are rewritten
+        chunk_partial(c);
+      }
+    } else {
+      if (chunks.last != chunks.first + 1) __trap();  // the plan gives every other launch one chunk per rank
+      chunk_partial(chunks.first);
+    }
+    cluster_sync();  // every chunk's partials are on rank 0; no shared memory is touched remotely after this
+    if (rank == 0) Attention::combine_partials(combine, p_.attention_chunks, p_.attn + head * kHeadDim);
     stamp(p_, kMarkAttention);
   }
 

@@ -71,13 +71,14 @@ cudaError_t max_active_clusters_of(int cluster, std::size_t smem, int* clusters)
   return cudaOccupancyMaxActiveClusters(clusters, kernel, &config);
 }
 
-// Shared memory of a launch of phases first..last with `cluster`-block clusters, `clusters` of them.
+// Shared memory of a launch of phases first..last with `cluster`-block clusters, `clusters` of them, a head's
+// positions in `attention_chunks` chunks.
 template <class Model>
-std::size_t layer_smem(const LayerShape& s, int first, int last, int cluster, int clusters) {
+std::size_t layer_smem(const LayerShape& s, int first, int last, int cluster, int clusters, int attention_chunks) {
   const int blocks = cluster * clusters;
   const SmemLayout layout(s.hidden, proj_columns<Model>(s.hidden, s.ffn),
                           launch_head_dim<Model>(first, last, s.head_dim), s.max_seq, cluster, clusters,
-                          LayerBlock<Model, 64, 0, 0>::gate_rows(s.ffn, blocks));
+                          attention_chunks, LayerBlock<Model, 64, 0, 0>::gate_rows(s.ffn, blocks));
   std::size_t smem = 0;
   for (int i = first; i <= last; ++i) {
     const PhaseSpec spec = Model::phase(i);
@@ -147,7 +148,7 @@ cudaError_t max_active_clusters(const LayerShape& s, int cluster, std::size_t sm
 
 // The templates above that the entry points use, instantiated (EXTERN empty) or declared (extern) per model.
 #define CF_MODEL_TEMPLATES(EXTERN, Model)                                                                    \
-  EXTERN template std::size_t layer_smem<Model>(const LayerShape&, int, int, int, int);                     \
+  EXTERN template std::size_t layer_smem<Model>(const LayerShape&, int, int, int, int, int);                  \
   EXTERN template cudaError_t max_active_clusters<Model>(const LayerShape&, int, std::size_t, int*);         \
   EXTERN template cudaError_t prepare_layer<Model>(const LayerShape&);                                       \
   EXTERN template cudaError_t launch_layer<Model>(const DecoderLayerParams&, const LayerShape&, int, int,    \

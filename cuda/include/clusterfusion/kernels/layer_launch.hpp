@@ -26,9 +26,12 @@ struct LayerGrid {
 int layer_phase_count(LayerModel model);
 const char* layer_phase_name(LayerModel model, int phase);  // "norm_qkv_rope_attend", ...
 bool layer_phase_attends(LayerModel model, int phase);
+// Whether only the head clusters have work in the phase (it attends and streams no up rows beside).
+bool layer_phase_heads_only(LayerModel model, int phase);
 
-// Dynamic shared memory of a launch of phases first..last on `clusters` clusters of `cluster` blocks.
-std::size_t layer_smem(const LayerShape& shape, int first, int last, int cluster, int clusters);
+// Dynamic shared memory of a launch of phases first..last on `clusters` clusters of `cluster` blocks, a head's
+// positions in `attention_chunks` chunks (DecoderLayerParams).
+std::size_t layer_smem(const LayerShape& shape, int first, int last, int cluster, int clusters, int attention_chunks);
 // How many clusters of `cluster` blocks of the all-phases kernel with `smem` bytes fit on the current device.
 cudaError_t max_active_layer_clusters(const LayerShape& shape, int cluster, std::size_t smem, int* clusters);
 

@@ -67,6 +67,12 @@ struct DecoderLayerParams {
   const int* device_position;  // when set, the position is read from here (one CUDA graph for every step)
   int overlap_previous;        // launched to start while the previous kernel runs (see decoder_layer_kernel)
   int hidden, heads, kv_heads, ffn, max_seq, rotary_dims;
+  // A head's positions are cut into this many chunks, one softmax partial each, combined in chunk order, whatever
+  // the cluster size of the launch: the split and cooperative launches give the same bits (LayerLaunchPlan).
+  int attention_chunks;
+  // The K chunks (JobList::chunks) of every q|k|v job, fixed with attention_chunks so that a row's sum is the same
+  // whichever rank computes it; 0: each list picks its own (finish_job_lists).
+  int qkv_chunks;
   float eps;
 };
 
@@ -84,9 +90,9 @@ struct SmemLayout {
   static constexpr std::size_t kItemPartials = kScratch + 128;  // kBoxRows row sums per work item
   static constexpr std::size_t kVectors = kItemPartials + kMaxItems * kBoxRows * 4;  // phase-specific vectors
 
-  // norm_qkv_rope_attend and norm_up: the two norms of the input, the head's q|k|v, scores of this block's
-  // positions, reduction partials, the cluster's softmax partials (m, l, o) gathered on rank 0, and SwiGLU's
-  // gate values of this block's rows.
+  // norm_qkv_rope_attend and norm_up: the two norms of the input, the head's q|k|v, scores of one attention chunk,
+  // reduction partials, the head's softmax partials (m, l, o) per chunk gathered on rank 0, and SwiGLU's gate
+  // values of this block's rows.
   std::size_t a1, a2, qkv, scores, partials, combine, gate, norm_end;
   // proj_residual: a cluster's ranks split its K (proj_cols columns: the attention output for W_o, then the MLP
   // activation for W_down, laid end to end) into parts of whole boxes, proj_passes parts per rank; proj_slice holds
@@ -97,15 +103,15 @@ struct SmemLayout {
   int rows_per_cluster;  // the most output rows any cluster owns
 
   __host__ __device__ SmemLayout(int hidden, int proj_cols, int head_dim, int max_seq, int cluster, int clusters,
-                                 int gate_rows) {
-    const int chunk = (max_seq + cluster - 1) / cluster;
+                                 int attention_chunks, int gate_rows) {
+    const int chunk = (max_seq + attention_chunks - 1) / attention_chunks;
     a1 = kVectors;
     a2 = a1 + align_up(hidden * 4, 16);
     qkv = a2 + align_up(hidden * 4, 16);
     scores = qkv + align_up(3 * head_dim * 4, 16);
     partials = scores + align_up(chunk * 4, 16);
     combine = partials + align_up(kThreads * kAttentionPartials * 4, 16);
-    gate = combine + align_up(cluster * (head_dim + 2) * 4, 16);
+    gate = combine + align_up(attention_chunks * (head_dim + 2) * 4, 16);
     norm_end = gate + align_up(gate_rows * 4, 16);
     rows_per_cluster = (hidden / kBoxRows + clusters - 1) / clusters * kBoxRows;
     const int k_boxes = proj_cols / kBoxCols;

@@ -24,6 +24,9 @@ struct PhaseSpec {
   bool down_proj;   // ... and/or W_down act
   LayerVec input;   // normalised by attend / up
   LayerVec residual, output;  // of proj_residual
+
+  // Only the head clusters have work: the phase attends and streams no other rows.
+  __host__ __device__ constexpr bool heads_only() const { return attend && !up && !o_proj && !down_proj; }
 };
 
 // Parallel residual: out = x + attention(LN1 x) + MLP(LN2 x); two phases.

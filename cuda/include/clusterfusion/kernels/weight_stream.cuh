@@ -2,7 +2,8 @@
 // products of kBoxRows weight rows (one box row each) against float vectors in shared memory.
 //
 // Work is a list of jobs (kBoxRows output rows each) cut along K into `chunks` items, so that a block's items split
-// evenly over its warps even when it has fewer jobs than warps. Items go to warps round-robin; each item's row
+// evenly over its warps even when it has fewer jobs than warps (or into chunks the list is given, where a row's sum
+// must not depend on the block's job count). Items go to warps round-robin; each item's row
 // partial sums land in shared memory, and once the list is done they are added in chunk order (deterministic)
 // and handed to the epilogue. A warp is its own producer and consumer, so the ring needs one mbarrier per slot
 // and no block-wide sync; the producer runs kStages boxes ahead across lists, so the next list's (or phase's)
@@ -53,16 +54,20 @@ __device__ __forceinline__ int gcd(int a, int b) {
   return a;
 }
 
-// Thread 0, after filling row0/jobs/segments of every list: picks each list's chunk count (enough items for
-// every warp to get the same number, within the partials buffer) and chains first_warp from list to list.
+// Thread 0, after filling row0/jobs/segments of every list: picks the chunk count of each list that has none
+// (chunks 0: enough items for every warp to get the same number, within the partials buffer) and chains
+// first_warp from list to list. A list given its chunks keeps them: its sums do not depend on its job count.
 __device__ __forceinline__ void finish_job_lists(JobList* lists, int count) {
   int warp = 0;
   for (int l = 0; l < count; ++l) {
     JobList& list = lists[l];
-    int chunks = list.jobs > 0 ? kWarps / gcd(list.jobs, kWarps) : 1;
-    chunks = min(chunks, list.box_end - list.box_begin);
-    while (chunks > 1 && list.jobs * chunks > kMaxItems) --chunks;
-    if (list.jobs > kMaxItems) __trap();  // the host plan keeps every list within the partials buffer
+    int chunks = list.chunks;
+    if (chunks == 0) {
+      chunks = list.jobs > 0 ? kWarps / gcd(list.jobs, kWarps) : 1;
+      chunks = min(chunks, list.box_end - list.box_begin);
+      while (chunks > 1 && list.jobs * chunks > kMaxItems) --chunks;
+    }
+    if (list.jobs * chunks > kMaxItems) __trap();  // the host plan keeps every list within the partials buffer
     list.chunks = chunks;
     list.first_warp = warp;
     warp = (warp + list.items()) % kWarps;
