@@ -195,7 +195,7 @@ __device__ __forceinline__ JobList make_job_list(const DecoderLayerParams& p, co
 
 // Writes the job lists of phases kFirst..kLast, one warp per list: each list's arithmetic (divisions, the norm
 // phase's share) is a serial chain, and on one thread a launch's chains added up to about a microsecond per list on
-// the critical path of a block that starts late (bench/NOTES.md v37).
+// the critical path of a block that starts late (bench/NOTES.md v38).
 template <class Model, int kHeadDim, int kFirst, int kLast>
 __device__ __forceinline__ void build_job_lists(const DecoderLayerParams& p, const SmemLayout& L, unsigned char* smem,
                                                 int position) {
