@@ -126,74 +126,91 @@ __device__ __forceinline__ QkvPiece qkv_piece(const DecoderLayerParams& p, int h
   }
 }
 
-// Thread 0 writes the job lists of phases kFirst..kLast, in the order the stream runs them.
+// List `index` of phases kFirst..kLast, in the order the stream runs them, before its chunks are chosen.
 template <class Model, int kHeadDim, int kFirst, int kLast>
-__device__ __forceinline__ void build_job_lists(const DecoderLayerParams& p, const SmemLayout& L, unsigned char* smem,
-                                                int position) {
-  static_assert(phase_list_base<Model>(kFirst, kLast + 1) <= kMaxJobLists, "the job lists' shared-memory region");
-  auto* lists = reinterpret_cast<JobList*>(smem + SmemLayout::kJobLists);
-  if (threadIdx.x == 0) {
-    const int blocks = gridDim.x, block = blockIdx.x;
-    const int ranks = cluster_size(), rank = cluster_rank(), cluster = block / ranks;
-    const int k_boxes = p.hidden / kBoxCols;
-    float* a1 = reinterpret_cast<float*>(smem + L.a1);
-    float* a2 = reinterpret_cast<float*>(smem + L.a2);
-    int l = 0;
-    for (int phase = kFirst; phase <= kLast; ++phase) {
-      const PhaseSpec spec = Model::phase(phase);
-      if (spec.attend || spec.up) {
-        const NormPhaseShare share = norm_phase_share<kHeadDim>(p, block, position, spec.attend, spec.up);
-        if (spec.attend) {
+__device__ __forceinline__ JobList make_job_list(const DecoderLayerParams& p, const SmemLayout& L, unsigned char* smem,
+                                                 int position, int index) {
+  const int blocks = gridDim.x, block = blockIdx.x;
+  const int ranks = cluster_size(), rank = cluster_rank(), cluster = block / ranks;
+  const int k_boxes = p.hidden / kBoxCols;
+  int i = index;
+#pragma unroll
+  for (int phase = kFirst; phase <= kLast; ++phase) {
+    const PhaseSpec spec = Model::phase(phase);
+    if (i >= phase_lists(spec)) {
+      i -= phase_lists(spec);
+      continue;
+    }
+    if (spec.attend || spec.up) {
+      const NormPhaseShare share = norm_phase_share<kHeadDim>(p, block, position, spec.attend, spec.up);
+      if (spec.attend) {
+        if (i < kQkvLists) {
           // This rank's units [u0, u1) of the head's concatenated pieces.
           const int u0 = share.qkv_first, u1 = share.qkv_first + share.qkv_units;
           int piece_begin = 0;
-          for (int piece = 0; piece < kQkvLists; ++piece) {
-            const QkvPiece q = qkv_piece<Model, kHeadDim>(p, cluster, piece);
-            const int lo = max(u0, piece_begin), hi = min(u1, piece_begin + q.units);
-            lists[l++] = JobList{q.row0 + (lo - piece_begin) * kBoxRows, max(0, hi - lo), p.qkv_chunks, 0, 1,
-                                 {{&p.maps[q.map], a1, k_boxes}, {}}, 0, k_boxes};
-            piece_begin += q.units;
-          }
+          for (int piece = 0; piece < i; ++piece) piece_begin += qkv_piece<Model, kHeadDim>(p, cluster, piece).units;
+          const QkvPiece q = qkv_piece<Model, kHeadDim>(p, cluster, i);
+          const int lo = max(u0, piece_begin), hi = min(u1, piece_begin + q.units);
+          return JobList{q.row0 + (lo - piece_begin) * kBoxRows, max(0, hi - lo), p.qkv_chunks, 0, 1,
+                         {{&p.maps[q.map], reinterpret_cast<float*>(smem + L.a1), k_boxes}, {}}, 0, k_boxes};
         }
-        if (spec.up) {
-          const int gate_jobs = Model::kMlp == MlpKind::SwiGlu ? share.up_units : 0;
-          lists[l++] = JobList{share.up_first * kBoxRows, gate_jobs, 0, 0, 1, {{&p.maps[kMapGate], a2, k_boxes}, {}},
-                               0, k_boxes};
-          lists[l++] = JobList{share.up_first * kBoxRows, share.up_units, 0, 0, 1,
-                               {{&p.maps[kMapUp], a2, k_boxes}, {}}, 0, k_boxes};
-        }
+        i -= kQkvLists;
       }
-      if (spec.o_proj || spec.down_proj) {
-        // A cluster owns output rows; its ranks split their K and rank 0 adds the ranks' partial sums
-        // (proj_residual), so rows are shared out in clusters, not blocks: finer balance. K (W_o's boxes, then
-        // W_down's) is cut into L.proj_passes parts per rank, one list each (kProjLists, the unused ones empty);
-        // a part reads its slice of the vector, boxes [b0, b1) end to end from L.proj_slice.
-        const Segment o{&p.maps[kMapO], nullptr, k_boxes};
-        const Segment down{&p.maps[kMapDown], nullptr, p.ffn / kBoxCols};
-        const Segment first = spec.o_proj ? o : down;
-        const int segments = spec.o_proj && spec.down_proj ? 2 : 1;
-        const int boxes = first.boxes + (segments == 2 ? down.boxes : 0);
-        const int out_units = p.hidden / kBoxRows;
-        const int o0 = split_begin(out_units, blocks / ranks, cluster);
-        const int o1 = split_begin(out_units, blocks / ranks, cluster + 1);
-        const int passes = L.proj_passes, parts = ranks * passes;
-        const float* slice = reinterpret_cast<const float*>(smem + L.proj_slice);
-        for (int pass = 0; pass < kProjLists; ++pass) {
-          const bool used = pass < passes;
-          const int b0 = used ? split_begin(boxes, parts, rank * passes + pass) : 0;
-          const int b1 = used ? split_begin(boxes, parts, rank * passes + pass + 1) : 0;
-          JobList list{o0 * kBoxRows, used ? o1 - o0 : 0, 0, 0, segments, {first, down}, b0, b1};
-          const int in_first = min(max(first.boxes - b0, 0), b1 - b0);  // the slice's boxes of segment 0
-          list.seg[0].vec = slice;
-          list.seg[0].first_box = b0;
-          list.seg[1].vec = slice + in_first * kBoxCols;
-          list.seg[1].first_box = max(b0 - first.boxes, 0);
-          lists[l++] = list;
-        }
+      if (spec.up && i < kUpLists) {
+        const int jobs = i == 1 || Model::kMlp == MlpKind::SwiGlu ? share.up_units : 0;
+        return JobList{share.up_first * kBoxRows, jobs, 0, 0, 1,
+                       {{&p.maps[i == 0 ? kMapGate : kMapUp], reinterpret_cast<float*>(smem + L.a2), k_boxes}, {}},
+                       0, k_boxes};
       }
+      if (spec.up) i -= kUpLists;
     }
-    finish_job_lists(lists, l);
+    // Output rows (o_proj, down_proj), pass i. A cluster owns output rows; its ranks split their K and rank 0 adds
+    // the ranks' partial sums (proj_residual), so rows are shared out in clusters, not blocks: finer balance. K
+    // (W_o's boxes, then W_down's) is cut into L.proj_passes parts per rank, one list each (kProjLists, the unused
+    // ones empty); a part reads its slice of the vector, boxes [b0, b1) end to end from L.proj_slice.
+    const Segment o{&p.maps[kMapO], nullptr, k_boxes};
+    const Segment down{&p.maps[kMapDown], nullptr, p.ffn / kBoxCols};
+    const Segment first = spec.o_proj ? o : down;
+    const int segments = spec.o_proj && spec.down_proj ? 2 : 1;
+    const int boxes = first.boxes + (segments == 2 ? down.boxes : 0);
+    const int out_units = p.hidden / kBoxRows;
+    const int o0 = split_begin(out_units, blocks / ranks, cluster);
+    const int o1 = split_begin(out_units, blocks / ranks, cluster + 1);
+    const int passes = L.proj_passes, parts = ranks * passes;
+    const float* slice = reinterpret_cast<const float*>(smem + L.proj_slice);
+    const bool used = i < passes;
+    const int b0 = used ? split_begin(boxes, parts, rank * passes + i) : 0;
+    const int b1 = used ? split_begin(boxes, parts, rank * passes + i + 1) : 0;
+    JobList list{o0 * kBoxRows, used ? o1 - o0 : 0, 0, 0, segments, {first, down}, b0, b1};
+    const int in_first = min(max(first.boxes - b0, 0), b1 - b0);  // the slice's boxes of segment 0
+    list.seg[0].vec = slice;
+    list.seg[0].first_box = b0;
+    list.seg[1].vec = slice + in_first * kBoxCols;
+    list.seg[1].first_box = max(b0 - first.boxes, 0);
+    return list;
   }
+  __trap();  // index past the launch's lists
+  return JobList{};
+}
+
+// Writes the job lists of phases kFirst..kLast, one warp per list: each list's arithmetic (divisions, the norm
+// phase's share) is a serial chain, and on one thread a launch's chains added up to about a microsecond per list on
+// the critical path of a block that starts late (bench/NOTES.md v38).
+template <class Model, int kHeadDim, int kFirst, int kLast>
+__device__ __forceinline__ void build_job_lists(const DecoderLayerParams& p, const SmemLayout& L, unsigned char* smem,
+                                                int position) {
+  constexpr int kCount = phase_list_base<Model>(kFirst, kLast + 1);
+  static_assert(kCount <= kMaxJobLists, "the job lists' shared-memory region");
+  auto* lists = reinterpret_cast<JobList*>(smem + SmemLayout::kJobLists);
+  if (threadIdx.x % 32 == 0) {
+    for (int l = int(threadIdx.x) / 32; l < kCount; l += kWarps) {
+      JobList list = make_job_list<Model, kHeadDim, kFirst, kLast>(p, L, smem, position, l);
+      choose_chunks(list);
+      lists[l] = list;
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) chain_job_lists(lists, kCount);
   __syncthreads();
 }
 

@@ -71,7 +71,7 @@ struct DecoderLayerParams {
   // the cluster size of the launch: the split and cooperative launches give the same bits (LayerLaunchPlan).
   int attention_chunks;
   // The K chunks (JobList::chunks) of every q|k|v job, fixed with attention_chunks so that a row's sum is the same
-  // whichever rank computes it; 0: each list picks its own (finish_job_lists).
+  // whichever rank computes it; 0: each list picks its own (choose_chunks).
   int qkv_chunks;
   float eps;
 };

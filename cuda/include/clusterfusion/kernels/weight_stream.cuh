@@ -54,23 +54,26 @@ __device__ __forceinline__ int gcd(int a, int b) {
   return a;
 }
 
-// Thread 0, after filling row0/jobs/segments of every list: picks the chunk count of each list that has none
-// (chunks 0: enough items for every warp to get the same number, within the partials buffer) and chains
-// first_warp from list to list. A list given its chunks keeps them: its sums do not depend on its job count.
-__device__ __forceinline__ void finish_job_lists(JobList* lists, int count) {
+// After filling row0/jobs/segments of a list: picks its chunk count if it has none (chunks 0: enough items for every
+// warp to get the same number, within the partials buffer). A list given its chunks keeps them: its sums do not
+// depend on its job count.
+__device__ __forceinline__ void choose_chunks(JobList& list) {
+  int chunks = list.chunks;
+  if (chunks == 0) {
+    chunks = list.jobs > 0 ? kWarps / gcd(list.jobs, kWarps) : 1;
+    chunks = min(chunks, list.box_end - list.box_begin);
+    while (chunks > 1 && list.jobs * chunks > kMaxItems) --chunks;
+  }
+  if (list.jobs * chunks > kMaxItems) __trap();  // the host plan keeps every list within the partials buffer
+  list.chunks = chunks;
+}
+
+// Thread 0, once every list has its chunks: chains first_warp from list to list.
+__device__ __forceinline__ void chain_job_lists(JobList* lists, int count) {
   int warp = 0;
   for (int l = 0; l < count; ++l) {
-    JobList& list = lists[l];
-    int chunks = list.chunks;
-    if (chunks == 0) {
-      chunks = list.jobs > 0 ? kWarps / gcd(list.jobs, kWarps) : 1;
-      chunks = min(chunks, list.box_end - list.box_begin);
-      while (chunks > 1 && list.jobs * chunks > kMaxItems) --chunks;
-    }
-    if (list.jobs * chunks > kMaxItems) __trap();  // the host plan keeps every list within the partials buffer
-    list.chunks = chunks;
-    list.first_warp = warp;
-    warp = (warp + list.items()) % kWarps;
+    lists[l].first_warp = warp;
+    warp = (warp + lists[l].items()) % kWarps;
   }
 }
 
