@@ -85,6 +85,33 @@ TEST(LayerSmem, LlamaShapesFit) {
   }
 }
 
+// Where plan_layer spreads Llama's heads-only phase over clusters of m > n (n the layer's cluster size), every
+// launch cuts a head's positions into m attention chunks: that phase alone on its clusters of m, and the
+// cooperative kernel on clusters of n, fit too. On the H200 the plan is n = 2, m = 3 for every Llama shape; were
+// these launches to outgrow the limit, the planner would quietly stop spreading.
+TEST(LayerSmem, LlamaSpreadLaunchesFit) {
+  for (const char* name : {"llama-2-7b", "tinyllama-1.1b", "llama-3-8b", "llama-3.2-1b"}) {
+    SCOPED_TRACE(name);
+    const cf::ModelConfig c = cf::model_config(name);
+    const kernels::LayerShape shape = shape_of(c, 4096);
+    const int phases = kernels::layer_phase_count(shape.model);
+    int heads_only = -1;
+    for (int i = 0; i < phases; ++i)
+      if (kernels::layer_phase_heads_only(shape.model, i)) heads_only = i;
+    ASSERT_GE(heads_only, 0);
+    const int units = 3 * c.head_dim / kernels::kBoxRows;
+    for (int n = 1; n < largest_cluster(c); ++n) {
+      for (int m = n + 1; m <= largest_cluster(c); ++m) {
+        if (units % m != 0) continue;
+        EXPECT_LE(kernels::layer_smem(shape, heads_only, heads_only, m, c.heads, m), kHopperOptinSmem)
+            << "heads-only phase on clusters of " << m;
+        EXPECT_LE(kernels::layer_smem(shape, 0, phases - 1, n, c.heads, m), kHopperOptinSmem)
+            << "cooperative on clusters of " << n << ", " << m << " attention chunks";
+      }
+    }
+  }
+}
+
 // proj_residual holds only a rank's slice of K (attn | act): its shared memory shrinks as the cluster grows (it
 // grew before, with the ranks' partial sums on rank 0, while every rank held the whole K).
 TEST(LayerSmem, ProjResidualShrinksWithTheCluster) {
