@@ -1,5 +1,6 @@
 // Times the fused decoder layer of any supported model (split and cooperative) against a streaming-read kernel,
-// in one process, for kernel work without Python: `layer_timing pythia-2.8b|llama-2-7b|... 512 [iters]`. Weights are rotated over enough
+// in one process, for kernel work without Python: `layer_timing pythia-2.8b|llama-2-7b|... 512 [iters [device]]`
+// (device: the layers read the position from device memory, as the step graph's do). Weights are rotated over enough
 // layers that L2 (50 MB) cannot serve them; each layer is timed inside a CUDA graph of all rotated layers.
 #include <algorithm>
 #include <cstdio>
@@ -111,6 +112,8 @@ int main(int argc, char** argv) {
   const std::string model = argc > 1 ? argv[1] : "pythia-2.8b";
   const int ctx = argc > 2 ? std::atoi(argv[2]) : 512;
   const int iters = argc > 3 ? std::atoi(argv[3]) : 30;
+  // "device": the layers read the position from device memory, as DecodeContext's step graph does.
+  const bool device_position = argc > 4 && std::string(argv[4]) == "device";
   cf::ModelConfig config = cf::model_config(model);
   // Rotate over >= 1.2 GB of weights so that each layer comes from HBM.
   const double layer_bytes = 2.0 * config.hidden * (2.0 * config.q_rows() + 2.0 * config.kv_rows() +
@@ -158,6 +161,15 @@ int main(int argc, char** argv) {
   const auto set_overlap = [&](bool on) {
     for (auto* f : fused) f->set_overlap_previous_kernel(on);
   };
+  int* position;
+  CF_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&position), sizeof(int)));
+  CF_CUDA_CHECK(cudaMemcpy(position, &ctx, sizeof(int), cudaMemcpyHostToDevice));
+  const auto forward = [&](int l, const cf::LayerIO& io, cf::LayerMode mode) {
+    cache.set_length(ctx);
+    if (device_position) fused[l]->forward_at_device_position(cache, l, io, position, mode, stream);
+    else fused[l]->forward(cache, l, io, ctx, mode, stream);
+  };
+  if (device_position) std::printf("  (the layers read the position from device memory)\n");
   for (const cf::LayerMode mode : {cf::LayerMode::Split, cf::LayerMode::Cooperative}) {
     if (mode == cf::LayerMode::Cooperative && !plan.cooperative_supported) {
       std::printf("  %-12s not supported: the grid does not fit on the device at once\n", cf::layer_mode_name(mode));
@@ -166,10 +178,7 @@ int main(int argc, char** argv) {
     for (const bool overlap : {false, true}) {
       set_overlap(overlap);
       CF_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
-      for (int l = 0; l < rotate; ++l) {
-        cache.set_length(ctx);
-        fused[l]->forward(cache, l, cf::LayerIO{x.ptr, out.ptr, h1.ptr, attn, act}, ctx, mode, stream);
-      }
+      for (int l = 0; l < rotate; ++l) forward(l, cf::LayerIO{x.ptr, out.ptr, h1.ptr, attn, act}, mode);
       CF_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
       CF_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
       time_graph_ms(exec, stream, 3);
@@ -191,11 +200,8 @@ int main(int argc, char** argv) {
     const std::size_t stamps = std::size_t(kernels) * plan.blocks * kMarks;
     CF_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&timeline), stamps * sizeof(unsigned long long)));
     CF_CUDA_CHECK(cudaMemset(timeline, 0, stamps * sizeof(unsigned long long)));
-    for (int l = 0; l < rotate; ++l) {
-      cache.set_length(ctx);
-      fused[l]->forward(cache, l, cf::LayerIO{x.ptr, out.ptr, h1.ptr, attn, act, l == rotate - 1 ? timeline : nullptr}, ctx,
-                        mode, stream);
-    }
+    for (int l = 0; l < rotate; ++l)
+      forward(l, cf::LayerIO{x.ptr, out.ptr, h1.ptr, attn, act, l == rotate - 1 ? timeline : nullptr}, mode);
     CF_CUDA_CHECK(cudaStreamSynchronize(stream));
     std::vector<unsigned long long> t(stamps);
     CF_CUDA_CHECK(cudaMemcpy(t.data(), timeline, stamps * sizeof(unsigned long long), cudaMemcpyDeviceToHost));

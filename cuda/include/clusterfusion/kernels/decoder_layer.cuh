@@ -78,6 +78,13 @@ __device__ __forceinline__ NormPhaseShare norm_phase_share(const DecoderLayerPar
   const int ranks = cluster_size(), rank = cluster_rank(), cluster = block / ranks;
   const int heads = attend ? p.heads : 0;
   const int head_units = 3 * kHeadDim / kBoxRows, up_units = up ? p.ffn / kBoxRows : 0, positions = position + 1;
+  if (!attend) {
+    // Without heads every block costs the average, which cancels from the general form below: the same shares
+    // without its 64-bit chain, which a block that starts late pays on the critical path (bench/NOTES.md v39).
+    const int first = split_begin(up_units, gridDim.x, block);
+    const int last = split_begin(up_units, gridDim.x, block + 1);
+    return NormPhaseShare{0, split_begin(head_units, ranks, rank), first, last - first};
+  }
   const long long unit_bytes = 2LL * kBoxRows * p.hidden;
   auto qkv_units = [&](int r) { return split_begin(head_units, ranks, r + 1) - split_begin(head_units, ranks, r); };
   auto head_cost = [&](int r) {
