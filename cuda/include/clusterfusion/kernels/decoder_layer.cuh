@@ -41,9 +41,7 @@ enum TimelineMark {
 static_assert(kMarkEnd + 1 == kTimelineMarks, "one stamp slot per mark");
 __device__ __forceinline__ void stamp(const DecoderLayerParams& p, TimelineMark mark) {
   if (p.timeline == nullptr || threadIdx.x != 0) return;
-  unsigned long long t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  p.timeline[blockIdx.x * kTimelineMarks + mark] = t;
+  p.timeline[blockIdx.x * kTimelineStride + mark] = global_timer();
 }
 
 __device__ __forceinline__ const __half* layer_vec(const DecoderLayerParams& p, LayerVec v) {
@@ -325,6 +323,7 @@ class LayerBlock {
                 gridDim.x / cluster_size(), p.attention_chunks, gate_rows(p.ffn, gridDim.x)),
         lists_(reinterpret_cast<const JobList*>(smem + SmemLayout::kJobLists)),
         stream_(smem, lists_, total_lists()) {
+    if (p.timeline != nullptr) stream_.stamp_boxes(p.timeline + blockIdx.x * kTimelineStride);
     // A launch that starts with proj_residual: announce that this block has started before any rank stores
     // into rank 0 (waited for in the phase).
     if constexpr (!kFirstNorms) cluster_arrive();
