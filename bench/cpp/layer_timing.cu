@@ -1,5 +1,6 @@
 // Times the fused decoder layer of any supported model (split and cooperative) against a streaming-read kernel,
-// in one process, for kernel work without Python: `layer_timing pythia-2.8b|llama-2-7b|... 512 [iters]`. Weights are rotated over enough
+// in one process, for kernel work without Python: `layer_timing pythia-2.8b|llama-2-7b|... 512 [iters [device]]`
+// (device: the layers read the position from device memory, as the step graph's do). Weights are rotated over enough
 // layers that L2 (50 MB) cannot serve them; each layer is timed inside a CUDA graph of all rotated layers.
 #include <algorithm>
 #include <cstdio>
@@ -99,11 +100,78 @@ float time_graph_ms(cudaGraphExec_t exec, cudaStream_t stream, int iters) {
 }
 
 constexpr int kMarks = cf::kernels::kTimelineMarks;
+constexpr int kStride = cf::kernels::kTimelineStride;  // stamps per block: the marks, then any box stamps
 // In the order of kernels::TimelineMark (decoder_layer.cuh).
 const char* const kMarkNames[] = {"entry",  "listed",    "primed", "input",      "normed", "cluster ok",
                                   "qkv",    "up",        "head ready", "rotary", "scores", "softmax",
                                   "values", "attention", "proj",   "end"};
 static_assert(sizeof(kMarkNames) / sizeof(kMarkNames[0]) == kMarks, "one name per timeline mark");
+
+// With -DCF_BOX_STAMPS=N: the weight stream of one layer from its boxes' stamps (each warp's first N boxes: issued,
+// reached by the consumer, arrived). Per 1 µs bin from t0 over every kernel of the layer: TB/s issued and consumed,
+// MB in flight (issued, not yet consumed) at the bin's end; per kernel: how long consumers waited for a box, and
+// the issue -> arrival latency of the boxes they waited for (there, arrival = the wait's return).
+void print_box_stream(const std::vector<unsigned long long>& t, int kernels, int blocks, unsigned long long t0,
+                      const std::vector<std::string>& names) {
+  constexpr int kBoxStamps = cf::kernels::kBoxStamps, kWarps = cf::kernels::kWarps;
+  if constexpr (kBoxStamps == 0) return;
+  const double box_mb = cf::kernels::kBoxBytes * 1e-6;
+  const auto us = [t0](unsigned long long v) { return (double(v) - double(t0)) * 1e-3; };
+  std::vector<double> issued, consumed;
+  const auto add = [](std::vector<double>& bins, double at) {
+    const int b = std::max(0, int(at));
+    if (int(bins.size()) <= b) bins.resize(b + 1, 0.0);
+    bins[b] += 1.0;
+  };
+  std::printf("    box stream (first %d boxes per warp)\n", kBoxStamps);
+  for (int k = 0; k < kernels; ++k) {
+    std::vector<double> waits, latencies, warp_wait_share;
+    int truncated = 0;
+    for (int b = 0; b < blocks; ++b)
+      for (int w = 0; w < kWarps; ++w) {
+        const unsigned long long* s =
+            t.data() + (std::size_t(k) * blocks + b) * kStride + kMarks + std::size_t(w) * kBoxStamps * 3;
+        double waited = 0, first = -1, last = 0;
+        int n = 0;
+        for (; n < kBoxStamps && s[n * 3] != 0; ++n) {
+          add(issued, us(s[n * 3]));
+          if (s[n * 3 + 2] == 0) continue;  // issued ahead, never consumed in this launch
+          add(consumed, us(s[n * 3 + 2]));
+          const double wait = us(s[n * 3 + 2]) - us(s[n * 3 + 1]);
+          waits.push_back(wait);
+          waited += wait;
+          if (first < 0) first = us(s[n * 3 + 1]);
+          last = us(s[n * 3 + 2]);
+          if (wait > 0.2) latencies.push_back(us(s[n * 3 + 2]) - us(s[n * 3]));
+        }
+        truncated += n == kBoxStamps;
+        if (last > first && first >= 0) warp_wait_share.push_back(waited / (last - first));
+      }
+    const auto pct = [](std::vector<double>& v, double q) {
+      if (v.empty()) return 0.0;
+      std::sort(v.begin(), v.end());
+      return v[std::min(v.size() - 1, std::size_t(q * v.size()))];
+    };
+    std::printf("      %-22s boxes %6zu; consumer's wait per box median %.2f p90 %.2f us; warps waiting %.0f%% "
+                "(median) of their first-to-last box; latency of waited boxes median %.2f p90 %.2f us%s\n",
+                kernels > 1 ? names[k].c_str() : "all phases", waits.size(), pct(waits, 0.5), pct(waits, 0.9),
+                100 * pct(warp_wait_share, 0.5), pct(latencies, 0.5), pct(latencies, 0.9),
+                truncated ? " (some warps past the stamps)" : "");
+  }
+  const std::size_t bins = std::max(issued.size(), consumed.size());
+  issued.resize(bins, 0.0);
+  consumed.resize(bins, 0.0);
+  std::printf("      %-9s", "us");
+  for (std::size_t b = 0; b < bins; ++b) std::printf("%5zu", b);
+  std::printf("\n      %-9s", "issued");
+  for (std::size_t b = 0; b < bins; ++b) std::printf("%5.1f", issued[b] * box_mb);  // MB per us = TB/s
+  std::printf("\n      %-9s", "consumed");
+  for (std::size_t b = 0; b < bins; ++b) std::printf("%5.1f", consumed[b] * box_mb);
+  std::printf("\n      %-9s", "inflight");
+  double in_flight = 0;
+  for (std::size_t b = 0; b < bins; ++b) std::printf("%5.1f", (in_flight += (issued[b] - consumed[b]) * box_mb));
+  std::printf("  (MB)\n");
+}
 
 }  // namespace
 
@@ -111,6 +179,8 @@ int main(int argc, char** argv) {
   const std::string model = argc > 1 ? argv[1] : "pythia-2.8b";
   const int ctx = argc > 2 ? std::atoi(argv[2]) : 512;
   const int iters = argc > 3 ? std::atoi(argv[3]) : 30;
+  // "device": the layers read the position from device memory, as DecodeContext's step graph does.
+  const bool device_position = argc > 4 && std::string(argv[4]) == "device";
   cf::ModelConfig config = cf::model_config(model);
   // Rotate over >= 1.2 GB of weights so that each layer comes from HBM.
   const double layer_bytes = 2.0 * config.hidden * (2.0 * config.q_rows() + 2.0 * config.kv_rows() +
@@ -158,6 +228,15 @@ int main(int argc, char** argv) {
   const auto set_overlap = [&](bool on) {
     for (auto* f : fused) f->set_overlap_previous_kernel(on);
   };
+  int* position;
+  CF_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&position), sizeof(int)));
+  CF_CUDA_CHECK(cudaMemcpy(position, &ctx, sizeof(int), cudaMemcpyHostToDevice));
+  const auto forward = [&](int l, const cf::LayerIO& io, cf::LayerMode mode) {
+    cache.set_length(ctx);
+    if (device_position) fused[l]->forward_at_device_position(cache, l, io, position, mode, stream);
+    else fused[l]->forward(cache, l, io, ctx, mode, stream);
+  };
+  if (device_position) std::printf("  (the layers read the position from device memory)\n");
   for (const cf::LayerMode mode : {cf::LayerMode::Split, cf::LayerMode::Cooperative}) {
     if (mode == cf::LayerMode::Cooperative && !plan.cooperative_supported) {
       std::printf("  %-12s not supported: the grid does not fit on the device at once\n", cf::layer_mode_name(mode));
@@ -166,10 +245,7 @@ int main(int argc, char** argv) {
     for (const bool overlap : {false, true}) {
       set_overlap(overlap);
       CF_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
-      for (int l = 0; l < rotate; ++l) {
-        cache.set_length(ctx);
-        fused[l]->forward(cache, l, cf::LayerIO{x.ptr, out.ptr, h1.ptr, attn, act}, ctx, mode, stream);
-      }
+      for (int l = 0; l < rotate; ++l) forward(l, cf::LayerIO{x.ptr, out.ptr, h1.ptr, attn, act}, mode);
       CF_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
       CF_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
       time_graph_ms(exec, stream, 3);
@@ -188,21 +264,18 @@ int main(int argc, char** argv) {
     const std::vector<std::string> phases = fused[0]->phase_names();
     const int kernels = mode == cf::LayerMode::Split ? int(phases.size()) : 1;
     unsigned long long* timeline;
-    const std::size_t stamps = std::size_t(kernels) * plan.blocks * kMarks;
+    const std::size_t stamps = std::size_t(kernels) * plan.blocks * kStride;
     CF_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&timeline), stamps * sizeof(unsigned long long)));
     CF_CUDA_CHECK(cudaMemset(timeline, 0, stamps * sizeof(unsigned long long)));
-    for (int l = 0; l < rotate; ++l) {
-      cache.set_length(ctx);
-      fused[l]->forward(cache, l, cf::LayerIO{x.ptr, out.ptr, h1.ptr, attn, act, l == rotate - 1 ? timeline : nullptr}, ctx,
-                        mode, stream);
-    }
+    for (int l = 0; l < rotate; ++l)
+      forward(l, cf::LayerIO{x.ptr, out.ptr, h1.ptr, attn, act, l == rotate - 1 ? timeline : nullptr}, mode);
     CF_CUDA_CHECK(cudaStreamSynchronize(stream));
     std::vector<unsigned long long> t(stamps);
     CF_CUDA_CHECK(cudaMemcpy(t.data(), timeline, stamps * sizeof(unsigned long long), cudaMemcpyDeviceToHost));
     CF_CUDA_CHECK(cudaFree(timeline));
     unsigned long long t0 = ~0ull;
     for (int b = 0; b < plan.blocks; ++b)
-      if (t[b * kMarks] != 0) t0 = std::min(t0, t[b * kMarks]);  // a phase launch may have fewer blocks
+      if (t[b * kStride] != 0) t0 = std::min(t0, t[b * kStride]);  // a phase launch may have fewer blocks
     std::printf("  %s timeline (overlapped), us since the first block entered: min / median / max over the blocks\n"
                 "  of head clusters | of the other clusters\n", cf::layer_mode_name(mode));
     for (int k = 0; k < kernels; ++k) {
@@ -211,16 +284,16 @@ int main(int argc, char** argv) {
                     plan.phase_grids[k].blocks / plan.phase_grids[k].cluster_size, plan.phase_grids[k].cluster_size);
       const int ranks = kernels > 1 ? plan.phase_grids[k].cluster_size : plan.cluster_size;
       const int head_blocks = config.heads * ranks;
-      const unsigned long long* tk = t.data() + std::size_t(k) * plan.blocks * kMarks;
+      const unsigned long long* tk = t.data() + std::size_t(k) * plan.blocks * kStride;
       for (int m = 0; m < kMarks; ++m) {
         bool reached = false;
-        for (int b = 0; b < plan.blocks; ++b) reached |= tk[b * kMarks + m] != 0;
+        for (int b = 0; b < plan.blocks; ++b) reached |= tk[b * kStride + m] != 0;
         if (!reached) continue;  // a stage this kernel does not run
         std::printf("    %-11s", kMarkNames[m]);
         for (const auto [b0, b1] : {std::pair{0, head_blocks}, std::pair{head_blocks, plan.blocks}}) {
           std::vector<double> v;
           for (int b = b0; b < b1; ++b)
-            if (tk[b * kMarks + m] != 0) v.push_back((double(tk[b * kMarks + m]) - double(t0)) * 1e-3);
+            if (tk[b * kStride + m] != 0) v.push_back((double(tk[b * kStride + m]) - double(t0)) * 1e-3);
           std::sort(v.begin(), v.end());
           if (v.empty()) std::printf(" | %23s", "-");
           else std::printf(" | %7.2f %7.2f %7.2f", v.front(), v[v.size() / 2], v.back());
@@ -230,16 +303,17 @@ int main(int argc, char** argv) {
       // The block that ends last, beside the other blocks of its cluster: every stage it reached.
       int last = 0;
       for (int b = 0; b < plan.blocks; ++b)
-        if (tk[b * kMarks + kMarks - 1] > tk[last * kMarks + kMarks - 1]) last = b;
+        if (tk[b * kStride + kMarks - 1] > tk[last * kStride + kMarks - 1]) last = b;
       const int first_of_cluster = last / ranks * ranks;
       for (int b = first_of_cluster; b < first_of_cluster + ranks; ++b) {
         std::printf("    block %3d%s:", b, b == last ? " (ends last)" : "            ");
         for (int m = 0; m < kMarks; ++m)
-          if (tk[b * kMarks + m] != 0)
-            std::printf(" %s %.2f,", kMarkNames[m], (double(tk[b * kMarks + m]) - double(t0)) * 1e-3);
+          if (tk[b * kStride + m] != 0)
+            std::printf(" %s %.2f,", kMarkNames[m], (double(tk[b * kStride + m]) - double(t0)) * 1e-3);
         std::printf("\n");
       }
     }
+    print_box_stream(t, kernels, plan.blocks, t0, phases);
   }
   for (auto* f : fused) delete f;
   return 0;

@@ -230,7 +230,7 @@ void DecoderLayer::launch(const kernels::DecoderLayerParams& p, LayerMode mode, 
   }
   for (int i = 0; i < phases; ++i) {
     kernels::DecoderLayerParams phase = p;
-    if (phase.timeline != nullptr) phase.timeline += std::size_t(i) * plan_.blocks * kernels::kTimelineMarks;
+    if (phase.timeline != nullptr) phase.timeline += std::size_t(i) * plan_.blocks * kernels::kTimelineStride;
     launch(phase, i, i, stream);
   }
 }

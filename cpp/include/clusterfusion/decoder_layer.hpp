@@ -29,8 +29,9 @@ struct LayerIO {
   void* h1 = nullptr;       // [hidden] float16: x + attention (sequential residual, Llama); unused by GPT-NeoX
   float* attn = nullptr;    // [hidden] float32: concatenated per-head attention outputs (before W_o)
   float* mlp_act = nullptr; // [ffn] float32: the MLP activation (before W_down)
-  // Optional, for kernel tuning: 16 global-timer stamps (ns) per block of the plan, at the stages of the layer;
-  // in split mode one such row per phase, in phase order.
+  // Optional, for kernel tuning: kernels::kTimelineStride global-timer stamps (ns) per block of the plan, at the
+  // stages of the layer (16, and the weight boxes' in a -DCF_BOX_STAMPS build); in split mode one such row per
+  // phase, in phase order.
   unsigned long long* timeline = nullptr;
 };
 

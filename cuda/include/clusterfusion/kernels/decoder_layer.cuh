@@ -41,9 +41,7 @@ enum TimelineMark {
 static_assert(kMarkEnd + 1 == kTimelineMarks, "one stamp slot per mark");
 __device__ __forceinline__ void stamp(const DecoderLayerParams& p, TimelineMark mark) {
   if (p.timeline == nullptr || threadIdx.x != 0) return;
-  unsigned long long t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  p.timeline[blockIdx.x * kTimelineMarks + mark] = t;
+  p.timeline[blockIdx.x * kTimelineStride + mark] = global_timer();
 }
 
 __device__ __forceinline__ const __half* layer_vec(const DecoderLayerParams& p, LayerVec v) {
@@ -78,6 +76,13 @@ __device__ __forceinline__ NormPhaseShare norm_phase_share(const DecoderLayerPar
   const int ranks = cluster_size(), rank = cluster_rank(), cluster = block / ranks;
   const int heads = attend ? p.heads : 0;
   const int head_units = 3 * kHeadDim / kBoxRows, up_units = up ? p.ffn / kBoxRows : 0, positions = position + 1;
+  if (!attend) {
+    // Without heads every block costs the average, which cancels from the general form below: the same shares
+    // without its 64-bit chain, which a block that starts late pays on the critical path (bench/NOTES.md v39).
+    const int first = split_begin(up_units, gridDim.x, block);
+    const int last = split_begin(up_units, gridDim.x, block + 1);
+    return NormPhaseShare{0, split_begin(head_units, ranks, rank), first, last - first};
+  }
   const long long unit_bytes = 2LL * kBoxRows * p.hidden;
   auto qkv_units = [&](int r) { return split_begin(head_units, ranks, r + 1) - split_begin(head_units, ranks, r); };
   auto head_cost = [&](int r) {
@@ -318,6 +323,7 @@ class LayerBlock {
                 gridDim.x / cluster_size(), p.attention_chunks, gate_rows(p.ffn, gridDim.x)),
         lists_(reinterpret_cast<const JobList*>(smem + SmemLayout::kJobLists)),
         stream_(smem, lists_, total_lists()) {
+    if (p.timeline != nullptr) stream_.stamp_boxes(p.timeline + blockIdx.x * kTimelineStride);
     // A launch that starts with proj_residual: announce that this block has started before any rank stores
     // into rank 0 (waited for in the phase).
     if constexpr (!kFirstNorms) cluster_arrive();

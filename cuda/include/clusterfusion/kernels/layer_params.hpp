@@ -43,6 +43,13 @@ constexpr std::size_t kMaxSmemPerBlock = 232448;
 // fit in kMaxSmemPerBlock (a cluster of one block at the largest shapes).
 constexpr int kProjPasses = 2;
 constexpr int kTimelineMarks = 16;
+// Tuning only (bench/NOTES.md v40): with -DCF_BOX_STAMPS=N, each warp also stamps its first N weight boxes (issued,
+// reached by the consumer, arrived), after the block's marks.
+#ifndef CF_BOX_STAMPS
+#define CF_BOX_STAMPS 0
+#endif
+constexpr int kBoxStamps = CF_BOX_STAMPS;
+constexpr int kTimelineStride = kTimelineMarks + kWarps * kBoxStamps * 3;  // stamps per block
 
 // The weight matrices a layer streams (TMA tensor maps). GPT-NeoX's fused q|k|v matrix takes kMapQ.
 enum WeightMap { kMapQ, kMapK, kMapV, kMapO, kMapGate, kMapUp, kMapDown, kWeightMaps };
@@ -62,7 +69,7 @@ struct DecoderLayerParams {
   __half* k_cache;  // this layer: [kv_heads][max_seq][head_dim]
   __half* v_cache;
   unsigned* grid_barrier;
-  unsigned long long* timeline;  // optional: kTimelineMarks global-timer stamps per block (kernel tuning)
+  unsigned long long* timeline;  // optional: kTimelineStride global-timer stamps per block (kernel tuning)
   int position;
   const int* device_position;  // when set, the position is read from here (one CUDA graph for every step)
   int overlap_previous;        // launched to start while the previous kernel runs (see decoder_layer_kernel)

@@ -18,6 +18,12 @@
 
 namespace clusterfusion::kernels {
 
+__device__ __forceinline__ unsigned long long global_timer() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+
 // A weight matrix read in full rows, dotted with the float vector `vec` in shared memory: `vec` holds the
 // segment's boxes from box `first_box` on (256 floats each), so box k reads vec + (k - first_box) * 256. A list
 // whose K is split (proj_residual) holds only the slice of the vector its boxes cover.
@@ -101,6 +107,13 @@ class WarpStream {
     next_list();
   }
 
+  // Tuning only (kBoxStamps > 0): this warp's boxes are stamped into the block's timeline from here.
+  __device__ void stamp_boxes(unsigned long long* block_timeline) {
+    if constexpr (kBoxStamps > 0) {
+      if (block_timeline != nullptr) box_stamps_ = block_timeline + kTimelineMarks + warp_ * kBoxStamps * 3;
+    }
+  }
+
   // Issues the first `boxes` boxes of the ring (kStages in all, over one or two calls), after start().
   __device__ void prime(int boxes) {
     for (int s = 0; s < boxes; ++s) issue();
@@ -119,7 +132,9 @@ class WarpStream {
         const float* vec = first ? list.seg[0].vec + (k - list.seg[0].first_box) * kBoxCols
                                  : list.seg[1].vec + (k - list.seg[0].boxes - list.seg[1].first_box) * kBoxCols;
         const int slot = consumed_ % kStages;
+        box_stamp(consumed_, 1);
         bars_[slot].wait((consumed_ / kStages) & 1);
+        box_stamp(consumed_, 2);
         accumulate_box(ring_ + slot * kBoxBytes, vec, acc);
         __syncwarp();  // every lane has read the slot before it is refilled
         ++consumed_;
@@ -184,6 +199,7 @@ class WarpStream {
       bars_[slot].arrive_expect_tx(kBoxBytes);
       tma_load_2d(ring_ + slot * kBoxBytes, map, &bars_[slot], col, row_, policy_);
     }
+    box_stamp(issued_, 0);
     ++issued_;
     if (++box_ < box_end_) return;
     item_ += kWarps;
@@ -194,8 +210,17 @@ class WarpStream {
     }
   }
 
+  // Box `box`'s stamp `what`: 0 issued, 1 reached by the consumer, 2 arrived (its wait returned).
+  __device__ void box_stamp(unsigned box, int what) const {
+    if constexpr (kBoxStamps > 0) {
+      if (lane_ == 0 && box_stamps_ != nullptr && box < unsigned(kBoxStamps))
+        box_stamps_[box * 3 + what] = global_timer();
+    }
+  }
+
   const JobList* lists_;
   int list_count_;
+  unsigned long long* box_stamps_ = nullptr;
   float* partials_;
   int warp_, lane_;
   unsigned char* ring_;
