@@ -3,6 +3,7 @@
 // (device: the layers read the position from device memory, as the step graph's do). Weights are rotated over enough
 // layers that L2 (50 MB) cannot serve them; each layer is timed inside a CUDA graph of all rotated layers.
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -158,6 +159,44 @@ void print_box_stream(const std::vector<unsigned long long>& t, int kernels, int
                 100 * pct(warp_wait_share, 0.5), pct(latencies, 0.5), pct(latencies, 0.9),
                 truncated ? " (some warps past the stamps)" : "");
   }
+  // Per SM: the rate at which its block consumed boxes, from its first box's arrival to its last (GB/s), per kernel,
+  // and how alike two kernels' rates are on the same SM (Pearson r over the SMs both used): a high r means some SMs
+  // stream slower than others whatever they run.
+  constexpr int kSms = 256;
+  std::vector<std::vector<double>> rate(kernels, std::vector<double>(kSms, -1.0));
+  for (int k = 0; k < kernels; ++k)
+    for (int b = 0; b < blocks; ++b) {
+      const unsigned long long* block = t.data() + (std::size_t(k) * blocks + b) * kStride;
+      double first = 1e30, last = -1e30;
+      int boxes = 0;
+      for (int w = 0; w < kWarps; ++w)
+        for (int n = 0; n < kBoxStamps; ++n) {
+          const unsigned long long ready = block[kMarks + (std::size_t(w) * kBoxStamps + n) * 3 + 2];
+          if (ready == 0) continue;
+          first = std::min(first, us(ready));
+          last = std::max(last, us(ready));
+          ++boxes;
+        }
+      const unsigned long long sm = block[kStride - 1];
+      if (boxes > 1 && last > first && sm < kSms) rate[k][sm] = (boxes - 1) * cf::kernels::kBoxBytes * 1e-3 / (last - first);
+    }
+  for (int k = 0; k < kernels; ++k) {
+    std::printf("      GB/s by SM, %s:", kernels > 1 ? names[k].c_str() : "all phases");
+    for (int sm = 0; sm < kSms; ++sm)
+      if (rate[k][sm] >= 0) std::printf(" %d:%.0f", sm, rate[k][sm]);
+    std::printf("\n");
+  }
+  for (int a = 0; a < kernels; ++a)
+    for (int c = a + 1; c < kernels; ++c) {
+      double n = 0, sa = 0, sc = 0, saa = 0, scc = 0, sac = 0;
+      for (int sm = 0; sm < kSms; ++sm) {
+        if (rate[a][sm] < 0 || rate[c][sm] < 0) continue;
+        n += 1, sa += rate[a][sm], sc += rate[c][sm], saa += rate[a][sm] * rate[a][sm];
+        scc += rate[c][sm] * rate[c][sm], sac += rate[a][sm] * rate[c][sm];
+      }
+      const double r = (n * sac - sa * sc) / std::sqrt((n * saa - sa * sa) * (n * scc - sc * sc));
+      std::printf("      per-SM rates, %s against %s: r = %.2f over %.0f SMs\n", names[a].c_str(), names[c].c_str(), r, n);
+    }
   const std::size_t bins = std::max(issued.size(), consumed.size());
   issued.resize(bins, 0.0);
   consumed.resize(bins, 0.0);

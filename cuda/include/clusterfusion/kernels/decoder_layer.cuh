@@ -324,6 +324,9 @@ class LayerBlock {
         lists_(reinterpret_cast<const JobList*>(smem + SmemLayout::kJobLists)),
         stream_(smem, lists_, total_lists()) {
     if (p.timeline != nullptr) stream_.stamp_boxes(p.timeline + blockIdx.x * kTimelineStride);
+    if constexpr (kBoxStamps > 0) {
+      if (p.timeline != nullptr && threadIdx.x == 0) p.timeline[(blockIdx.x + 1) * kTimelineStride - 1] = sm_id();
+    }
     // A launch that starts with proj_residual: announce that this block has started before any rank stores
     // into rank 0 (waited for in the phase).
     if constexpr (!kFirstNorms) cluster_arrive();

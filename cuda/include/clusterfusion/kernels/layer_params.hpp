@@ -44,12 +44,12 @@ constexpr std::size_t kMaxSmemPerBlock = 232448;
 constexpr int kProjPasses = 2;
 constexpr int kTimelineMarks = 16;
 // Tuning only (bench/NOTES.md v40): with -DCF_BOX_STAMPS=N, each warp also stamps its first N weight boxes (issued,
-// reached by the consumer, arrived), after the block's marks.
+// reached by the consumer, arrived), after the block's marks, and the block's SM id follows them.
 #ifndef CF_BOX_STAMPS
 #define CF_BOX_STAMPS 0
 #endif
 constexpr int kBoxStamps = CF_BOX_STAMPS;
-constexpr int kTimelineStride = kTimelineMarks + kWarps * kBoxStamps * 3;  // stamps per block
+constexpr int kTimelineStride = kTimelineMarks + (kBoxStamps > 0 ? kWarps * kBoxStamps * 3 + 1 : 0);  // per block
 
 // The weight matrices a layer streams (TMA tensor maps). GPT-NeoX's fused q|k|v matrix takes kMapQ.
 enum WeightMap { kMapQ, kMapK, kMapV, kMapO, kMapGate, kMapUp, kMapDown, kWeightMaps };

@@ -24,6 +24,12 @@ __device__ __forceinline__ unsigned long long global_timer() {
   return t;
 }
 
+__device__ __forceinline__ unsigned sm_id() {
+  unsigned id;
+  asm volatile("mov.u32 %0, %%smid;" : "=r"(id));
+  return id;
+}
+
 // A weight matrix read in full rows, dotted with the float vector `vec` in shared memory: `vec` holds the
 // segment's boxes from box `first_box` on (256 floats each), so box k reads vec + (k - first_box) * 256. A list
 // whose K is split (proj_residual) holds only the slice of the vector its boxes cover.
