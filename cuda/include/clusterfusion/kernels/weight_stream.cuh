@@ -219,7 +219,7 @@ class WarpStream {
   // Box `box`'s stamp `what`: 0 issued, 1 reached by the consumer, 2 arrived (its wait returned).
   __device__ void box_stamp(unsigned box, int what) const {
     if constexpr (kBoxStamps > 0) {
-      if (lane_ == 0 && box_stamps_ != nullptr && box < unsigned(kBoxStamps))
+      if (lane_ == 0 && box_stamps_ != nullptr && int(box) < kBoxStamps)
         box_stamps_[box * 3 + what] = global_timer();
     }
   }
