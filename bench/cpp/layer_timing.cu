@@ -178,7 +178,8 @@ void print_box_stream(const std::vector<unsigned long long>& t, int kernels, int
           ++boxes;
         }
       const unsigned long long sm = block[kStride - 1];
-      if (boxes > 1 && last > first && sm < kSms) rate[k][sm] = (boxes - 1) * cf::kernels::kBoxBytes * 1e-3 / (last - first);
+      if (boxes > 1 && last > first && sm < kSms)
+        rate[k][sm] = (boxes - 1) * cf::kernels::kBoxBytes * 1e-3 / (last - first);
     }
   for (int k = 0; k < kernels; ++k) {
     std::printf("      GB/s by SM, %s:", kernels > 1 ? names[k].c_str() : "all phases");
@@ -355,5 +356,6 @@ int main(int argc, char** argv) {
     print_box_stream(t, kernels, plan.blocks, t0, phases);
   }
   for (auto* f : fused) delete f;
+  CF_CUDA_CHECK(cudaFree(position));
   return 0;
 }

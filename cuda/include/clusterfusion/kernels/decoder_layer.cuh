@@ -20,6 +20,7 @@
 #include "clusterfusion/kernels/layer_params.hpp"
 #include "clusterfusion/kernels/model_traits.hpp"
 #include "clusterfusion/kernels/norm.cuh"
+#include "clusterfusion/kernels/special_registers.cuh"
 #include "clusterfusion/kernels/weight_stream.cuh"
 
 namespace clusterfusion::kernels {

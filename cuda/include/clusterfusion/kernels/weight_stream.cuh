@@ -14,21 +14,10 @@
 #include "clusterfusion/kernels/block_reduce.cuh"
 #include "clusterfusion/kernels/dot.cuh"
 #include "clusterfusion/kernels/layer_params.hpp"
+#include "clusterfusion/kernels/special_registers.cuh"
 #include "clusterfusion/kernels/tma.cuh"
 
 namespace clusterfusion::kernels {
-
-__device__ __forceinline__ unsigned long long global_timer() {
-  unsigned long long t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  return t;
-}
-
-__device__ __forceinline__ unsigned sm_id() {
-  unsigned id;
-  asm volatile("mov.u32 %0, %%smid;" : "=r"(id));
-  return id;
-}
 
 // A weight matrix read in full rows, dotted with the float vector `vec` in shared memory: `vec` holds the
 // segment's boxes from box `first_box` on (256 floats each), so box k reads vec + (k - first_box) * 256. A list
