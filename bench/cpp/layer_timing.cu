@@ -124,11 +124,19 @@ void print_box_stream(const std::vector<unsigned long long>& t, int kernels, int
     if (int(bins.size()) <= b) bins.resize(b + 1, 0.0);
     bins[b] += 1.0;
   };
+  // Per SM: the rate at which its block consumed boxes, from its first box's arrival to its last (GB/s), per kernel,
+  // and how alike two kernels' rates are on the same SM (Pearson r over the SMs both used): a high r means some SMs
+  // stream slower than others whatever they run.
+  constexpr int kSms = 256;
+  std::vector<std::vector<double>> rate(kernels, std::vector<double>(kSms, -1.0));
   std::printf("    box stream (first %d boxes per warp)\n", kBoxStamps);
   for (int k = 0; k < kernels; ++k) {
     std::vector<double> waits, latencies, warp_wait_share;
     int truncated = 0;
-    for (int b = 0; b < blocks; ++b)
+    for (int b = 0; b < blocks; ++b) {
+      const unsigned long long* block = t.data() + (std::size_t(k) * blocks + b) * kStride;
+      double block_first = 1e30, block_last = -1e30;
+      int block_boxes = 0;
       for (int w = 0; w < kWarps; ++w) {
         const unsigned long long* s =
             t.data() + (std::size_t(k) * blocks + b) * kStride + kMarks + std::size_t(w) * kBoxStamps * 3;
@@ -144,10 +152,17 @@ void print_box_stream(const std::vector<unsigned long long>& t, int kernels, int
           if (first < 0) first = us(s[n * 3 + 1]);
           last = us(s[n * 3 + 2]);
           if (wait > 0.2) latencies.push_back(us(s[n * 3 + 2]) - us(s[n * 3]));
+          block_first = std::min(block_first, last);
+          block_last = std::max(block_last, last);
+          ++block_boxes;
         }
         truncated += n == kBoxStamps;
         if (last > first && first >= 0) warp_wait_share.push_back(waited / (last - first));
       }
+      const unsigned long long sm = block[kStride - 1];
+      if (block_boxes > 1 && block_last > block_first && sm < kSms)
+        rate[k][sm] = (block_boxes - 1) * cf::kernels::kBoxBytes * 1e-3 / (block_last - block_first);
+    }
     const auto pct = [](std::vector<double>& v, double q) {
       if (v.empty()) return 0.0;
       std::sort(v.begin(), v.end());
@@ -159,28 +174,6 @@ void print_box_stream(const std::vector<unsigned long long>& t, int kernels, int
                 100 * pct(warp_wait_share, 0.5), pct(latencies, 0.5), pct(latencies, 0.9),
                 truncated ? " (some warps past the stamps)" : "");
   }
-  // Per SM: the rate at which its block consumed boxes, from its first box's arrival to its last (GB/s), per kernel,
-  // and how alike two kernels' rates are on the same SM (Pearson r over the SMs both used): a high r means some SMs
-  // stream slower than others whatever they run.
-  constexpr int kSms = 256;
-  std::vector<std::vector<double>> rate(kernels, std::vector<double>(kSms, -1.0));
-  for (int k = 0; k < kernels; ++k)
-    for (int b = 0; b < blocks; ++b) {
-      const unsigned long long* block = t.data() + (std::size_t(k) * blocks + b) * kStride;
-      double first = 1e30, last = -1e30;
-      int boxes = 0;
-      for (int w = 0; w < kWarps; ++w)
-        for (int n = 0; n < kBoxStamps; ++n) {
-          const unsigned long long ready = block[kMarks + (std::size_t(w) * kBoxStamps + n) * 3 + 2];
-          if (ready == 0) continue;
-          first = std::min(first, us(ready));
-          last = std::max(last, us(ready));
-          ++boxes;
-        }
-      const unsigned long long sm = block[kStride - 1];
-      if (boxes > 1 && last > first && sm < kSms)
-        rate[k][sm] = (boxes - 1) * cf::kernels::kBoxBytes * 1e-3 / (last - first);
-    }
   for (int k = 0; k < kernels; ++k) {
     std::printf("      GB/s by SM, %s:", kernels > 1 ? names[k].c_str() : "all phases");
     for (int sm = 0; sm < kSms; ++sm)
