@@ -189,7 +189,8 @@ void print_box_stream(const std::vector<unsigned long long>& t, int kernels, int
         scc += rate[c][sm] * rate[c][sm], sac += rate[a][sm] * rate[c][sm];
       }
       const double r = (n * sac - sa * sc) / std::sqrt((n * saa - sa * sa) * (n * scc - sc * sc));
-      std::printf("      per-SM rates, %s against %s: r = %.2f over %.0f SMs\n", names[a].c_str(), names[c].c_str(), r, n);
+      std::printf("      per-SM rates, %s against %s: r = %.2f over %.0f SMs\n", names[a].c_str(), names[c].c_str(),
+                  r, n);
     }
   const std::size_t bins = std::max(issued.size(), consumed.size());
   issued.resize(bins, 0.0);
