@@ -333,7 +333,6 @@ class LayerBlock {
     if constexpr (!kFirstNorms) cluster_arrive();
     if constexpr (any_phase(&PhaseSpec::attend)) {
       norm_.load_params(0, p.norm_weight[0], p.norm_bias[0], p.hidden);
-      prefetch_kv_chunk();
       if (threadIdx.x < p.rotary_dims / 2) inv_freq_ = p.inv_freq[threadIdx.x];
     }
     if constexpr (any_phase(&PhaseSpec::up)) norm_.load_params(1, p.norm_weight[1], p.norm_bias[1], p.hidden);
@@ -446,21 +445,6 @@ class LayerBlock {
   }
   __device__ auto up_bias() const {
     return [b = p_.up_bias](int row) { return __half2float(b[row]); };
-  }
-
-  // Asks L2 for this block's cached keys and values at kernel start, so that attention, which runs after the
-  // block's weight stream, finds them there instead of paying DRAM latency behind the other blocks' streams.
-  __device__ void prefetch_kv_chunk() const {
-    const int head = blockIdx.x / cluster_size();
-    if (threadIdx.x != 0 || head >= p_.heads) return;
-    const KvChunks chunks(position_, p_.attention_chunks);
-    const int begin = chunks.begin(chunks.first);
-    const int cached_end = min(chunks.begin(chunks.last), position_);  // the new token is not in the cache yet
-    if (cached_end <= begin) return;
-    const std::size_t offset = (std::size_t(kv_head(head)) * p_.max_seq + begin) * kHeadDim;
-    const uint32_t bytes = uint32_t(cached_end - begin) * kHeadDim * 2;
-    bulk_prefetch_l2(p_.k_cache + offset, bytes);
-    bulk_prefetch_l2(p_.v_cache + offset, bytes);
   }
 
   __device__ int kv_head(int head) const { return head / (p_.heads / p_.kv_heads); }

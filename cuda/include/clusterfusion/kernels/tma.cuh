@@ -60,10 +60,4 @@ __device__ __forceinline__ void tma_load_2d(void* dst, const CUtensorMap* map, M
       : "memory");
 }
 
-// Asks L2 to fetch `bytes` (a multiple of 16) at `src` ahead of use; no completion to wait for.
-__device__ __forceinline__ void bulk_prefetch_l2(const void* src, uint32_t bytes) {
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(reinterpret_cast<uint64_t>(src)), "r"(bytes)
-               : "memory");
-}
-
 }  // namespace clusterfusion::kernels
