@@ -4,7 +4,7 @@
 #   s1    16 warps x 1 stage  (64 KB)
 #   w12   12 warps x 2 stages (96 KB)
 #   w8     8 warps x 2 stages (64 KB)
-# on five shapes, two rounds alternating; the split overlapped row of each, and base's and s1's timelines kept.
+# on five shapes, two rounds alternating; prints the split overlapped row of each and keeps every run's output.
 set -u
 export PATH=/usr/local/cuda/bin:$PATH
 S=$SECONDS
