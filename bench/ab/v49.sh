@@ -9,6 +9,7 @@
 #     r50  both 50
 #     f0   CF_HEAD_SPARE_FLOOR=0 (v50)
 #   on five shapes, two rounds alternating; prints the split overlapped row of each and keeps every run's output.
+#   V49_VARIANTS="name:flag,flag ..." and V49_SHAPES="model:ctx ..." replace the lists (the second call).
 #   tests VARIANT_FLAGS...: cf_gpu_tests built with the given -D flags (bitwise split against cooperative, against
 #   float64), e.g. bash bench/ab/v49.sh tests -DCF_LATE_RAMP_PERCENT=30 -DCF_HEAD_SPARE_FLOOR=0
 set -u
@@ -30,13 +31,14 @@ if [ "$mode" = tests ]; then
   echo "rc $rc at $((SECONDS - S)) s"; exit $rc
 fi
 trap 'cd $OUT && tar czf v49.tgz *.txt 2>/dev/null; rm -f $OUT/*.txt' EXIT
-variants="r0: r15:-DCF_LATE_RAMP_PERCENT=15,-DCF_LATE_RAMP_PROJ_PERCENT=15 r30:-DCF_LATE_RAMP_PERCENT=30,-DCF_LATE_RAMP_PROJ_PERCENT=30
+variants=${V49_VARIANTS:-"r0: r15:-DCF_LATE_RAMP_PERCENT=15,-DCF_LATE_RAMP_PROJ_PERCENT=15 r30:-DCF_LATE_RAMP_PERCENT=30,-DCF_LATE_RAMP_PROJ_PERCENT=30
   u30:-DCF_LATE_RAMP_PERCENT=30 p30:-DCF_LATE_RAMP_PROJ_PERCENT=30
-  r50:-DCF_LATE_RAMP_PERCENT=50,-DCF_LATE_RAMP_PROJ_PERCENT=50 f0:-DCF_HEAD_SPARE_FLOOR=0"
+  r50:-DCF_LATE_RAMP_PERCENT=50,-DCF_LATE_RAMP_PROJ_PERCENT=50 f0:-DCF_HEAD_SPARE_FLOOR=0"}
+shapes=${V49_SHAPES:-"pythia-2.8b:512 llama-2-7b:512 tinyllama-1.1b:512 pythia-6.9b:512 pythia-2.8b:2048"}
 for v in $variants; do configure ${v%%:*} "$(echo ${v#*:} | tr , ' ')" layer_timing > $OUT/build-${v%%:*}.txt 2>&1 & done
 wait
 echo "built at $((SECONDS - S)) s"; for v in $variants; do tail -1 $OUT/build-${v%%:*}.txt; done
-for mc in pythia-2.8b:512 llama-2-7b:512 tinyllama-1.1b:512 pythia-6.9b:512 pythia-2.8b:2048; do m=${mc%%:*} ctx=${mc#*:}
+for mc in $shapes; do m=${mc%%:*} ctx=${mc#*:}
   [ $((SECONDS - S)) -gt 500 ] && { echo "skipped $m $ctx: time"; continue; }
   for r in 1 2; do for v in $variants; do echo "### ${v%%:*} round $r"; timeout 60 build-v-${v%%:*}/layer_timing $m $ctx 30; done; done \
     > $OUT/$m-$ctx.txt 2>&1
