@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # v49 and v50 (bench/NOTES.md): shares that fall with the block index, and the head blocks' floor of up rows.
+# The knobs below exist at 6f65086 (in main's history): the merge kept the winner as constants and removed them.
 #   timing: layer_timing built as
 #     r0   main's shares
 #     r15  CF_LATE_RAMP_PERCENT=15 CF_LATE_RAMP_PROJ_PERCENT=15

@@ -42,20 +42,11 @@ constexpr std::size_t kMaxSmemPerBlock = 232448;
 // model_traits.hpp), reloading its slice of the vector between them; a second pass only where one slice would not
 // fit in kMaxSmemPerBlock (a cluster of one block at the largest shapes).
 constexpr int kProjPasses = 2;
-// Tuning only (bench/NOTES.md v49): in an overlapped launch, blocks with higher indices take the SMs the previous
-// kernel frees last and start later; these give their shares of the up rows (CF_LATE_RAMP_PERCENT) and of the
-// output rows (CF_LATE_RAMP_PROJ_PERCENT, per cluster) a slope: the first part gets (1 + r/200) of the average, the
-// last (1 - r/200). 0: equal shares.
-#ifndef CF_LATE_RAMP_PERCENT
-#define CF_LATE_RAMP_PERCENT 0
-#endif
-#ifndef CF_LATE_RAMP_PROJ_PERCENT
-#define CF_LATE_RAMP_PROJ_PERCENT 0
-#endif
-constexpr int kUpRamp = CF_LATE_RAMP_PERCENT;
-constexpr int kProjRamp = CF_LATE_RAMP_PROJ_PERCENT;
-// Past 100 the first part's share can pass kMaxItems items.
-static_assert(kUpRamp >= 0 && kUpRamp <= 100 && kProjRamp >= 0 && kProjRamp <= 100, "CF_LATE_RAMP_*: 0..100");
+// The up rows of the blocks that carry no head are shared with a slope (bench/NOTES.md v49): in an overlapped launch a
+// block takes the SM its predecessor frees, so the later indices start last. The first block gets (1 + r/200) of
+// the average, the last (1 - r/200); past r = 100 the first could pass kMaxItems items.
+constexpr int kUpRampPercent = 30;
+static_assert(kUpRampPercent >= 0 && kUpRampPercent <= 100, "kUpRampPercent: 0..100");
 
 // Part i's first unit when `units` are split over `parts` with shares falling linearly with i (kRamp above): the
 // sum of the first i shares, units (i + r i (parts - i) / (200 (parts - 1))) / parts, rounded down.
@@ -150,7 +141,7 @@ struct SmemLayout {
     combine = partials + align_up(kThreads * kAttentionPartials * 4, 16);
     gate = combine + align_up(attention_chunks * (head_dim + 2) * 4, 16);
     norm_end = gate + align_up(gate_rows * 4, 16);
-    rows_per_cluster = ramp_most<kProjRamp>(hidden / kBoxRows, clusters) * kBoxRows;
+    rows_per_cluster = (hidden / kBoxRows + clusters - 1) / clusters * kBoxRows;
     const int k_boxes = proj_cols / kBoxCols;
     for (proj_passes = 1;; ++proj_passes) {
       const int parts = cluster * proj_passes;
