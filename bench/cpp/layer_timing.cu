@@ -334,6 +334,23 @@ int main(int argc, char** argv) {
         }
         std::printf("\n");
       }
+      // Entry and end by block index (v49: an overlapped launch's later blocks take the SMs freed last): the mean
+      // over each quarter of the blocks, in index order.
+      for (const int m : {0, kMarks - 1}) {
+        std::printf("    %-5s by index quarter", kMarkNames[m]);
+        for (const auto [b0, b1] : {std::pair{0, plan.blocks}, std::pair{head_blocks, plan.blocks}}) {
+          std::printf(" |");
+          for (int q = 0; q < 4; ++q) {
+            double sum = 0;
+            int n = 0;
+            for (int b = b0 + (b1 - b0) * q / 4; b < b0 + (b1 - b0) * (q + 1) / 4; ++b)
+              if (tk[b * kStride + m] != 0) sum += (double(tk[b * kStride + m]) - double(t0)) * 1e-3, ++n;
+            if (n > 0) std::printf(" %7.2f", sum / n);
+            else std::printf(" %7s", "-");
+          }
+        }
+        std::printf("  (all | other clusters)\n");
+      }
       // The block that ends last, beside the other blocks of its cluster: every stage it reached.
       int last = 0;
       for (int b = 0; b < plan.blocks; ++b)

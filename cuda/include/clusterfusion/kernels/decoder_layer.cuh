@@ -55,7 +55,8 @@ __device__ __forceinline__ __half* layer_out_vec(const DecoderLayerParams& p, La
 // The grid is `clusters` clusters of `ranks` blocks; in a phase that attends, cluster c < heads serves
 // attention head c. Every block streams about the same number of bytes: head blocks carry their q|k|v rows,
 // their KV-cache chunk and a fixed cost for the attention's latency-bound steps, and up rows (when the phase
-// has them) fill each block up to the average (at least a sixteenth of it, which bounds any block's job count).
+// has them) fill each block up to the average (at least 1/kHeadSpareFloor of it); the other blocks' shares fall
+// with the block index (kUpRampPercent).
 struct NormPhaseShare {
   int qkv_units;  // kBoxRows-row units of the head's q|k|v rows, from qkv_first of them
   int qkv_first;
@@ -69,6 +70,9 @@ struct NormPhaseShare {
 #define CF_ATTENTION_FIXED_KB 256
 #endif
 constexpr long long kAttentionFixedBytes = CF_ATTENTION_FIXED_KB << 10;
+// A head block's up rows are at least this fraction of the average (its spare when its head costs less): the cost
+// model undercharges the attention at long contexts, where 1/16 left the head blocks ending last (bench/NOTES.md v50).
+constexpr int kHeadSpareFloor = 32;
 
 // Closed form: the blocks of a head cluster differ only by rank, the other blocks carry no head cost.
 template <int kHeadDim>
@@ -80,8 +84,8 @@ __device__ __forceinline__ NormPhaseShare norm_phase_share(const DecoderLayerPar
   if (!attend) {
     // Without heads every block costs the average, which cancels from the general form below: the same shares
     // without its 64-bit chain, which a block that starts late pays on the critical path (bench/NOTES.md v39).
-    const int first = split_begin(up_units, gridDim.x, block);
-    const int last = split_begin(up_units, gridDim.x, block + 1);
+    const int first = ramp_begin<kUpRampPercent>(up_units, gridDim.x, block);
+    const int last = ramp_begin<kUpRampPercent>(up_units, gridDim.x, block + 1);
     return NormPhaseShare{0, split_begin(head_units, ranks, rank), first, last - first};
   }
   const long long unit_bytes = 2LL * kBoxRows * p.hidden;
@@ -93,23 +97,25 @@ __device__ __forceinline__ NormPhaseShare norm_phase_share(const DecoderLayerPar
   const long long total = heads * (head_units * unit_bytes + positions * (kHeadDim * 4LL)) +
                           heads * ranks * kAttentionFixedBytes + up_units * unit_bytes;
   const long long avg = total / gridDim.x;
-  auto spare = [&](long long cost) { return max(avg / 16, avg - cost); };
+  auto spare = [&](long long cost) { return max(avg / kHeadSpareFloor, avg - cost); };
   long long cluster_spare = 0, rank_spare = 0;  // of one head cluster; of its ranks before this block's
   for (int r = 0; r < ranks; ++r) {
     const long long s = spare(head_cost(r));
     cluster_spare += s;
     if (r < rank) rank_spare += s;
   }
-  const long long all = heads * cluster_spare + (gridDim.x - heads * ranks) * avg;
+  // The head clusters' spares first, then the other blocks' others x avg bytes, ramped.
+  const int others = gridDim.x - heads * ranks, other = block - heads * ranks;
+  const long long all = heads * cluster_spare + others * avg;
   const bool head_block = cluster < heads;
-  const long long before = head_block ? cluster * cluster_spare + rank_spare
-                                      : heads * cluster_spare + (block - heads * ranks) * avg;
-  const long long mine = head_block ? spare(head_cost(rank)) : avg;
+  auto ramped = [&](int i) { return heads * cluster_spare + ramp_begin<kUpRampPercent>(others * avg, others, i); };
+  const long long before = head_block ? cluster * cluster_spare + rank_spare : ramped(other);
+  const long long end = head_block ? before + spare(head_cost(rank)) : ramped(other + 1);
   NormPhaseShare share;
   share.qkv_units = head_block ? qkv_units(rank) : 0;
   share.qkv_first = split_begin(head_units, ranks, rank);
   share.up_first = int(up_units * before / all);
-  share.up_units = int(up_units * (before + mine) / all) - share.up_first;
+  share.up_units = int(up_units * end / all) - share.up_first;
   return share;
 }
 
@@ -346,9 +352,9 @@ class LayerBlock {
     }
   }
 
-  // The most rows of SwiGLU's gate any block holds: norm_up alone shares the up rows evenly.
+  // The most rows of SwiGLU's gate any block holds: SwiGLU's up rows are shared only in a phase without heads.
   __host__ __device__ static int gate_rows(int ffn, int blocks) {
-    return Model::kMlp == MlpKind::SwiGlu ? (ffn / kBoxRows + blocks - 1) / blocks * kBoxRows : 0;
+    return Model::kMlp == MlpKind::SwiGlu ? ramp_most<kUpRampPercent>(ffn / kBoxRows, blocks) * kBoxRows : 0;
   }
 
   __device__ void run() {

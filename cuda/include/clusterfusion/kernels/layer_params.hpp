@@ -42,6 +42,27 @@ constexpr std::size_t kMaxSmemPerBlock = 232448;
 // model_traits.hpp), reloading its slice of the vector between them; a second pass only where one slice would not
 // fit in kMaxSmemPerBlock (a cluster of one block at the largest shapes).
 constexpr int kProjPasses = 2;
+// The up rows of the blocks that carry no head are shared with a slope (bench/NOTES.md v49): in an overlapped launch a
+// block takes the SM its predecessor frees, so the later indices start last. The first block gets (1 + r/200) of
+// the average, the last (1 - r/200); past r = 100 the first could pass kMaxItems items.
+constexpr int kUpRampPercent = 30;
+static_assert(kUpRampPercent >= 0 && kUpRampPercent <= 100, "kUpRampPercent: 0..100");
+
+// Part i's first unit when `units` are split over `parts` with shares falling linearly with i (kRamp above): the
+// sum of the first i shares, units (i + r i (parts - i) / (200 (parts - 1))) / parts, rounded down.
+template <int kRamp, class T>
+__host__ __device__ constexpr T ramp_begin(T units, int parts, int i) {
+  if (kRamp == 0 || parts < 2) return units * i / parts;
+  const long long d = 200LL * (parts - 1);
+  return T(units * (d * i + (long long)kRamp * i * (parts - i)) / (d * parts));
+}
+// The most units any part gets from ramp_begin: part 0's share, rounded up.
+template <int kRamp>
+__host__ __device__ constexpr int ramp_most(int units, int parts) {
+  if (kRamp == 0) return (units + parts - 1) / parts;
+  return int((units * (200LL + kRamp) + 200LL * parts - 1) / (200LL * parts));
+}
+
 constexpr int kTimelineMarks = 16;
 // Tuning only (bench/NOTES.md v40): with -DCF_BOX_STAMPS=N, each warp also stamps its first N weight boxes (issued,
 // reached by the consumer, arrived), after the block's marks, and the block's SM id follows them.
