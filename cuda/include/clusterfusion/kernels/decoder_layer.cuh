@@ -36,8 +36,8 @@ __device__ __forceinline__ int step_position(const DecoderLayerParams& p) {
 
 // Where a block is in the layer, stamped into p.timeline when set (see bench/cpp/layer_timing.cu).
 enum TimelineMark {
-  kMarkEntry, kMarkListed, kMarkPrimed, kMarkInput, kMarkNormed, kMarkClusterReady, kMarkQkv, kMarkUp, kMarkHeadReady,
-  kMarkRotary, kMarkScores, kMarkSoftmax, kMarkValues, kMarkAttention, kMarkProj, kMarkEnd
+  kMarkEntry, kMarkListed, kMarkPrimed, kMarkWaited, kMarkInput, kMarkNormed, kMarkClusterReady, kMarkQkv, kMarkUp,
+  kMarkHeadReady, kMarkRotary, kMarkScores, kMarkSoftmax, kMarkValues, kMarkAttention, kMarkProj, kMarkEnd
 };
 static_assert(kMarkEnd + 1 == kTimelineMarks, "one stamp slot per mark");
 __device__ __forceinline__ void stamp(const DecoderLayerParams& p, TimelineMark mark) {
@@ -363,6 +363,7 @@ class LayerBlock {
       if (threadIdx.x < p_.rotary_dims / 2) rotation_ = {position_, inv_freq_};
     }
     wait_for_previous_kernel();
+    stamp(p_, kMarkWaited);
     run_phase<kFirst>();
     stamp(p_, kMarkEnd);
   }

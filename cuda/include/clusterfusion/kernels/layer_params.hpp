@@ -63,7 +63,7 @@ __host__ __device__ constexpr int ramp_most(int units, int parts) {
   return int((units * (200LL + kRamp) + 200LL * parts - 1) / (200LL * parts));
 }
 
-constexpr int kTimelineMarks = 16;
+constexpr int kTimelineMarks = 17;
 // Tuning only (bench/NOTES.md v40): with -DCF_BOX_STAMPS=N, each warp also stamps its first N weight boxes (issued,
 // reached by the consumer, arrived), after the block's marks, and the block's SM id follows them.
 #ifndef CF_BOX_STAMPS
