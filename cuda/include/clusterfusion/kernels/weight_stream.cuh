@@ -49,7 +49,7 @@ static_assert(sizeof(JobList) <= SmemLayout::kJobListBytes, "the job lists' shar
 // gcd(a, kWarps) for a > 0: with kWarps a power of two, a's lowest set bit capped at kWarps, not a loop of divisions
 // on a late block's critical path.
 __device__ __forceinline__ int gcd_with_warps(int a) {
-  if constexpr (CF_CHEAP_LISTS && (kWarps & (kWarps - 1)) == 0) return min(a & -a, kWarps);
+  if constexpr ((kWarps & (kWarps - 1)) == 0) return min(a & -a, kWarps);
   int b = kWarps;
   while (b != 0) {
     const int t = a % b;
