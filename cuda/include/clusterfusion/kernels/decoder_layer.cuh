@@ -96,7 +96,7 @@ __device__ __forceinline__ NormPhaseShare norm_phase_share(const DecoderLayerPar
   };
   const long long total = heads * (head_units * unit_bytes + positions * (kHeadDim * 4LL)) +
                           heads * ranks * kAttentionFixedBytes + up_units * unit_bytes;
-  const long long avg = total / gridDim.x;
+  const long long avg = quotient(total, gridDim.x);
   auto spare = [&](long long cost) { return max(avg / kHeadSpareFloor, avg - cost); };
   long long cluster_spare = 0, rank_spare = 0;  // of one head cluster; of its ranks before this block's
   for (int r = 0; r < ranks; ++r) {
@@ -114,8 +114,8 @@ __device__ __forceinline__ NormPhaseShare norm_phase_share(const DecoderLayerPar
   NormPhaseShare share;
   share.qkv_units = head_block ? qkv_units(rank) : 0;
   share.qkv_first = split_begin(head_units, ranks, rank);
-  share.up_first = int(up_units * before / all);
-  share.up_units = int(up_units * end / all) - share.up_first;
+  share.up_first = int(quotient(up_units * before, all));
+  share.up_units = int(quotient(up_units * end, all)) - share.up_first;
   return share;
 }
 

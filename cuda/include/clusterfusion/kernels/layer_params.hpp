@@ -48,13 +48,21 @@ constexpr int kProjPasses = 2;
 constexpr int kUpRampPercent = 30;
 static_assert(kUpRampPercent >= 0 && kUpRampPercent <= 100, "kUpRampPercent: 0..100");
 
+// a / b for 0 <= a < 2^53 and b > 0. The correctly rounded double quotient of two exact doubles is within
+// a 2^-53 / b of the real one, never across an integer, so truncating it gives the integer quotient, at a fraction of
+// a 64-bit integer division's latency (bench/NOTES.md v54: the job lists' divisions are a late block's critical path).
+__host__ __device__ constexpr long long quotient(long long a, long long b) {
+  return static_cast<long long>(static_cast<double>(a) / static_cast<double>(b));
+}
+
 // Part i's first unit when `units` are split over `parts` with shares falling linearly with i (kRamp above): the
-// sum of the first i shares, units (i + r i (parts - i) / (200 (parts - 1))) / parts, rounded down.
+// sum of the first i shares, units (i + r i (parts - i) / (200 (parts - 1))) / parts, rounded down. Exact while
+// units (200 (parts - 1) i + r i (parts - i)) < 2^53 (quotient): the norm share's bytes (under 1e9) times under 4e6.
 template <int kRamp, class T>
 __host__ __device__ constexpr T ramp_begin(T units, int parts, int i) {
   if (kRamp == 0 || parts < 2) return units * i / parts;
   const long long d = 200LL * (parts - 1);
-  return T(units * (d * i + (long long)kRamp * i * (parts - i)) / (d * parts));
+  return T(quotient(units * (d * i + (long long)kRamp * i * (parts - i)), d * parts));
 }
 // The most units any part gets from ramp_begin: part 0's share, rounded up.
 template <int kRamp>

@@ -46,7 +46,11 @@ struct JobList {
 };
 static_assert(sizeof(JobList) <= SmemLayout::kJobListBytes, "the job lists' shared-memory region");
 
-__device__ __forceinline__ int gcd(int a, int b) {
+// gcd(a, kWarps) for a > 0: with kWarps a power of two, a's lowest set bit capped at kWarps, not a loop of divisions
+// on a late block's critical path.
+__device__ __forceinline__ int gcd_with_warps(int a) {
+  if constexpr ((kWarps & (kWarps - 1)) == 0) return min(a & -a, kWarps);
+  int b = kWarps;
   while (b != 0) {
     const int t = a % b;
     a = b;
@@ -61,7 +65,7 @@ __device__ __forceinline__ int gcd(int a, int b) {
 __device__ __forceinline__ void choose_chunks(JobList& list) {
   int chunks = list.chunks;
   if (chunks == 0) {
-    chunks = list.jobs > 0 ? kWarps / gcd(list.jobs, kWarps) : 1;
+    chunks = list.jobs > 0 ? kWarps / gcd_with_warps(list.jobs) : 1;
     chunks = min(chunks, list.box_end - list.box_begin);
     while (chunks > 1 && list.jobs * chunks > kMaxItems) --chunks;
   }
