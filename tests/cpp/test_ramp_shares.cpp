@@ -54,8 +54,9 @@ void expect_ramp_everywhere() {
 TEST(RampShares, QuotientIsIntegerDivisionBelow2To53) {
   auto& rng = cf_test::rng();
   for (int n = 0; n < 200000; ++n) {
-    const long long a = static_cast<long long>(rng() >> (11 + rng() % 40));  // below 2^53, all magnitudes
-    const long long b = 1 + static_cast<long long>(rng() >> (11 + rng() % 53));
+    const int a_shift = 11 + int(rng() % 40), b_shift = 11 + int(rng() % 53);  // below 2^53, all magnitudes
+    const long long a = static_cast<long long>(rng() >> a_shift);
+    const long long b = 1 + static_cast<long long>(rng() >> b_shift);
     ASSERT_EQ(kernels::quotient(a, b), a / b) << a << " / " << b;
     ASSERT_EQ(kernels::quotient(a - a % b, b), a / b) << a - a % b << " / " << b;  // exact quotients
   }

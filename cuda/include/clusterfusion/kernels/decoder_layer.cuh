@@ -70,8 +70,8 @@ struct NormPhaseShare {
 #define CF_ATTENTION_FIXED_KB 256
 #endif
 constexpr long long kAttentionFixedBytes = CF_ATTENTION_FIXED_KB << 10;
-// A head block's up rows are at least this fraction of the average (its spare when its head costs less): the cost
-// model undercharges the attention at long contexts, where 1/16 left the head blocks ending last (bench/NOTES.md v50).
+// A head block's up rows are at least 1/kHeadSpareFloor of the average (its spare when its head costs less): of none,
+// 1/16 and 1/32, with the ramp the best at ctx 512 on every shape (bench/NOTES.md v50, v51).
 constexpr int kHeadSpareFloor = 32;
 
 // Closed form: the blocks of a head cluster differ only by rank, the other blocks carry no head cost.

@@ -49,8 +49,8 @@ constexpr int kUpRampPercent = 30;
 static_assert(kUpRampPercent >= 0 && kUpRampPercent <= 100, "kUpRampPercent: 0..100");
 
 // a / b for 0 <= a < 2^53 and b > 0. The correctly rounded double quotient of two exact doubles is within
-// a 2^-53 / b of the real one, never across an integer, so truncating it gives the integer quotient, at a fraction of
-// a 64-bit integer division's latency (bench/NOTES.md v54: the job lists' divisions are a late block's critical path).
+// q 2^-53 < 1/b of the real quotient q, never across an integer, so truncating it gives the integer quotient, at a
+// fraction of a 64-bit integer division's latency (bench/NOTES.md v54: the job lists are a late block's critical path).
 __host__ __device__ constexpr long long quotient(long long a, long long b) {
   return static_cast<long long>(static_cast<double>(a) / static_cast<double>(b));
 }
