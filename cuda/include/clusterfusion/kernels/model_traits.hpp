@@ -92,12 +92,9 @@ __host__ __device__ constexpr int phase_lists(const PhaseSpec& s) {
 
 // Whether the job lists of a launch of phases first..last are the same at every position, so that they can be planned
 // once (bench/NOTES.md v55): only the norm share of a phase that attends and streams up rows follows the position.
-#ifndef CF_PLANNED_LISTS
-#define CF_PLANNED_LISTS 1
-#endif
 template <class Model>
 __host__ __device__ constexpr bool lists_planned(int first, int last) {
-  bool planned = CF_PLANNED_LISTS != 0;
+  bool planned = true;
   for (int i = first; i <= last; ++i) planned = planned && !(Model::phase(i).attend && Model::phase(i).up);
   return planned;
 }
