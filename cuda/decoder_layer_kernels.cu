@@ -38,6 +38,10 @@ std::size_t layer_smem(const LayerShape& shape, int first, int last, int cluster
   });
 }
 
+std::size_t planned_lists_bytes(LayerModel model, int first, int last, int blocks) {
+  return with_model(model, [&](auto m) { return planned_lists_bytes<decltype(m)>(first, last, blocks); });
+}
+
 cudaError_t max_active_layer_clusters(const LayerShape& shape, int cluster, std::size_t smem, int* clusters) {
   return with_model(shape.model,
                     [&](auto m) { return max_active_clusters<decltype(m)>(shape, cluster, smem, clusters); });

@@ -10,7 +10,8 @@
 #     r50  both 50
 #     f0   CF_HEAD_SPARE_FLOOR=0 (v50)
 #   on five shapes, two rounds alternating; prints the split overlapped row of each and keeps every run's output.
-#   V49_VARIANTS="name:flag,flag ..." and V49_SHAPES="model:ctx ..." replace the lists (the second call).
+#   V49_VARIANTS="name:flag,flag ..." and V49_SHAPES="model:ctx ..." replace the lists (the second call); V49_ARGS=device
+#   times with the position read from device memory, as the step graph reads it.
 #   tests VARIANT_FLAGS...: cf_gpu_tests built with the given -D flags (bitwise split against cooperative, against
 #   float64), e.g. bash bench/ab/v49.sh tests -DCF_LATE_RAMP_PERCENT=30 -DCF_HEAD_SPARE_FLOOR=0
 set -u
@@ -41,7 +42,7 @@ wait
 echo "built at $((SECONDS - S)) s"; for v in $variants; do tail -1 $OUT/build-${v%%:*}.txt; done
 for mc in $shapes; do m=${mc%%:*} ctx=${mc#*:}
   [ $((SECONDS - S)) -gt 500 ] && { echo "skipped $m $ctx: time"; continue; }
-  for r in 1 2; do for v in $variants; do echo "### ${v%%:*} round $r"; timeout 60 build-v-${v%%:*}/layer_timing $m $ctx 30; done; done \
+  for r in 1 2; do for v in $variants; do echo "### ${v%%:*} round $r"; timeout 60 build-v-${v%%:*}/layer_timing $m $ctx 30 ${V49_ARGS:-}; done; done \
     > $OUT/$m-$ctx.txt 2>&1
   echo "$m $ctx at $((SECONDS - S)) s: $(grep -E '^### |split   .*overlapped' $OUT/$m-$ctx.txt | awk '/^###/{h=$2; next} {printf "%s %s  ", h, $3}')"
 done

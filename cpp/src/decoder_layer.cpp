@@ -86,19 +86,65 @@ DecoderLayer::DecoderLayer(const ModelConfig& config, const LayerWeights& weight
     CF_CUDA_CHECK(cudaMemcpy(inv_freq_, inv_freq.data(), inv_freq.size() * sizeof(double), cudaMemcpyHostToDevice));
     CF_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&grid_barrier_), sizeof(unsigned)));
     CF_CUDA_CHECK(cudaMemset(grid_barrier_, 0, sizeof(unsigned)));
+    p.inv_freq = inv_freq_;
+    p.grid_barrier = grid_barrier_;
+    plan_job_lists();
   } catch (...) {
     cudaFree(inv_freq_);
     cudaFree(grid_barrier_);
+    cudaFree(planned_);
     throw;
   }
-  p.inv_freq = inv_freq_;
-  p.grid_barrier = grid_barrier_;
 }
 
 DecoderLayer::~DecoderLayer() {
   const DeviceGuard on(device_, std::nothrow);
   cudaFree(inv_freq_);
   cudaFree(grid_barrier_);
+  cudaFree(planned_);
+}
+
+// Every launch whose job lists do not depend on the position gets them from a table written here once, by a planning
+// launch of its kernel on its grid, instead of building them at entry (bench/NOTES.md v55).
+void DecoderLayer::plan_job_lists() {
+  const kernels::LayerModel model = layer_model(config_.arch);
+  const int phases = static_cast<int>(plan_.phase_grids.size());
+  std::vector<std::size_t> bytes(phases + 2, 0);
+  for (int i = 0; i < phases; ++i) bytes[i] = kernels::planned_lists_bytes(model, i, i, plan_.phase_grids[i].blocks);
+  if (plan_.cooperative_supported) bytes[phases] = kernels::planned_lists_bytes(model, 0, phases - 1, plan_.blocks);
+  if (model == kernels::LayerModel::GptNeoX)
+    bytes[phases + 1] = kernels::down_residual_planned_lists_bytes(plan_.blocks);
+  planned_offsets_.assign(bytes.size(), SIZE_MAX);
+  std::size_t total = 0;
+  for (std::size_t i = 0; i < bytes.size(); ++i) {
+    if (bytes[i] == 0) continue;
+    planned_offsets_[i] = total;
+    total += bytes[i];  // multiples of sizeof(PlannedList): every table stays aligned
+  }
+  if (total == 0) return;
+  CF_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&planned_), total));
+  planned_bytes_ = total;
+  kernels::DecoderLayerParams p = *params_;
+  p.max_seq = max_seq_;
+  p.plan_lists = 1;
+  for (int i = 0; i < phases + 2; ++i) {
+    p.planned_lists = planned_lists(i);
+    if (p.planned_lists == nullptr) continue;
+    if (i < phases) {
+      launch(p, i, i, nullptr);
+    } else if (i == phases) {
+      launch(p, 0, phases - 1, nullptr);
+    } else {
+      CF_CUDA_CHECK(kernels::launch_down_residual(p, down_residual_grid(), nullptr));
+    }
+  }
+  // Launches on any stream read the tables from now on.
+  CF_CUDA_CHECK(cudaStreamSynchronize(nullptr));
+}
+
+void* DecoderLayer::planned_lists(int launch) const {
+  const std::size_t offset = planned_offsets_[launch];
+  return offset == SIZE_MAX ? nullptr : planned_ + offset;
 }
 
 unsigned DecoderLayer::debug_grid_barrier_word() const {
@@ -213,10 +259,14 @@ void DecoderLayer::down_residual(const void* x, const void* attn_output, const f
   p.position = 0;  // unused: the launch neither attends nor touches a cache
   p.max_seq = max_seq_;
   p.overlap_previous = overlap_previous_;
-  const kernels::LayerShape shape = layer_shape(config_, max_seq_);
-  const kernels::LayerGrid grid{plan_.blocks, plan_.cluster_size,
-                                kernels::down_residual_smem(shape, plan_.cluster_size, plan_.clusters)};
-  CF_CUDA_CHECK(kernels::launch_down_residual(p, grid, stream));
+  p.planned_lists = use_planned_ ? planned_lists(static_cast<int>(plan_.phase_grids.size()) + 1) : nullptr;
+  CF_CUDA_CHECK(kernels::launch_down_residual(p, down_residual_grid(), stream));
+}
+
+kernels::LayerGrid DecoderLayer::down_residual_grid() const {
+  return kernels::LayerGrid{plan_.blocks, plan_.cluster_size,
+                            kernels::down_residual_smem(layer_shape(config_, max_seq_), plan_.cluster_size,
+                                                        plan_.clusters)};
 }
 
 void DecoderLayer::launch(const kernels::DecoderLayerParams& p, LayerMode mode, cudaStream_t stream) const {
@@ -235,12 +285,17 @@ void DecoderLayer::launch(const kernels::DecoderLayerParams& p, LayerMode mode, 
   }
 }
 
+// A planning launch (p.plan_lists) brings its table; every other one gets the launch's planned lists here.
 void DecoderLayer::launch(const kernels::DecoderLayerParams& p, int first, int last, cudaStream_t stream) const {
   const kernels::LayerGrid grid =
       first == last ? kernels::LayerGrid{plan_.phase_grids[first].blocks, plan_.phase_grids[first].cluster_size,
                                          plan_.phase_grids[first].smem}
                     : kernels::LayerGrid{plan_.blocks, plan_.cluster_size, plan_.smem_cooperative};
-  CF_CUDA_CHECK(kernels::launch_decoder_layer(p, layer_shape(config_, max_seq_), first, last, grid, stream));
+  kernels::DecoderLayerParams q = p;
+  if (!q.plan_lists)
+    q.planned_lists = use_planned_ ? planned_lists(first == last ? first : static_cast<int>(plan_.phase_grids.size()))
+                                   : nullptr;
+  CF_CUDA_CHECK(kernels::launch_decoder_layer(q, layer_shape(config_, max_seq_), first, last, grid, stream));
 }
 
 }  // namespace clusterfusion

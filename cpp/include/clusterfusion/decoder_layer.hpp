@@ -13,6 +13,7 @@
 namespace clusterfusion {
 namespace kernels {
 struct DecoderLayerParams;
+struct LayerGrid;
 }
 
 enum class LayerMode {
@@ -116,12 +117,21 @@ class DecoderLayer {
   // Setting anything else throws std::invalid_argument.
   unsigned debug_grid_barrier_word() const;
   void debug_set_grid_barrier_word(unsigned word);
+  // For tests: the bytes of the job lists planned when the layer was built (every launch's whose lists do not depend on
+  // the position), and whether launches read them (on by default; off, every block builds its own at entry).
+  std::size_t debug_planned_lists_bytes() const { return planned_bytes_; }
+  void debug_set_planned_lists(bool on) { use_planned_ = on; }
 
  private:
   void check(const KVCache& cache, int layer, const LayerIO& io, int position, cudaStream_t stream) const;
   kernels::DecoderLayerParams step_params(const KVCache& cache, int layer, const LayerIO& io) const;
   void launch(const kernels::DecoderLayerParams& p, int first, int last, cudaStream_t stream) const;
   void launch(const kernels::DecoderLayerParams& p, LayerMode mode, cudaStream_t stream) const;
+  void plan_job_lists();
+  kernels::LayerGrid down_residual_grid() const;
+  // Launch i's planned job lists: split mode's phase i, the cooperative launch (i = phases), down_residual's
+  // (phases + 1); nullptr where it builds them at entry.
+  void* planned_lists(int launch) const;
   ModelConfig config_;
   LayerWeights weights_;
   int max_seq_;
@@ -130,6 +140,10 @@ class DecoderLayer {
   std::unique_ptr<kernels::DecoderLayerParams> params_;  // all but the step's buffers, filled once
   double* inv_freq_ = nullptr;         // device: the rotary inverse frequencies
   unsigned* grid_barrier_ = nullptr;   // device word of the cooperative mode's grid barrier
+  unsigned char* planned_ = nullptr;   // device: every launch's planned job lists, one allocation
+  std::vector<std::size_t> planned_offsets_;  // per launch (planned_lists), SIZE_MAX for none
+  std::size_t planned_bytes_ = 0;
+  bool use_planned_ = true;
   bool overlap_previous_ = false;
 };
 

@@ -322,12 +322,15 @@ class LayerBlock {
   using Attention = DecodeAttention<kHeadDim>;
 
  public:
-  __device__ LayerBlock(const DecoderLayerParams& p, unsigned char* smem, int position)
+  // The launch's lists do not depend on the position: they can come from a planning launch (p.planned_lists).
+  static constexpr bool kPlanned = lists_planned<Model>(kFirst, kLast);
+
+  // `planned`: this thread's list when p.planned_lists is set (load_planned).
+  __device__ LayerBlock(const DecoderLayerParams& p, unsigned char* smem, int position, const PlannedList& planned)
       : p_(p),
         smem_(smem),
         position_(position),
-        layout_(p.hidden, proj_columns<Model>(p.hidden, p.ffn), kHeadDim, p.max_seq, cluster_size(),
-                gridDim.x / cluster_size(), p.attention_chunks, gate_rows(p.ffn, gridDim.x)),
+        layout_(layout(p)),
         lists_(reinterpret_cast<const JobList*>(smem + SmemLayout::kJobLists)),
         stream_(smem, lists_, total_lists()) {
     if (p.timeline != nullptr) stream_.stamp_boxes(p.timeline + blockIdx.x * kTimelineStride);
@@ -342,7 +345,13 @@ class LayerBlock {
       if (threadIdx.x < p.rotary_dims / 2) inv_freq_ = p.inv_freq[threadIdx.x];
     }
     if constexpr (any_phase(&PhaseSpec::up)) norm_.load_params(1, p.norm_weight[1], p.norm_bias[1], p.hidden);
-    build_job_lists<Model, kHeadDim, kFirst, kLast>(p, layout_, smem, position);
+    if (kPlanned && p.planned_lists != nullptr) {
+      if (threadIdx.x < total_lists())
+        reinterpret_cast<JobList*>(smem + SmemLayout::kJobLists)[threadIdx.x] = planned.job_list(p.maps, smem);
+      __syncthreads();
+    } else {
+      build_job_lists<Model, kHeadDim, kFirst, kLast>(p, layout_, smem, position);
+    }
     stamp(p, kMarkListed);
     prefetch_constants();
     stream_.start();
@@ -350,6 +359,30 @@ class LayerBlock {
       stream_.prime(kFirstNorms ? kEarlyStages : kStages);
       stamp(p, kMarkPrimed);
     }
+  }
+
+  // Planning launch (p.plan_lists): builds this block's lists as a launch at any position would and writes them to
+  // p.planned_lists, nothing else.
+  __device__ static void plan_lists(const DecoderLayerParams& p, unsigned char* smem) {
+    static_assert(kPlanned, "only lists that do not depend on the position are planned");
+    build_job_lists<Model, kHeadDim, kFirst, kLast>(p, layout(p), smem, 0);
+    if (threadIdx.x < total_lists()) {
+      const auto* lists = reinterpret_cast<const JobList*>(smem + SmemLayout::kJobLists);
+      static_cast<PlannedList*>(p.planned_lists)[blockIdx.x * total_lists() + threadIdx.x] =
+          PlannedList(lists[threadIdx.x], p.maps, smem);
+    }
+  }
+  // This thread's planned list (thread l < the launch's lists: list l), issued at entry so that its round trip is
+  // the device position's (bench/NOTES.md v55); read-only after the planning launch, so through the texture path.
+  __device__ static PlannedList load_planned(const DecoderLayerParams& p) {
+    PlannedList planned;
+    if (kPlanned && p.planned_lists != nullptr && threadIdx.x < total_lists()) {
+      const auto* src = static_cast<const uint4*>(p.planned_lists) + (blockIdx.x * total_lists() + threadIdx.x) * 4;
+      auto* dst = reinterpret_cast<uint4*>(&planned);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) dst[i] = __ldg(src + i);
+    }
+    return planned;
   }
 
   // The most rows of SwiGLU's gate any block holds: SwiGLU's up rows are shared only in a phase without heads.
@@ -370,6 +403,10 @@ class LayerBlock {
 
  private:
   static constexpr int total_lists() { return phase_list_base<Model>(kFirst, kLast + 1); }
+  __device__ static SmemLayout layout(const DecoderLayerParams& p) {
+    return SmemLayout(p.hidden, proj_columns<Model>(p.hidden, p.ffn), kHeadDim, p.max_seq, cluster_size(),
+                      gridDim.x / cluster_size(), p.attention_chunks, gate_rows(p.ffn, gridDim.x));
+  }
   // Only a launch of several phases of a model with a heads-only phase may have more attention chunks than ranks (the
   // plan spreads that phase over more blocks in split mode, LayerLaunchPlan); every other launch has one chunk per
   // rank and no loop, whose registers would spill.
@@ -602,6 +639,14 @@ namespace clusterfusion::kernels {
 template <class Model, int kHeadDim, int kFirst, int kLast>
 __global__ void __launch_bounds__(kThreads, 1) decoder_layer_kernel(const __grid_constant__ DecoderLayerParams p) {
   extern __shared__ __align__(128) unsigned char smem[];
+  using Block = LayerBlock<Model, kHeadDim, kFirst, kLast>;
+  if constexpr (Block::kPlanned) {
+    if (p.plan_lists) {
+      Block::plan_lists(p, smem);
+      return;
+    }
+  }
+  const PlannedList planned = Block::load_planned(p);
   // A device position past the cache (only possible through device_position: the host checks its own) makes
   // every block return before touching anything, the same decision in every block.
   const int position = step_position(p);
@@ -610,7 +655,7 @@ __global__ void __launch_bounds__(kThreads, 1) decoder_layer_kernel(const __grid
   // The next kernel is scheduled once every block of ours has passed here, so never ahead of one of ours; its
   // blocks then take the SMs ours leave.
   allow_next_kernel_to_start();
-  LayerBlock<Model, kHeadDim, kFirst, kLast> block(p, smem, position);
+  Block block(p, smem, position, planned);
   block.run();
 }
 

@@ -88,6 +88,14 @@ std::size_t layer_smem(const LayerShape& s, int first, int last, int cluster, in
   return smem;
 }
 
+// Bytes of the planned job lists of a launch of phases first..last on `blocks` blocks; 0 where they follow the position.
+template <class Model>
+constexpr std::size_t planned_lists_bytes(int first, int last, int blocks) {
+  return lists_planned<Model>(first, last)
+             ? std::size_t(blocks) * phase_list_base<Model>(first, last + 1) * sizeof(PlannedList)
+             : 0;
+}
+
 // Phase `phase` alone, from kPhase on.
 template <class Model, int kHeadDim, int kPhase = 0>
 cudaError_t launch_phase(const DecoderLayerParams& p, const LayerGrid& grid, int phase, cudaStream_t stream) {

@@ -44,9 +44,15 @@ cudaError_t prepare_decoder_layer(const LayerShape& shape);
 cudaError_t launch_decoder_layer(const DecoderLayerParams& p, const LayerShape& shape, int first, int last,
                                  const LayerGrid& grid, cudaStream_t stream);
 
+// Planned job lists (DecoderLayerParams::planned_lists): their bytes for a launch of phases first..last on `blocks`
+// blocks, 0 where the lists follow the position and every block builds its own. Launched with p.plan_lists set and
+// p.planned_lists pointing at that many bytes of device memory, a kernel writes them and does nothing else.
+std::size_t planned_lists_bytes(LayerModel model, int first, int last, int blocks);
+
 // GPT-NeoX's down_proj_residual alone (model_traits.hpp, GptNeoXDownResidual): out = x + residual_add + W_down act
 // + b_down, one launch on the layer's grid; its dynamic shared memory on `clusters` clusters of `cluster` blocks.
 std::size_t down_residual_smem(const LayerShape& shape, int cluster, int clusters);
+std::size_t down_residual_planned_lists_bytes(int blocks);
 cudaError_t launch_down_residual(const DecoderLayerParams& p, const LayerGrid& grid, cudaStream_t stream);
 
 }  // namespace clusterfusion::kernels

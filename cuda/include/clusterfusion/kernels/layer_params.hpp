@@ -99,6 +99,10 @@ struct DecoderLayerParams {
   __half* v_cache;
   unsigned* grid_barrier;
   unsigned long long* timeline;  // optional: kTimelineStride global-timer stamps per block (kernel tuning)
+  // The launch's job lists where they do not depend on the position (lists_planned, model_traits.hpp): a PlannedList
+  // per list per block, written by a launch of the same kernel with plan_lists set (which does nothing else), read
+  // by each block at entry; nullptr: every block builds its own.
+  void* planned_lists;
   int position;
   const int* device_position;  // when set, the position is read from here (one CUDA graph for every step)
   int overlap_previous;        // launched to start while the previous kernel runs (see decoder_layer_kernel)
@@ -110,6 +114,7 @@ struct DecoderLayerParams {
   // whichever rank computes it; 0: each list picks its own (choose_chunks).
   int qkv_chunks;
   float eps;
+  int plan_lists;
 };
 
 __host__ __device__ constexpr std::size_t align_up(std::size_t n, std::size_t a) { return (n + a - 1) / a * a; }

@@ -90,6 +90,15 @@ __host__ __device__ constexpr int phase_lists(const PhaseSpec& s) {
   return (s.attend ? kQkvLists : 0) + (s.up ? kUpLists : 0) + (s.o_proj || s.down_proj ? kProjLists : 0);
 }
 
+// Whether the job lists of a launch of phases first..last are the same at every position, so that they can be planned
+// once (bench/NOTES.md v55): only the norm share of a phase that attends and streams up rows follows the position.
+template <class Model>
+__host__ __device__ constexpr bool lists_planned(int first, int last) {
+  bool planned = true;
+  for (int i = first; i <= last; ++i) planned = planned && !(Model::phase(i).attend && Model::phase(i).up);
+  return planned;
+}
+
 // The K of a model's proj_residual phase, in columns: W_o's (hidden) and/or W_down's (ffn), laid end to end.
 template <class Model>
 __host__ __device__ constexpr int proj_columns(int hidden, int ffn) {
