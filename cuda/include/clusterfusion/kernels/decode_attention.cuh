@@ -5,6 +5,7 @@
 #pragma once
 #include <cuda_fp16.h>
 
+#include "clusterfusion/kernels/async_copy.cuh"
 #include "clusterfusion/kernels/block_reduce.cuh"
 #include "clusterfusion/kernels/cluster.cuh"
 #include "clusterfusion/kernels/layer_params.hpp"
@@ -84,13 +85,56 @@ struct DecodeAttention {
     }
   }
 
+  // A chunk's cached keys and values, copied into shared memory before the head's q|k|v is complete (the cached
+  // rows do not depend on this step), so that the scores and the values wait for no global load (bench/NOTES.md
+  // v57). Null where they did not fit.
+  struct StagedRows {
+    const uint4* keys = nullptr;
+    const uint4* values = nullptr;
+  };
+  // Stages positions [t0, t1) (the new token's excepted) into `buffer` (`bytes`): the keys where they fit, the values
+  // too where both do. Each thread copies the vectors it reads in the tiles later, so no block barrier is needed.
+  __device__ static StagedRows stage(const __half* k_cache, const __half* v_cache, int position, int t0, int t1,
+                                     void* buffer, std::size_t bytes) {
+    const std::size_t vecs = std::size_t(t1 - t0) * kVecs;
+    if (vecs * 16 > bytes) return {};
+    StagedRows staged;
+    auto* keys = static_cast<uint4*>(buffer);
+    const bool values = 2 * vecs * 16 <= bytes;
+    const int vec = threadIdx.x % kVecs, group = threadIdx.x / kVecs;
+    if (group < kGroups) {
+      for (int t = t0 + group; t < t1; t += kGroups) {
+        if (t == position) continue;
+        const std::size_t i = std::size_t(t - t0) * kVecs + vec, row = std::size_t(t) * kHeadDim + vec * 8;
+        async_copy_16(keys + i, k_cache + row);
+        if (values) async_copy_16(keys + vecs + i, v_cache + row);
+      }
+    }
+    async_copy_commit();
+    return StagedRows{keys, values ? keys + vecs : nullptr};
+  }
+
+  // This thread's cache vectors of the tile of positions from `base` (below t1, the new token's excepted), from
+  // the staged copy of the chunk from t0 if there is one.
+  __device__ static void load_tile(const __half* cache, const uint4* staged, int t0, int base, int t1, int position,
+                                   uint4 (&raw)[kUnroll]) {
+    const int vec = threadIdx.x % kVecs, group = threadIdx.x / kVecs;
+    if (staged != nullptr) async_copy_wait_all();
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int t = base + group + u * kGroups;
+      if (group < kGroups && t < t1 && t != position)
+        raw[u] = staged != nullptr ? staged[std::size_t(t - t0) * kVecs + vec] : load_vec(cache, t, vec);
+    }
+  }
+
   // The softmax partials of positions [t0, t1) of 0..position. q is rotated and scaled; k_new and v_new are the
-  // new token's key and value. Writes (m, l, o[kHeadDim]) into `slot` of rank 0's shared memory; calls done(step)
-  // as each AttentionStep ends.
+  // new token's key and value; `staged`: the chunk's rows in shared memory, where stage() put them. Writes
+  // (m, l, o[kHeadDim]) into `slot` of rank 0's shared memory; calls done(step) as each AttentionStep ends.
   template <class Done>
   __device__ static void partial(const float* q, const float* k_new, const float* v_new, const __half* k_cache,
-                                 const __half* v_cache, int position, int t0, int t1, float* scores,
-                                 float* partials, float* slot, float* scratch, Done&& done) {
+                                 const __half* v_cache, int position, int t0, int t1, const StagedRows& staged,
+                                 float* scores, float* partials, float* slot, float* scratch, Done&& done) {
     const int vec = threadIdx.x % kVecs, group = threadIdx.x / kVecs;
     const bool active = group < kGroups;
     float qv[8];
@@ -100,11 +144,7 @@ struct DecodeAttention {
     // Scores: per tile, each thread dots its vectors, then one thread per position sums them in order.
     for (int base = t0; base < t1; base += kTile) {
       uint4 raw[kUnroll];
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int t = base + group + u * kGroups;
-        if (active && t < t1 && t != position) raw[u] = load_vec(k_cache, t, vec);
-      }
+      load_tile(k_cache, staged.keys, t0, base, t1, position, raw);
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         const int t = base + group + u * kGroups;
@@ -143,11 +183,7 @@ struct DecodeAttention {
     float o[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
     for (int base = t0; base < t1; base += kTile) {
       uint4 raw[kUnroll];
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int t = base + group + u * kGroups;
-        if (active && t < t1 && t != position) raw[u] = load_vec(v_cache, t, vec);
-      }
+      load_tile(v_cache, staged.values, t0, base, t1, position, raw);
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         const int t = base + group + u * kGroups;

@@ -517,6 +517,20 @@ class LayerBlock {
     cluster_arrive();
     if (up) up_rows(kBase + kQkvLists, c);
     stamp(p_, kMarkUp);
+    const KvChunks chunks(position_, p_.attention_chunks);
+    const std::size_t head_offset = std::size_t(kv_head(head)) * p_.max_seq * kHeadDim;
+    // A launch of this phase alone has streamed its last weights now, and its ring is free: the block's chunk of the
+    // cache goes there while the cluster completes the head's q|k|v.
+    typename Attention::StagedRows staged;
+#ifndef CF_STAGE_KV
+#define CF_STAGE_KV 1
+#endif
+    if constexpr (kFirst == kLast && CF_STAGE_KV) {
+      if (head < p_.heads)
+        staged = Attention::stage(p_.k_cache + head_offset, p_.v_cache + head_offset, position_,
+                                  chunks.begin(chunks.first), chunks.begin(chunks.first + 1), smem_,
+                                  SmemLayout::kRingBytes);
+    }
     cluster_wait();  // the head's q|k|v is complete in every block
     stamp(p_, kMarkHeadReady);
     if (head >= p_.heads) return;  // a cluster with no head: its share of up rows was its whole phase
@@ -525,7 +539,6 @@ class LayerBlock {
     float* k = qkv + kHeadDim;
     float* v = qkv + 2 * kHeadDim;
     Attention::rotary(q, k, p_.rotary_dims, rotation_);
-    const std::size_t head_offset = std::size_t(kv_head(head)) * p_.max_seq * kHeadDim;
     // The first query head of a kv group appends; the group's other clusters computed the same k and v.
     if (rank == 0 && head % (p_.heads / p_.kv_heads) == 0) {
       for (int e = threadIdx.x; e < kHeadDim; e += blockDim.x) {
@@ -533,22 +546,22 @@ class LayerBlock {
         p_.v_cache[head_offset + std::size_t(position_) * kHeadDim + e] = __float2half_rn(v[e]);
       }
     }
-    const KvChunks chunks(position_, p_.attention_chunks);
     float* combine = vec(layout_.combine);
     stamp(p_, kMarkRotary);
-    const auto chunk_partial = [&](int c) {
+    const auto chunk_partial = [&](int c, const typename Attention::StagedRows& rows) {
       Attention::partial(q, k, v, p_.k_cache + head_offset, p_.v_cache + head_offset, position_, chunks.begin(c),
-                         chunks.begin(c + 1), vec(layout_.scores), vec(layout_.partials), combine + c * (kHeadDim + 2),
-                         scratch(), [this](AttentionStep step) { stamp(p_, TimelineMark(kMarkScores + int(step))); });
+                         chunks.begin(c + 1), rows, vec(layout_.scores), vec(layout_.partials),
+                         combine + c * (kHeadDim + 2), scratch(),
+                         [this](AttentionStep step) { stamp(p_, TimelineMark(kMarkScores + int(step))); });
     };
     if constexpr (kChunkLoop) {
       for (int c = chunks.first; c < chunks.last; ++c) {
         if (c > chunks.first) __syncthreads();  // the last chunk's partials are read before they are rewritten
-        chunk_partial(c);
+        chunk_partial(c, {});
       }
     } else {
       if (chunks.last != chunks.first + 1) __trap();  // the plan gives every other launch one chunk per rank
-      chunk_partial(chunks.first);
+      chunk_partial(chunks.first, staged);
     }
     cluster_sync();  // every chunk's partials are on rank 0; no shared memory is touched remotely after this
     if (rank == 0) Attention::combine_partials(combine, p_.attention_chunks, p_.attn + head * kHeadDim);
