@@ -561,6 +561,14 @@ class LayerBlock {
       }
     } else {
       if (chunks.last != chunks.first + 1) __trap();  // the plan gives every other launch one chunk per rank
+#ifdef CF_ATTENTION_TWICE
+      // Measurement only (v58): a first, unstamped pass over the chunk, so that the stamped one runs warm.
+      Attention::partial(q, k, v, p_.k_cache + head_offset, p_.v_cache + head_offset, position_,
+                         chunks.begin(chunks.first), chunks.begin(chunks.first + 1), staged, vec(layout_.scores),
+                         vec(layout_.partials), combine + chunks.first * (kHeadDim + 2), scratch(), [](AttentionStep) {});
+      __syncthreads();
+      stamp(p_, kMarkRotary);
+#endif
       chunk_partial(chunks.first, staged);
     }
     cluster_sync();  // every chunk's partials are on rank 0; no shared memory is touched remotely after this
