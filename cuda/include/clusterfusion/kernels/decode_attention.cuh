@@ -121,6 +121,9 @@ struct DecodeAttention {
       for (int i = threadIdx.x; i < kTile && base + i < t1; i += blockDim.x) {
         const float* p = partials + i * kVecs;  // i = u * kGroups + group: position base + i
         float s = 0.f;
+#if CF_UNROLLED_SUMS
+#pragma unroll
+#endif
         for (int v = 0; v < kVecs; ++v) s += p[v];
         scores[base + i - t0] = s;
       }
@@ -167,6 +170,9 @@ struct DecodeAttention {
     __syncthreads();
     for (int e = threadIdx.x; e < kHeadDim; e += blockDim.x) {
       float s = 0.f;
+#if CF_UNROLLED_SUMS
+#pragma unroll
+#endif
       for (int g = 0; g < kGroups; ++g) s += partials[g * kHeadDim + e];
       dsmem_store(slot + 2 + e, 0, s);
     }
