@@ -138,6 +138,18 @@ TEST_P(PlannedLists, SameBitsAsListsBuiltAtEntry) {
       expect_same(planned, built);
     }
   }
+  // The launches read the table: with every planned list emptied (no jobs) the layer computes other bits.
+  const std::size_t bytes = run.layer.debug_planned_lists_bytes();
+  std::vector<unsigned char> table(bytes);
+  CF_CUDA_CHECK(cudaMemcpy(table.data(), run.layer.debug_planned_lists(), bytes, cudaMemcpyDeviceToHost));
+  const int position = cf_test::uniform_int(1, kMaxSeq - 1);
+  const Written planned = run.forward(cf::LayerMode::Split, position);
+  CF_CUDA_CHECK(cudaMemset(run.layer.debug_planned_lists(), 0, bytes));
+  const Written emptied = run.forward(cf::LayerMode::Split, position);
+  CF_CUDA_CHECK(cudaMemcpy(run.layer.debug_planned_lists(), table.data(), bytes, cudaMemcpyHostToDevice));
+  EXPECT_FALSE(same_bits(emptied.out, planned.out)) << "a split forward did not read its planned lists";
+  EXPECT_TRUE(same_bits(run.forward(cf::LayerMode::Split, position).out, planned.out)) << "restored";
+
   if (run.config.parallel_residual) {
     run.layer.debug_set_planned_lists(false);
     const std::vector<__half> built = run.down_residual();

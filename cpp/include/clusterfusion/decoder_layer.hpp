@@ -117,8 +117,10 @@ class DecoderLayer {
   // Setting anything else throws std::invalid_argument.
   unsigned debug_grid_barrier_word() const;
   void debug_set_grid_barrier_word(unsigned word);
-  // For tests: the bytes of the job lists planned when the layer was built (every launch's whose lists do not depend on
-  // the position), and whether launches read them (on by default; off, every block builds its own at entry).
+  // For tests: the job lists planned when the layer was built (every launch's whose lists do not depend on the
+  // position; device memory, debug_planned_lists_bytes() of it), and whether launches read them (on by default; off,
+  // every block builds its own at entry).
+  void* debug_planned_lists() const { return planned_; }
   std::size_t debug_planned_lists_bytes() const { return planned_bytes_; }
   void debug_set_planned_lists(bool on) { use_planned_ = on; }
 
