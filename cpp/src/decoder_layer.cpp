@@ -92,7 +92,7 @@ DecoderLayer::DecoderLayer(const ModelConfig& config, const LayerWeights& weight
   } catch (...) {
     cudaFree(inv_freq_);
     cudaFree(grid_barrier_);
-    cudaFree(planned_);
+    cudaFree(planned_lists_);
     throw;
   }
 }
@@ -101,7 +101,7 @@ DecoderLayer::~DecoderLayer() {
   const DeviceGuard on(device_, std::nothrow);
   cudaFree(inv_freq_);
   cudaFree(grid_barrier_);
-  cudaFree(planned_);
+  cudaFree(planned_lists_);
 }
 
 // Every launch whose job lists do not depend on the position gets them from a table written here once, by a planning
@@ -109,11 +109,12 @@ DecoderLayer::~DecoderLayer() {
 void DecoderLayer::plan_job_lists() {
   const kernels::LayerModel model = layer_model(config_.arch);
   const int phases = static_cast<int>(plan_.phase_grids.size());
-  std::vector<std::size_t> bytes(phases + 2, 0);
+  std::vector<std::size_t> bytes(down_residual_launch() + 1, 0);
   for (int i = 0; i < phases; ++i) bytes[i] = kernels::planned_lists_bytes(model, i, i, plan_.phase_grids[i].blocks);
-  if (plan_.cooperative_supported) bytes[phases] = kernels::planned_lists_bytes(model, 0, phases - 1, plan_.blocks);
+  if (plan_.cooperative_supported)
+    bytes[cooperative_launch()] = kernels::planned_lists_bytes(model, 0, phases - 1, plan_.blocks);
   if (model == kernels::LayerModel::GptNeoX)
-    bytes[phases + 1] = kernels::down_residual_planned_lists_bytes(plan_.blocks);
+    bytes[down_residual_launch()] = kernels::down_residual_planned_lists_bytes(plan_.blocks);
   planned_offsets_.assign(bytes.size(), SIZE_MAX);
   std::size_t total = 0;
   for (std::size_t i = 0; i < bytes.size(); ++i) {
@@ -122,17 +123,17 @@ void DecoderLayer::plan_job_lists() {
     total += bytes[i];  // multiples of sizeof(PlannedList): every table stays aligned
   }
   if (total == 0) return;
-  CF_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&planned_), total));
+  CF_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&planned_lists_), total));
   planned_bytes_ = total;
   kernels::DecoderLayerParams p = *params_;
   p.max_seq = max_seq_;
-  p.plan_lists = 1;
-  for (int i = 0; i < phases + 2; ++i) {
+  p.write_planned_lists = 1;
+  for (int i = 0; i < static_cast<int>(bytes.size()); ++i) {
     p.planned_lists = planned_lists(i);
     if (p.planned_lists == nullptr) continue;
     if (i < phases) {
       launch(p, i, i, nullptr);
-    } else if (i == phases) {
+    } else if (i == cooperative_launch()) {
       launch(p, 0, phases - 1, nullptr);
     } else {
       CF_CUDA_CHECK(kernels::launch_down_residual(p, down_residual_grid(), nullptr));
@@ -144,7 +145,7 @@ void DecoderLayer::plan_job_lists() {
 
 void* DecoderLayer::planned_lists(int launch) const {
   const std::size_t offset = planned_offsets_[launch];
-  return offset == SIZE_MAX ? nullptr : planned_ + offset;
+  return offset == SIZE_MAX ? nullptr : planned_lists_ + offset;
 }
 
 unsigned DecoderLayer::debug_grid_barrier_word() const {
@@ -259,7 +260,7 @@ void DecoderLayer::down_residual(const void* x, const void* attn_output, const f
   p.position = 0;  // unused: the launch neither attends nor touches a cache
   p.max_seq = max_seq_;
   p.overlap_previous = overlap_previous_;
-  p.planned_lists = use_planned_ ? planned_lists(static_cast<int>(plan_.phase_grids.size()) + 1) : nullptr;
+  p.planned_lists = use_planned_ ? planned_lists(down_residual_launch()) : nullptr;
   CF_CUDA_CHECK(kernels::launch_down_residual(p, down_residual_grid(), stream));
 }
 
@@ -285,15 +286,15 @@ void DecoderLayer::launch(const kernels::DecoderLayerParams& p, LayerMode mode, 
   }
 }
 
-// A planning launch (p.plan_lists) brings its table; every other one gets the launch's planned lists here.
+// A planning launch (p.write_planned_lists) brings its table; every other one gets the launch's planned lists here.
 void DecoderLayer::launch(const kernels::DecoderLayerParams& p, int first, int last, cudaStream_t stream) const {
   const kernels::LayerGrid grid =
       first == last ? kernels::LayerGrid{plan_.phase_grids[first].blocks, plan_.phase_grids[first].cluster_size,
                                          plan_.phase_grids[first].smem}
                     : kernels::LayerGrid{plan_.blocks, plan_.cluster_size, plan_.smem_cooperative};
   kernels::DecoderLayerParams q = p;
-  if (!q.plan_lists)
-    q.planned_lists = use_planned_ ? planned_lists(first == last ? first : static_cast<int>(plan_.phase_grids.size()))
+  if (!q.write_planned_lists)
+    q.planned_lists = use_planned_ ? planned_lists(first == last ? first : cooperative_launch())
                                    : nullptr;
   CF_CUDA_CHECK(kernels::launch_decoder_layer(q, layer_shape(config_, max_seq_), first, last, grid, stream));
 }

@@ -68,8 +68,9 @@ LayerLaunchPlan plan_layer(const ModelConfig& config, int max_seq);
 class DecoderLayer {
  public:
   // Validates config and weights (throws std::invalid_argument naming the field or tensor, also for a weight of
-  // another device than the current one) and encodes the weights' TMA tensor maps. The weights are borrowed: they
-  // must outlive this object.
+  // another device than the current one), encodes the weights' TMA tensor maps and plans the job lists that do not
+  // depend on the position (a few small launches on the legacy default stream, waited for). The weights are
+  // borrowed: they must outlive this object.
   DecoderLayer(const ModelConfig& config, const LayerWeights& weights, int max_seq);
   ~DecoderLayer();
   DecoderLayer(const DecoderLayer&) = delete;
@@ -117,10 +118,10 @@ class DecoderLayer {
   // Setting anything else throws std::invalid_argument.
   unsigned debug_grid_barrier_word() const;
   void debug_set_grid_barrier_word(unsigned word);
-  // For tests: the job lists planned when the layer was built (every launch's whose lists do not depend on the
+  // For tests: the job lists planned when the layer was built (of every launch whose lists do not depend on the
   // position; device memory, debug_planned_lists_bytes() of it), and whether launches read them (on by default; off,
   // every block builds its own at entry).
-  void* debug_planned_lists() const { return planned_; }
+  void* debug_planned_lists() const { return planned_lists_; }
   std::size_t debug_planned_lists_bytes() const { return planned_bytes_; }
   void debug_set_planned_lists(bool on) { use_planned_ = on; }
 
@@ -131,9 +132,11 @@ class DecoderLayer {
   void launch(const kernels::DecoderLayerParams& p, LayerMode mode, cudaStream_t stream) const;
   void plan_job_lists();
   kernels::LayerGrid down_residual_grid() const;
-  // Launch i's planned job lists: split mode's phase i, the cooperative launch (i = phases), down_residual's
-  // (phases + 1); nullptr where it builds them at entry.
+  // Launch i's planned job lists (split mode's phase i, cooperative_launch(), down_residual_launch()); nullptr where
+  // it builds them at entry.
   void* planned_lists(int launch) const;
+  int cooperative_launch() const { return static_cast<int>(plan_.phase_grids.size()); }
+  int down_residual_launch() const { return cooperative_launch() + 1; }
   ModelConfig config_;
   LayerWeights weights_;
   int max_seq_;
@@ -142,7 +145,7 @@ class DecoderLayer {
   std::unique_ptr<kernels::DecoderLayerParams> params_;  // all but the step's buffers, filled once
   double* inv_freq_ = nullptr;         // device: the rotary inverse frequencies
   unsigned* grid_barrier_ = nullptr;   // device word of the cooperative mode's grid barrier
-  unsigned char* planned_ = nullptr;   // device: every launch's planned job lists, one allocation
+  unsigned char* planned_lists_ = nullptr;   // device: every launch's planned job lists, one allocation
   std::vector<std::size_t> planned_offsets_;  // per launch (planned_lists), SIZE_MAX for none
   std::size_t planned_bytes_ = 0;
   bool use_planned_ = true;

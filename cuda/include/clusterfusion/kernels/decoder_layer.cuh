@@ -20,6 +20,7 @@
 #include "clusterfusion/kernels/layer_params.hpp"
 #include "clusterfusion/kernels/model_traits.hpp"
 #include "clusterfusion/kernels/norm.cuh"
+#include "clusterfusion/kernels/planned_list.cuh"
 #include "clusterfusion/kernels/special_registers.cuh"
 #include "clusterfusion/kernels/weight_stream.cuh"
 
@@ -361,7 +362,7 @@ class LayerBlock {
     }
   }
 
-  // Planning launch (p.plan_lists): builds this block's lists as a launch at any position would and writes them to
+  // Planning launch (p.write_planned_lists): builds this block's lists as a launch at any position would and writes them to
   // p.planned_lists, nothing else.
   __device__ static void plan_lists(const DecoderLayerParams& p, unsigned char* smem) {
     static_assert(kPlanned, "only lists that do not depend on the position are planned");
@@ -641,7 +642,7 @@ __global__ void __launch_bounds__(kThreads, 1) decoder_layer_kernel(const __grid
   extern __shared__ __align__(128) unsigned char smem[];
   using Block = LayerBlock<Model, kHeadDim, kFirst, kLast>;
   if constexpr (Block::kPlanned) {
-    if (p.plan_lists) {
+    if (p.write_planned_lists) {
       Block::plan_lists(p, smem);
       return;
     }

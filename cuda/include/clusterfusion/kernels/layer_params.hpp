@@ -100,7 +100,7 @@ struct DecoderLayerParams {
   unsigned* grid_barrier;
   unsigned long long* timeline;  // optional: kTimelineStride global-timer stamps per block (kernel tuning)
   // The launch's job lists where they do not depend on the position (lists_planned, model_traits.hpp): a PlannedList
-  // per list per block, written by a launch of the same kernel with plan_lists set (which does nothing else), read
+  // per list per block, written by a launch of the same kernel with write_planned_lists set (which does nothing else), read
   // by each block at entry; nullptr: every block builds its own.
   void* planned_lists;
   int position;
@@ -114,7 +114,7 @@ struct DecoderLayerParams {
   // whichever rank computes it; 0: each list picks its own (choose_chunks).
   int qkv_chunks;
   float eps;
-  int plan_lists;
+  int write_planned_lists;
 };
 
 __host__ __device__ constexpr std::size_t align_up(std::size_t n, std::size_t a) { return (n + a - 1) / a * a; }

@@ -82,37 +82,6 @@ __device__ __forceinline__ void chain_job_lists(JobList* lists, int count) {
   }
 }
 
-// A JobList in global memory, written by one launch for a block of another (planned lists, decoder_layer.cuh): its
-// tensor maps as indices into the launch's maps and its vectors as byte offsets into shared memory, -1 for none.
-struct alignas(16) PlannedList {
-  int row0, jobs, chunks, first_warp, segments, box_begin, box_end;
-  int map[2], vec[2], boxes[2], first_box[2];
-  int unused;
-
-  __device__ PlannedList() = default;
-  __device__ PlannedList(const JobList& list, const CUtensorMap* maps, const unsigned char* smem)
-      : row0(list.row0), jobs(list.jobs), chunks(list.chunks), first_warp(list.first_warp), segments(list.segments),
-        box_begin(list.box_begin), box_end(list.box_end), unused(0) {
-    for (int s = 0; s < 2; ++s) {
-      const Segment& seg = list.seg[s];
-      map[s] = seg.map != nullptr ? int(seg.map - maps) : -1;
-      vec[s] = seg.vec != nullptr ? int(reinterpret_cast<const unsigned char*>(seg.vec) - smem) : -1;
-      boxes[s] = seg.boxes;
-      first_box[s] = seg.first_box;
-    }
-  }
-  __device__ JobList job_list(const CUtensorMap* maps, const unsigned char* smem) const {
-    JobList list{row0, jobs, chunks, first_warp, segments, {}, box_begin, box_end};
-    for (int s = 0; s < 2; ++s) {
-      list.seg[s] = Segment{map[s] >= 0 ? maps + map[s] : nullptr,
-                            vec[s] >= 0 ? reinterpret_cast<const float*>(smem + vec[s]) : nullptr, boxes[s],
-                            first_box[s]};
-    }
-    return list;
-  }
-};
-static_assert(sizeof(PlannedList) == 64, "four 16-byte loads per list");
-
 class WarpStream {
  public:
   __device__ WarpStream(unsigned char* smem, const JobList* lists, int list_count)
