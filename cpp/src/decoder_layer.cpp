@@ -294,8 +294,7 @@ void DecoderLayer::launch(const kernels::DecoderLayerParams& p, int first, int l
                     : kernels::LayerGrid{plan_.blocks, plan_.cluster_size, plan_.smem_cooperative};
   kernels::DecoderLayerParams q = p;
   if (!q.write_planned_lists)
-    q.planned_lists = use_planned_ ? planned_lists(first == last ? first : cooperative_launch())
-                                   : nullptr;
+    q.planned_lists = use_planned_ ? planned_lists(first == last ? first : cooperative_launch()) : nullptr;
   CF_CUDA_CHECK(kernels::launch_decoder_layer(q, layer_shape(config_, max_seq_), first, last, grid, stream));
 }
 

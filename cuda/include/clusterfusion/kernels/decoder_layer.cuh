@@ -362,8 +362,8 @@ class LayerBlock {
     }
   }
 
-  // Planning launch (p.write_planned_lists): builds this block's lists as a launch at any position would and writes them to
-  // p.planned_lists, nothing else.
+  // Planning launch (p.write_planned_lists): builds this block's lists as a launch at any position would and writes
+  // them to p.planned_lists, nothing else.
   __device__ static void plan_lists(const DecoderLayerParams& p, unsigned char* smem) {
     static_assert(kPlanned, "only lists that do not depend on the position are planned");
     build_job_lists<Model, kHeadDim, kFirst, kLast>(p, layout(p), smem, 0);

@@ -100,8 +100,8 @@ struct DecoderLayerParams {
   unsigned* grid_barrier;
   unsigned long long* timeline;  // optional: kTimelineStride global-timer stamps per block (kernel tuning)
   // The launch's job lists where they do not depend on the position (lists_planned, model_traits.hpp): a PlannedList
-  // per list per block, written by a launch of the same kernel with write_planned_lists set (which does nothing else), read
-  // by each block at entry; nullptr: every block builds its own.
+  // per list per block, written by a launch of the same kernel with write_planned_lists set (which does nothing
+  // else), read by each block at entry; nullptr: every block builds its own.
   void* planned_lists;
   int position;
   const int* device_position;  // when set, the position is read from here (one CUDA graph for every step)
