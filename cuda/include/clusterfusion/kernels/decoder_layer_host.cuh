@@ -88,7 +88,8 @@ std::size_t layer_smem(const LayerShape& s, int first, int last, int cluster, in
   return smem;
 }
 
-// Bytes of the planned job lists of a launch of phases first..last on `blocks` blocks; 0 where they follow the position.
+// Bytes of the planned job lists of a launch of phases first..last on `blocks` blocks; 0 where they follow the
+// position.
 template <class Model>
 constexpr std::size_t planned_lists_bytes(int first, int last, int blocks) {
   return lists_planned<Model>(first, last)
