@@ -340,7 +340,7 @@ class LayerBlock {
     }
     // A launch that starts with proj_residual: announce that this block has started before any rank stores
     // into rank 0 (waited for in the phase).
-    if constexpr (!kFirstNorms) cluster_arrive();
+    if constexpr (!kFirstNorms) cluster_arrive_relaxed();
     if constexpr (any_phase(&PhaseSpec::attend)) {
       norm_.load_params(0, p.norm_weight[0], p.norm_bias[0], p.hidden);
       if (threadIdx.x < p.rotary_dims / 2) inv_freq_ = p.inv_freq[threadIdx.x];
@@ -431,7 +431,7 @@ class LayerBlock {
       stamp(p_, kMarkInput);
       // Arrives on the cluster barrier: this block has started, so the others may write its shared memory
       // once they have all arrived (attend waits).
-      if constexpr (spec.attend) cluster_arrive();
+      if constexpr (spec.attend) cluster_arrive_relaxed();
       norm_.normalize(p_.hidden, p_.eps, spec.attend, vec(layout_.a1), spec.up, vec(layout_.a2), scratch());
       stamp(p_, kMarkNormed);
       if (first && (!prime_early() || kEarlyStages < kStages)) {
