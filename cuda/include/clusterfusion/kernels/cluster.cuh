@@ -1,8 +1,5 @@
 // Thread-block cluster primitives: rank, distributed shared memory stores, the split cluster barrier.
 #pragma once
-#ifndef CF_RELAXED_START
-#define CF_RELAXED_START 1
-#endif
 #include <cstdint>
 
 #include "clusterfusion/kernels/tma.cuh"
@@ -32,14 +29,10 @@ __device__ __forceinline__ void dsmem_store(const float* local, uint32_t rank, f
 __device__ __forceinline__ void cluster_arrive() {
   asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
 }
-// Arrive that publishes nothing, for the handshake that only says "this block has started" (its shared memory may
-// be written): no release, so no memory fence on the way in.
+// An arrive that publishes nothing, for the handshake that only says "this block has started" (its shared memory
+// may be written): without release semantics it needs no GPU-scope fence on the way in (bench/NOTES.md v64).
 __device__ __forceinline__ void cluster_arrive_relaxed() {
-#if CF_RELAXED_START  // v64 A/B only
   asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
-#else
-  asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
-#endif
 }
 __device__ __forceinline__ void cluster_wait() {
   asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
