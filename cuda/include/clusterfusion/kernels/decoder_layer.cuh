@@ -43,7 +43,12 @@ enum TimelineMark {
 static_assert(kMarkEnd + 1 == kTimelineMarks, "one stamp slot per mark");
 __device__ __forceinline__ void stamp(const DecoderLayerParams& p, TimelineMark mark) {
   if (p.timeline == nullptr || threadIdx.x != 0) return;
+#ifdef CF_CLOCK_STAMPS
+  // Measurement only (v60): the SM's cycle counter, comparable between the marks of one block only.
+  p.timeline[blockIdx.x * kTimelineStride + mark] = clock64();
+#else
   p.timeline[blockIdx.x * kTimelineStride + mark] = global_timer();
+#endif
 }
 
 __device__ __forceinline__ const __half* layer_vec(const DecoderLayerParams& p, LayerVec v) {
