@@ -20,8 +20,11 @@ fi
 cmake -S . -B build-v-li -G Ninja -DCMAKE_BUILD_TYPE=Release -DCLUSTERFUSION_BUILD_TESTS=OFF -DCLUSTERFUSION_BUILD_BENCH=ON \
   -DCLUSTERFUSION_BUILD_PYTHON=OFF -DCLUSTERFUSION_BUILD_EXAMPLES=OFF -DCMAKE_CUDA_FLAGS=-lineinfo > $OUT/build.txt 2>&1 &&
   cmake --build build-v-li --target layer_timing >> $OUT/build.txt 2>&1 || { tail -30 $OUT/build.txt; exit 1; }
-ncu --clock-control none --set full --import-source yes -k regex:decoder_layer_kernel --launch-skip ${V60_SKIP:-65} \
-  --launch-count 4 -o /tmp/v60 -f build-v-li/layer_timing tinyllama-1.1b 512 1 device > $OUT/ncu_run.txt 2>&1
+# V60_NCU="--replay-mode application --cache-control none --section SourceCounters --section WarpStateStats" profiles as
+# the kernels run in the step (each pass a fresh run of the program, no cache flushed), V60_SKIP=73 the third layer.
+ncu --clock-control none ${V60_NCU:---set full} --import-source yes -k regex:decoder_layer_kernel \
+  --launch-skip ${V60_SKIP:-65} --launch-count 4 -o /tmp/v60 -f build-v-li/layer_timing tinyllama-1.1b 512 1 device \
+  > $OUT/ncu_run.txt 2>&1
 kill $smi
 tail -5 $OUT/ncu_run.txt
 ncu -i /tmp/v60.ncu-rep --page details > $OUT/ncu_details.txt 2>&1
