@@ -9,6 +9,10 @@
 #include "clusterfusion/kernels/cluster.cuh"
 #include "clusterfusion/kernels/layer_params.hpp"
 
+#ifndef CF_ATTENTION_INLINE
+#define CF_ATTENTION_INLINE __forceinline__
+#endif
+
 namespace clusterfusion::kernels {
 
 // The steps of DecodeAttention::partial, in order, reported to its caller as each ends (the layer's timeline).
@@ -68,8 +72,9 @@ struct DecodeAttention {
     return raw;
   }
 
+#if CF_BRANCHY_ATTENTION  // v61 A/B only
   // Vector `vec` of position t as 8 floats: the loaded cache vector, or the new token's (not yet in the cache).
-  __device__ static void row_vec(uint4 raw, const float* fresh, int t, int position, int vec, float (&out)[8]) {
+  __device__ static void row_vec_branchy(uint4 raw, const float* fresh, int t, int position, int vec, float (&out)[8]) {
     if (t == position) {
 #pragma unroll
       for (int e = 0; e < 8; ++e) out[e] = fresh[vec * 8 + e];
@@ -84,11 +89,8 @@ struct DecodeAttention {
     }
   }
 
-  // The softmax partials of positions [t0, t1) of 0..position. q is rotated and scaled; k_new and v_new are the
-  // new token's key and value. Writes (m, l, o[kHeadDim]) into `slot` of rank 0's shared memory; calls done(step)
-  // as each AttentionStep ends.
   template <class Done>
-  __device__ static void partial(const float* q, const float* k_new, const float* v_new, const __half* k_cache,
+  __device__ CF_ATTENTION_INLINE static void partial(const float* q, const float* k_new, const float* v_new, const __half* k_cache,
                                  const __half* v_cache, int position, int t0, int t1, float* scores,
                                  float* partials, float* slot, float* scratch, Done&& done) {
     const int vec = threadIdx.x % kVecs, group = threadIdx.x / kVecs;
@@ -110,7 +112,7 @@ struct DecodeAttention {
         const int t = base + group + u * kGroups;
         if (active && t < t1) {
           float kv[8];
-          row_vec(raw[u], k_new, t, position, vec, kv);
+          row_vec_branchy(raw[u], k_new, t, position, vec, kv);
           float d = 0.f;
 #pragma unroll
           for (int e = 0; e < 8; ++e) d = fmaf(qv[e], kv[e], d);
@@ -153,7 +155,7 @@ struct DecodeAttention {
         const int t = base + group + u * kGroups;
         if (active && t < t1) {
           float vv[8];
-          row_vec(raw[u], v_new, t, position, vec, vv);
+          row_vec_branchy(raw[u], v_new, t, position, vec, vv);
           const float p = scores[t - t0];
 #pragma unroll
           for (int e = 0; e < 8; ++e) o[e] = fmaf(p, vv[e], o[e]);
@@ -176,6 +178,120 @@ struct DecodeAttention {
     }
     done(AttentionStep::kValues);
   }
+
+#else
+  // Vector `vec` of position t as 8 floats: the loaded cache vector, or the new token's (not yet in the cache),
+  // chosen by selects rather than a branch: the unrolled steps stay one straight run of code.
+  __device__ static void row_vec(uint4 raw, const float (&fresh)[8], bool is_new, float (&out)[8]) {
+    const __half2* h = reinterpret_cast<const __half2*>(&raw);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const float2 f = __half22float2(h[e]);
+      out[2 * e] = is_new ? fresh[2 * e] : f.x;
+      out[2 * e + 1] = is_new ? fresh[2 * e + 1] : f.y;
+    }
+  }
+
+  // The softmax partials of positions [t0, t1) of 0..position. q is rotated and scaled; k_new and v_new are the
+  // new token's key and value. Writes (m, l, o[kHeadDim]) into `slot` of rank 0's shared memory; calls done(step)
+  // as each AttentionStep ends.
+  template <class Done>
+  __device__ CF_ATTENTION_INLINE static void partial(const float* q, const float* k_new, const float* v_new,
+                                                     const __half* k_cache, const __half* v_cache, int position, int t0,
+                                                     int t1, float* scores, float* partials, float* slot,
+                                                     float* scratch, Done&& done) {
+    const int vec = threadIdx.x % kVecs, group = threadIdx.x / kVecs;
+    const bool active = group < kGroups;
+    float qv[8], fresh[8];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      qv[e] = q[vec * 8 + e];
+      fresh[e] = k_new[vec * 8 + e];
+    }
+
+    // Scores: per tile, each thread dots its vectors, then one thread per position sums them in order. A slot past
+    // the chunk dots zeros and stores nothing, so the tile has no branches.
+    for (int base = t0; base < t1; base += kTile) {
+      uint4 raw[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int t = base + group + u * kGroups;
+        raw[u] = make_uint4(0u, 0u, 0u, 0u);
+        if (active && t < t1 && t != position) raw[u] = load_vec(k_cache, t, vec);
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int t = base + group + u * kGroups;
+        float kv[8];
+        row_vec(raw[u], fresh, t == position, kv);
+        float d = 0.f;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) d = fmaf(qv[e], kv[e], d);
+        if (active && t < t1) partials[(u * kGroups + group) * kVecs + vec] = d;
+      }
+      __syncthreads();
+      for (int i = threadIdx.x; i < kTile && base + i < t1; i += blockDim.x) {
+        const float* p = partials + i * kVecs;  // i = u * kGroups + group: position base + i
+        float s = 0.f;
+        for (int v = 0; v < kVecs; ++v) s += p[v];
+        scores[base + i - t0] = s;
+      }
+      __syncthreads();
+    }
+    done(AttentionStep::kScores);
+    float m = -INFINITY;
+    for (int i = threadIdx.x; i < t1 - t0; i += blockDim.x) m = fmaxf(m, scores[i]);
+    m = block_max(m, scratch);
+    float l = 0.f;
+    for (int i = threadIdx.x; i < t1 - t0; i += blockDim.x) {
+      const float p = __expf(scores[i] - m);
+      scores[i] = p;
+      l += p;
+    }
+    l = block_sum(l, scratch);  // its barriers also publish the probabilities
+    done(AttentionStep::kSoftmax);
+
+    // Values: each thread accumulates its vector over its positions, then the groups are summed in order. A slot
+    // past the chunk adds 0 * 0, which leaves o as it is (o is never -0).
+#pragma unroll
+    for (int e = 0; e < 8; ++e) fresh[e] = v_new[vec * 8 + e];
+    float o[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    for (int base = t0; base < t1; base += kTile) {
+      uint4 raw[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int t = base + group + u * kGroups;
+        raw[u] = make_uint4(0u, 0u, 0u, 0u);
+        if (active && t < t1 && t != position) raw[u] = load_vec(v_cache, t, vec);
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int t = base + group + u * kGroups;
+        float vv[8];
+        row_vec(raw[u], fresh, t == position, vv);
+        const float p = active && t < t1 ? scores[t - t0] : 0.f;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) o[e] = fmaf(p, vv[e], o[e]);
+      }
+    }
+    if (active) {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) partials[(group * kVecs + vec) * 8 + e] = o[e];
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < kHeadDim; e += blockDim.x) {
+      float s = 0.f;
+      for (int g = 0; g < kGroups; ++g) s += partials[g * kHeadDim + e];
+      dsmem_store(slot + 2 + e, 0, s);
+    }
+    if (threadIdx.x == 0) {
+      dsmem_store(slot, 0, m);
+      dsmem_store(slot + 1, 0, l);
+    }
+    done(AttentionStep::kValues);
+  }
+
+#endif
 
   // On rank 0, after a cluster barrier: merges the head's `chunks` partials in chunk order into out[kHeadDim].
   __device__ static void combine_partials(const float* combine, int chunks, float* out) {

@@ -549,6 +549,13 @@ class LayerBlock {
       }
     } else {
       if (chunks.last != chunks.first + 1) __trap();  // the plan gives every other launch one chunk per rank
+#ifdef CF_ATTENTION_WARM
+      // Measurement only (v61): with CF_ATTENTION_INLINE=__noinline__ both calls run the same code, so the stamped
+      // second one finds it in the instruction cache.
+      chunk_partial(chunks.first);
+      __syncthreads();
+      stamp(p_, kMarkRotary);
+#endif
       chunk_partial(chunks.first);
     }
     cluster_sync();  // every chunk's partials are on rank 0; no shared memory is touched remotely after this
