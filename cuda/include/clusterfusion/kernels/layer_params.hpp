@@ -31,7 +31,10 @@ constexpr int kLnVecs = 2;  // 16-byte vectors of the layer input per thread: hi
 // Cache rows in flight per thread in the attention (DecodeAttention's tile: kUnroll positions per thread): 9 puts
 // a block's chunk at ctx 512 (257 positions) in one tile at head_dim 128 (32 positions side by side); the sums do
 // not depend on it.
-constexpr int kAttentionUnroll = 9;
+#ifndef CF_ATTENTION_UNROLL  // v62 A/B only
+#define CF_ATTENTION_UNROLL 9
+#endif
+constexpr int kAttentionUnroll = CF_ATTENTION_UNROLL;
 // Floats per thread of the attention's partials buffer: a tile's score partials or the values' group sums (8).
 constexpr int kAttentionPartials = kAttentionUnroll > 8 ? kAttentionUnroll : 8;
 constexpr int kMaxItems = 256;     // work items (job chunks) of one job list in one block
