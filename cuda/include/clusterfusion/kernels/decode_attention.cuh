@@ -3,6 +3,9 @@
 // softmax partials (max m, sum l, unnormalised output o) go to rank 0 through distributed shared memory, which
 // combines them in chunk order, so the result depends neither on timing nor on how many blocks share the head.
 #pragma once
+#ifndef CF_FIT_UNROLL
+#define CF_FIT_UNROLL 1
+#endif
 #include <cuda_fp16.h>
 
 #include "clusterfusion/kernels/block_reduce.cuh"
@@ -18,12 +21,12 @@ template <int kHeadDim>
 struct DecodeAttention {
   static_assert(kHeadDim % 8 == 0, "head_dim must be a multiple of 8 (16-byte vectors)");
   // A cache row is kVecs 16-byte vectors: a thread owns one vector of one position, kGroups positions side
-  // by side, kUnroll loads in flight per thread. Head dims like 80 (10 vectors) leave a few threads idle.
+  // by side, up to kAttentionUnroll loads in flight per thread. Head dims like 80 (10 vectors) leave a few threads
+  // idle.
   static constexpr int kVecs = kHeadDim / 8;
   static constexpr int kGroups = kThreads / kVecs;
-  static constexpr int kUnroll = kAttentionUnroll;
-  static constexpr int kTile = kGroups * kUnroll;
-  static_assert(kTile * kVecs <= kThreads * kAttentionPartials, "score partials must fit the partials buffer");
+  static_assert(kGroups * kAttentionUnroll * kVecs <= kThreads * kAttentionPartials,
+                "score partials must fit the partials buffer");
   static_assert(kGroups * kVecs * 8 <= kThreads * kAttentionPartials, "value partials must fit the partials buffer");
   static_assert(kHeadDim / 2 <= kThreads, "one thread per rotary pair");
 
@@ -87,10 +90,33 @@ struct DecodeAttention {
   // The softmax partials of positions [t0, t1) of 0..position. q is rotated and scaled; k_new and v_new are the
   // new token's key and value. Writes (m, l, o[kHeadDim]) into `slot` of rank 0's shared memory; calls done(step)
   // as each AttentionStep ends.
-  template <class Done>
+  //
+  // The chunk runs in tiles of kGroups x kUnroll positions. With kFitUnroll, kUnroll is the first of 3, 6,
+  // kAttentionUnroll whose tile holds the chunk: a block runs the attention once per launch, its code fetched cold,
+  // so a short chunk runs a short unroll (bench/NOTES.md v63); a kernel that loops over several chunks keeps
+  // kAttentionUnroll alone, within its registers. A thread visits its positions in the same order whatever the
+  // unroll, so the sums do not depend on the choice.
+  template <bool kFitUnroll, class Done>
   __device__ static void partial(const float* q, const float* k_new, const float* v_new, const __half* k_cache,
                                  const __half* v_cache, int position, int t0, int t1, float* scores,
                                  float* partials, float* slot, float* scratch, Done&& done) {
+    if constexpr (kFitUnroll && CF_FIT_UNROLL) {  // CF_FIT_UNROLL: v63 A/B only
+      if (t1 - t0 <= kGroups * 3)
+        return partial_tiled<3>(q, k_new, v_new, k_cache, v_cache, position, t0, t1, scores, partials, slot, scratch,
+                                done);
+      if (t1 - t0 <= kGroups * 6)
+        return partial_tiled<6>(q, k_new, v_new, k_cache, v_cache, position, t0, t1, scores, partials, slot, scratch,
+                                done);
+    }
+    partial_tiled<kAttentionUnroll>(q, k_new, v_new, k_cache, v_cache, position, t0, t1, scores, partials, slot,
+                                    scratch, done);
+  }
+
+  template <int kUnroll, class Done>
+  __device__ static void partial_tiled(const float* q, const float* k_new, const float* v_new, const __half* k_cache,
+                                       const __half* v_cache, int position, int t0, int t1, float* scores,
+                                       float* partials, float* slot, float* scratch, Done&& done) {
+    constexpr int kTile = kGroups * kUnroll;
     const int vec = threadIdx.x % kVecs, group = threadIdx.x / kVecs;
     const bool active = group < kGroups;
     float qv[8];

@@ -538,7 +538,7 @@ class LayerBlock {
     float* combine = vec(layout_.combine);
     stamp(p_, kMarkRotary);
     const auto chunk_partial = [&](int c) {
-      Attention::partial(q, k, v, p_.k_cache + head_offset, p_.v_cache + head_offset, position_, chunks.begin(c),
+      Attention::template partial<!kChunkLoop>(q, k, v, p_.k_cache + head_offset, p_.v_cache + head_offset, position_, chunks.begin(c),
                          chunks.begin(c + 1), vec(layout_.scores), vec(layout_.partials), combine + c * (kHeadDim + 2),
                          scratch(), [this](AttentionStep step) { stamp(p_, TimelineMark(kMarkScores + int(step))); });
     };

@@ -28,9 +28,9 @@ constexpr int kWarps = CF_WARPS;
 constexpr int kThreads = kWarps * 32;
 constexpr int kStages = CF_STAGES;  // boxes in flight per warp: 16 warps x 2 x 4 KB = 128 KB per SM
 constexpr int kLnVecs = 2;  // 16-byte vectors of the layer input per thread: hidden <= kLnVecs * 8 * kThreads
-// Cache rows in flight per thread in the attention (DecodeAttention's tile: kUnroll positions per thread): 9 puts
-// a block's chunk at ctx 512 (257 positions) in one tile at head_dim 128 (32 positions side by side); the sums do
-// not depend on it.
+// The most cache rows in flight per thread in the attention (DecodeAttention's tile: kUnroll positions per thread;
+// a shorter chunk takes a shorter unroll): 9 puts a block's chunk at ctx 512 (257 positions) in one tile at head_dim
+// 128 (32 positions side by side); the sums do not depend on it.
 constexpr int kAttentionUnroll = 9;
 // Floats per thread of the attention's partials buffer: a tile's score partials or the values' group sums (8).
 constexpr int kAttentionPartials = kAttentionUnroll > 8 ? kAttentionUnroll : 8;
