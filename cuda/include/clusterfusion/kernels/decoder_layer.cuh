@@ -646,6 +646,10 @@ __global__ void __launch_bounds__(kThreads, 1) decoder_layer_kernel(const __grid
       Block::plan_lists(p, smem);
       return;
     }
+  } else if (p.write_planned_lists) {
+    // The host plans only lists that do not depend on the position; run on, this launch would leave its table
+    // unwritten, and a later launch would read whatever is there as its lists.
+    __trap();
   }
   const PlannedList planned = Block::load_planned(p);
   // A device position past the cache (only possible through device_position: the host checks its own) makes

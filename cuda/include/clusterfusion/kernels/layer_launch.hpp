@@ -46,7 +46,8 @@ cudaError_t launch_decoder_layer(const DecoderLayerParams& p, const LayerShape& 
 
 // Planned job lists (DecoderLayerParams::planned_lists): their bytes for a launch of phases first..last on `blocks`
 // blocks, 0 where the lists follow the position and every block builds its own. Launched with p.write_planned_lists
-// set and p.planned_lists pointing at that many bytes of device memory, a kernel writes them and does nothing else.
+// set and p.planned_lists pointing at that many bytes of device memory, a kernel writes them and does nothing else
+// (a kernel whose lists are not planned traps).
 std::size_t planned_lists_bytes(LayerModel model, int first, int last, int blocks);
 
 // GPT-NeoX's down_proj_residual alone (model_traits.hpp, GptNeoXDownResidual): out = x + residual_add + W_down act
