@@ -40,7 +40,8 @@ cudaError_t max_active_layer_clusters(const LayerShape& shape, int cluster, std:
 cudaError_t prepare_decoder_layer(const LayerShape& shape);
 
 // Launches phase `first` alone (first == last), or every phase as one cooperative launch with grid barriers
-// (first == 0, last == the last phase). Throws std::invalid_argument for an unsupported head_dim or phase range.
+// (first == 0, last == the last phase; a planning launch, p.write_planned_lists, without the cooperative attribute).
+// Throws std::invalid_argument for an unsupported head_dim or phase range.
 cudaError_t launch_decoder_layer(const DecoderLayerParams& p, const LayerShape& shape, int first, int last,
                                  const LayerGrid& grid, cudaStream_t stream);
 
