@@ -69,8 +69,9 @@ class DecoderLayer {
  public:
   // Validates config and weights (throws std::invalid_argument naming the field or tensor, also for a weight of
   // another device than the current one), encodes the weights' TMA tensor maps and plans the job lists that do not
-  // depend on the position (a few small launches on the legacy default stream, waited for). The weights are
-  // borrowed: they must outlive this object.
+  // depend on the position (a few small launches on the legacy default stream, each waited for: a failed one throws
+  // CudaError naming it, "planning launch 1 (phase 1: o_proj_residual) failed at ..."). The weights are borrowed:
+  // they must outlive this object.
   DecoderLayer(const ModelConfig& config, const LayerWeights& weights, int max_seq);
   ~DecoderLayer();
   DecoderLayer(const DecoderLayer&) = delete;
@@ -128,6 +129,7 @@ class DecoderLayer {
  private:
   void check(const KVCache& cache, int layer, const LayerIO& io, int position, cudaStream_t stream) const;
   kernels::DecoderLayerParams step_params(const KVCache& cache, int layer, const LayerIO& io) const;
+  kernels::LayerGrid layer_grid(int first, int last) const;  // phase first alone, or every phase (first < last)
   void launch(const kernels::DecoderLayerParams& p, int first, int last, cudaStream_t stream) const;
   void launch(const kernels::DecoderLayerParams& p, LayerMode mode, cudaStream_t stream) const;
   void plan_job_lists();
