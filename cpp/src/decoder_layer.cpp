@@ -127,11 +127,18 @@ void DecoderLayer::plan_job_lists() {
   planned_bytes_ = total;
   kernels::DecoderLayerParams p = *params_;
   p.max_seq = max_seq_;
-  p.write_planned_lists = 1;
+  launch_planning(p, planned_lists_);
+}
+
+// The planning launches of p's step (its position and cache length) into `table`, laid out as planned_lists_.
+void DecoderLayer::launch_planning(kernels::DecoderLayerParams p, unsigned char* table) const {
+  const kernels::LayerModel model = layer_model(config_.arch);
+  const int phases = static_cast<int>(plan_.phase_grids.size());
   const kernels::LayerShape shape = layer_shape(config_, max_seq_);
-  for (int i = 0; i < static_cast<int>(bytes.size()); ++i) {
-    p.planned_lists = planned_lists(i);
-    if (p.planned_lists == nullptr) continue;
+  p.write_planned_lists = 1;
+  for (int i = 0; i < static_cast<int>(planned_offsets_.size()); ++i) {
+    if (planned_offsets_[i] == SIZE_MAX) continue;
+    p.planned_lists = table + planned_offsets_[i];
     std::string what = "planning launch " + std::to_string(i);
     cudaError_t launched;
     if (i == down_residual_launch()) {
@@ -143,8 +150,8 @@ void DecoderLayer::plan_job_lists() {
                             : " (phases 0.." + std::to_string(last) + ": cooperative mode)";
       launched = kernels::launch_decoder_layer(p, shape, first, last, layer_grid(first, last), nullptr);
     }
-    // Waited for one by one, so that a fault is reported as the launch that made it. Launches on any stream read
-    // the tables from now on.
+    // Waited for one by one: a fault is reported as the launch that made it, and launches on any stream may read
+    // the table once this returns.
     check_cuda(launched, what.c_str(), __FILE__, __LINE__);
     check_cuda(cudaStreamSynchronize(nullptr), what.c_str(), __FILE__, __LINE__);
   }
@@ -153,6 +160,18 @@ void DecoderLayer::plan_job_lists() {
 void* DecoderLayer::planned_lists(int launch) const {
   const std::size_t offset = planned_offsets_[launch];
   return offset == SIZE_MAX ? nullptr : planned_lists_ + offset;
+}
+
+void DecoderLayer::debug_plan_job_lists(const KVCache& cache, int position, void* table) const {
+  if (cache.max_seq() > max_seq_ || position < 0 || position >= cache.max_seq())
+    throw std::invalid_argument("debug_plan_job_lists: expected a cache of at most the layer's max_seq " +
+                                std::to_string(max_seq_) + " and a position in it, got " +
+                                std::to_string(cache.max_seq()) + " and " + std::to_string(position));
+  const DeviceGuard on(device_);
+  kernels::DecoderLayerParams p = *params_;
+  p.max_seq = cache.max_seq();
+  p.position = position;
+  launch_planning(p, static_cast<unsigned char*>(table));
 }
 
 unsigned DecoderLayer::debug_grid_barrier_word() const {

@@ -125,6 +125,11 @@ class DecoderLayer {
   void* debug_planned_lists() const { return planned_lists_; }
   std::size_t debug_planned_lists_bytes() const { return planned_bytes_; }
   void debug_set_planned_lists(bool on) { use_planned_ = on; }
+  // For tests, synchronous: writes to `table` (device memory laid out as debug_planned_lists()) the lists that the
+  // blocks of each of those launches build at entry in a step at `position` with `cache` (the planning launches at
+  // that position and cache length instead of 0 and the layer's max_seq). Throws std::invalid_argument for a cache
+  // longer than the layer's max_seq or a position outside it.
+  void debug_plan_job_lists(const KVCache& cache, int position, void* table) const;
 
  private:
   void check(const KVCache& cache, int layer, const LayerIO& io, int position, cudaStream_t stream) const;
@@ -133,6 +138,7 @@ class DecoderLayer {
   void launch(const kernels::DecoderLayerParams& p, int first, int last, cudaStream_t stream) const;
   void launch(const kernels::DecoderLayerParams& p, LayerMode mode, cudaStream_t stream) const;
   void plan_job_lists();
+  void launch_planning(kernels::DecoderLayerParams p, unsigned char* table) const;
   kernels::LayerGrid down_residual_grid() const;
   // Launch i's planned job lists (split mode's phase i, cooperative_launch(), down_residual_launch()); nullptr where
   // it builds them at entry.
