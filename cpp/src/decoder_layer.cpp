@@ -127,25 +127,51 @@ void DecoderLayer::plan_job_lists() {
   planned_bytes_ = total;
   kernels::DecoderLayerParams p = *params_;
   p.max_seq = max_seq_;
+  launch_planning(p, planned_lists_);
+}
+
+// The planning launches of p's step (its position and cache length) into `table`, laid out as planned_lists_.
+void DecoderLayer::launch_planning(kernels::DecoderLayerParams p, unsigned char* table) const {
+  const kernels::LayerModel model = layer_model(config_.arch);
+  const int phases = static_cast<int>(plan_.phase_grids.size());
+  const kernels::LayerShape shape = layer_shape(config_, max_seq_);
   p.write_planned_lists = 1;
-  for (int i = 0; i < static_cast<int>(bytes.size()); ++i) {
-    p.planned_lists = planned_lists(i);
-    if (p.planned_lists == nullptr) continue;
-    if (i < phases) {
-      launch(p, i, i, nullptr);
-    } else if (i == cooperative_launch()) {
-      launch(p, 0, phases - 1, nullptr);
+  for (int i = 0; i < static_cast<int>(planned_offsets_.size()); ++i) {
+    if (planned_offsets_[i] == SIZE_MAX) continue;
+    p.planned_lists = table + planned_offsets_[i];
+    std::string what = "planning launch " + std::to_string(i);
+    cudaError_t launched;
+    if (i == down_residual_launch()) {
+      what += " (down_residual)";
+      launched = kernels::launch_down_residual(p, down_residual_grid(), nullptr);
     } else {
-      CF_CUDA_CHECK(kernels::launch_down_residual(p, down_residual_grid(), nullptr));
+      const int first = i < phases ? i : 0, last = i < phases ? i : phases - 1;
+      what += first == last ? " (phase " + std::to_string(first) + ": " + kernels::layer_phase_name(model, first) + ")"
+                            : " (phases 0.." + std::to_string(last) + ": cooperative mode)";
+      launched = kernels::launch_decoder_layer(p, shape, first, last, layer_grid(first, last), nullptr);
     }
+    // Waited for one by one: a fault is reported as the launch that made it, and launches on any stream may read
+    // the table once this returns.
+    check_cuda(launched, what.c_str(), __FILE__, __LINE__);
+    check_cuda(cudaStreamSynchronize(nullptr), what.c_str(), __FILE__, __LINE__);
   }
-  // Launches on any stream read the tables from now on.
-  CF_CUDA_CHECK(cudaStreamSynchronize(nullptr));
 }
 
 void* DecoderLayer::planned_lists(int launch) const {
   const std::size_t offset = planned_offsets_[launch];
   return offset == SIZE_MAX ? nullptr : planned_lists_ + offset;
+}
+
+void DecoderLayer::debug_plan_job_lists(const KVCache& cache, int position, void* table) const {
+  if (cache.max_seq() > max_seq_ || position < 0 || position >= cache.max_seq())
+    throw std::invalid_argument("debug_plan_job_lists: expected a cache of at most the layer's max_seq " +
+                                std::to_string(max_seq_) + " and a position in it, got " +
+                                std::to_string(cache.max_seq()) + " and " + std::to_string(position));
+  const DeviceGuard on(device_);
+  kernels::DecoderLayerParams p = *params_;
+  p.max_seq = cache.max_seq();
+  p.position = position;
+  launch_planning(p, static_cast<unsigned char*>(table));
 }
 
 unsigned DecoderLayer::debug_grid_barrier_word() const {
@@ -286,16 +312,17 @@ void DecoderLayer::launch(const kernels::DecoderLayerParams& p, LayerMode mode, 
   }
 }
 
-// A planning launch (p.write_planned_lists) brings its table; every other one gets the launch's planned lists here.
+kernels::LayerGrid DecoderLayer::layer_grid(int first, int last) const {
+  return first == last ? kernels::LayerGrid{plan_.phase_grids[first].blocks, plan_.phase_grids[first].cluster_size,
+                                            plan_.phase_grids[first].smem}
+                       : kernels::LayerGrid{plan_.blocks, plan_.cluster_size, plan_.smem_cooperative};
+}
+
 void DecoderLayer::launch(const kernels::DecoderLayerParams& p, int first, int last, cudaStream_t stream) const {
-  const kernels::LayerGrid grid =
-      first == last ? kernels::LayerGrid{plan_.phase_grids[first].blocks, plan_.phase_grids[first].cluster_size,
-                                         plan_.phase_grids[first].smem}
-                    : kernels::LayerGrid{plan_.blocks, plan_.cluster_size, plan_.smem_cooperative};
   kernels::DecoderLayerParams q = p;
-  if (!q.write_planned_lists)
-    q.planned_lists = use_planned_ ? planned_lists(first == last ? first : cooperative_launch()) : nullptr;
-  CF_CUDA_CHECK(kernels::launch_decoder_layer(q, layer_shape(config_, max_seq_), first, last, grid, stream));
+  q.planned_lists = use_planned_ ? planned_lists(first == last ? first : cooperative_launch()) : nullptr;
+  CF_CUDA_CHECK(
+      kernels::launch_decoder_layer(q, layer_shape(config_, max_seq_), first, last, layer_grid(first, last), stream));
 }
 
 }  // namespace clusterfusion

@@ -1,8 +1,11 @@
 // Planned job lists (bench/NOTES.md v55): a launch whose job lists do not depend on the position reads them from a
-// table that a planning launch wrote when the layer was built. Every launch must give the bits it gives when each
-// block builds its own lists at entry, in both modes, at positions in the first and a later attention tile.
+// table that a planning launch wrote when the layer was built. The table must hold, byte for byte, the lists each
+// block builds at entry at any position and cache length, and every launch must give the bits it gives when each
+// block builds its own lists at entry, in both modes, at positions in the first and a later attention tile, also
+// overlapped and at a device position.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -28,6 +31,7 @@ using cf_test::RandomLayer;
 namespace {
 
 constexpr int kMaxSeq = 640;
+constexpr int kShortSeq = 100;  // a cache or a layer shorter than kMaxSeq (other attention chunk lengths)
 
 cf::ModelConfig one_layer(const char* model) {
   cf::ModelConfig config = cf::model_config(model);
@@ -54,12 +58,13 @@ struct LayerRun {
   HalfTensor past, x, attn_output;
   DeviceBuffer<__half> out, h1;
   DeviceBuffer<float> attn, act;
+  DeviceBuffer<int> device_position{1};
 
-  explicit LayerRun(const char* model)
+  explicit LayerRun(const char* model, int cache_seq = kMaxSeq)
       : config(one_layer(model)),
         weights(config, cf_test::rng()),
         layer(config, weights.views(), kMaxSeq),
-        cache(config, kMaxSeq),
+        cache(config, cache_seq),
         past({int64_t(cache.layer_elems())}, 0, 1, cf_test::rng()),
         x({config.hidden}, 0, 1, cf_test::rng()),
         attn_output({config.hidden}, 0, 1, cf_test::rng()),
@@ -75,14 +80,21 @@ struct LayerRun {
     act.poison();
   }
 
-  // One forward at `position` over the same random past, every written buffer poisoned first.
-  Written forward(cf::LayerMode mode, int position) {
+  // One forward at `position` (read from device memory if at_device_position) over the same random past, every
+  // written buffer poisoned first.
+  Written forward(cf::LayerMode mode, int position, bool at_device_position = false) {
     const std::size_t bytes = cache.layer_elems() * sizeof(__half);
     CF_CUDA_CHECK(cudaMemcpy(cache.keys(0), past.dev, bytes, cudaMemcpyDeviceToDevice));
     CF_CUDA_CHECK(cudaMemcpy(cache.values(0), past.dev, bytes, cudaMemcpyDeviceToDevice));
     cache.set_length(position);
     poison();
-    layer.forward(cache, 0, cf::LayerIO{x.dev, out.dev, h1.dev, attn.dev, act.dev}, position, mode);
+    const cf::LayerIO io{x.dev, out.dev, h1.dev, attn.dev, act.dev};
+    if (at_device_position) {
+      CF_CUDA_CHECK(cudaMemcpy(device_position.dev, &position, sizeof(int), cudaMemcpyHostToDevice));
+      layer.forward_at_device_position(cache, 0, io, device_position.dev, mode);
+    } else {
+      layer.forward(cache, 0, io, position, mode);
+    }
     CF_CUDA_CHECK(cudaDeviceSynchronize());
     Written w{out.get(), config.parallel_residual ? std::vector<__half>{} : h1.get(), {}, {}, attn.get(), act.get()};
     std::vector<__half> keys(cache.layer_elems()), values(cache.layer_elems());
@@ -116,9 +128,58 @@ bool all_finite(const std::vector<__half>& v) {
   return true;
 }
 
+// The layer's table, byte for byte, against the lists every planned launch's blocks build at entry in a step at
+// `position` with `cache`, written over poison.
+void expect_table_built_at_entry(const cf::DecoderLayer& layer, const cf::KVCache& cache, int position) {
+  SCOPED_TRACE("cache max_seq " + std::to_string(cache.max_seq()) + ", position " + std::to_string(position));
+  const std::size_t bytes = layer.debug_planned_lists_bytes();
+  ASSERT_GT(bytes, 0u);
+  std::vector<unsigned char> planned(bytes);
+  CF_CUDA_CHECK(cudaMemcpy(planned.data(), layer.debug_planned_lists(), bytes, cudaMemcpyDeviceToHost));
+  DeviceBuffer<unsigned char> built(bytes);
+  built.poison();
+  layer.debug_plan_job_lists(cache, position, built.dev);
+  const std::vector<unsigned char> got = built.get();
+  const auto differ = std::mismatch(planned.begin(), planned.end(), got.begin()).first;
+  EXPECT_TRUE(differ == planned.end()) << "the table differs first in its 64-byte record "
+                                       << (differ - planned.begin()) / 64 << " of " << bytes / 64;
+}
+
 class PlannedLists : public ::testing::TestWithParam<const char*> {};
 INSTANTIATE_TEST_SUITE_P(Models, PlannedLists, ::testing::Values("pythia-70m", "pythia-1.4b", "tinyllama-1.1b"),
                          cf_test::ModelTestName());
+
+TEST_P(PlannedLists, TableIsTheListsBuiltAtEntry) {
+  CF_REQUIRE_HOPPER();
+  LayerRun run(GetParam());
+  const cf::KVCache short_cache(run.config, kShortSeq);
+  expect_table_built_at_entry(run.layer, run.cache, cf_test::uniform_int(1, 200));
+  expect_table_built_at_entry(run.layer, run.cache, cf_test::uniform_int(400, kMaxSeq - 1));
+  expect_table_built_at_entry(run.layer, short_cache, cf_test::uniform_int(0, kShortSeq - 1));
+  SCOPED_TRACE("a layer of max_seq " + std::to_string(kShortSeq));
+  const cf::DecoderLayer short_layer(run.config, run.weights.views(), kShortSeq);
+  expect_table_built_at_entry(short_layer, short_cache, cf_test::uniform_int(0, kShortSeq - 1));
+}
+
+// A cache shorter than the layer's max_seq, launches overlapping the previous kernel, the position in device memory
+// (as in DecodeContext's step graph).
+TEST_P(PlannedLists, SameBitsOverlappedAtDevicePositionWithShortCache) {
+  CF_REQUIRE_HOPPER();
+  LayerRun run(GetParam(), kShortSeq);
+  run.layer.set_overlap_previous_kernel(true);
+  std::vector<cf::LayerMode> modes{cf::LayerMode::Split};
+  if (run.layer.plan().cooperative_supported) modes.push_back(cf::LayerMode::Cooperative);
+  const int position = cf_test::uniform_int(1, kShortSeq - 1);
+  for (const cf::LayerMode mode : modes) {
+    SCOPED_TRACE(std::string(cf::layer_mode_name(mode)) + " at position " + std::to_string(position));
+    run.layer.debug_set_planned_lists(false);
+    const Written built = run.forward(mode, position, true);
+    run.layer.debug_set_planned_lists(true);
+    const Written planned = run.forward(mode, position, true);
+    EXPECT_TRUE(all_finite(planned.out));
+    expect_same(planned, built);
+  }
+}
 
 TEST_P(PlannedLists, SameBitsAsListsBuiltAtEntry) {
   CF_REQUIRE_HOPPER();

@@ -69,8 +69,9 @@ class DecoderLayer {
  public:
   // Validates config and weights (throws std::invalid_argument naming the field or tensor, also for a weight of
   // another device than the current one), encodes the weights' TMA tensor maps and plans the job lists that do not
-  // depend on the position (a few small launches on the legacy default stream, waited for). The weights are
-  // borrowed: they must outlive this object.
+  // depend on the position (a few small launches on the legacy default stream, each waited for: a failed one throws
+  // CudaError naming it, "planning launch 1 (phase 1: o_proj_residual) failed at ..."). The weights are borrowed:
+  // they must outlive this object.
   DecoderLayer(const ModelConfig& config, const LayerWeights& weights, int max_seq);
   ~DecoderLayer();
   DecoderLayer(const DecoderLayer&) = delete;
@@ -124,13 +125,20 @@ class DecoderLayer {
   void* debug_planned_lists() const { return planned_lists_; }
   std::size_t debug_planned_lists_bytes() const { return planned_bytes_; }
   void debug_set_planned_lists(bool on) { use_planned_ = on; }
+  // For tests, synchronous: writes to `table` (device memory laid out as debug_planned_lists()) the lists that the
+  // blocks of each of those launches build at entry in a step at `position` with `cache` (the planning launches at
+  // that position and cache length instead of 0 and the layer's max_seq). Throws std::invalid_argument for a cache
+  // longer than the layer's max_seq or a position outside it.
+  void debug_plan_job_lists(const KVCache& cache, int position, void* table) const;
 
  private:
   void check(const KVCache& cache, int layer, const LayerIO& io, int position, cudaStream_t stream) const;
   kernels::DecoderLayerParams step_params(const KVCache& cache, int layer, const LayerIO& io) const;
+  kernels::LayerGrid layer_grid(int first, int last) const;  // phase first alone, or every phase (first < last)
   void launch(const kernels::DecoderLayerParams& p, int first, int last, cudaStream_t stream) const;
   void launch(const kernels::DecoderLayerParams& p, LayerMode mode, cudaStream_t stream) const;
   void plan_job_lists();
+  void launch_planning(kernels::DecoderLayerParams p, unsigned char* table) const;
   kernels::LayerGrid down_residual_grid() const;
   // Launch i's planned job lists (split mode's phase i, cooperative_launch(), down_residual_launch()); nullptr where
   // it builds them at entry.

@@ -362,11 +362,12 @@ class LayerBlock {
     }
   }
 
-  // Planning launch (p.write_planned_lists): builds this block's lists as a launch at any position would and writes
-  // them to p.planned_lists, nothing else.
+  // Planning launch (p.write_planned_lists): builds this block's lists as a launch at p.position would (the lists of
+  // any other position are the same: the host plans at 0, a test at others) and writes them to p.planned_lists,
+  // nothing else.
   __device__ static void plan_lists(const DecoderLayerParams& p, unsigned char* smem) {
     static_assert(kPlanned, "only lists that do not depend on the position are planned");
-    build_job_lists<Model, kHeadDim, kFirst, kLast>(p, layout(p), smem, 0);
+    build_job_lists<Model, kHeadDim, kFirst, kLast>(p, layout(p), smem, p.position);
     if (threadIdx.x < total_lists()) {
       const auto* lists = reinterpret_cast<const JobList*>(smem + SmemLayout::kJobLists);
       static_cast<PlannedList*>(p.planned_lists)[blockIdx.x * total_lists() + threadIdx.x] =
@@ -646,6 +647,10 @@ __global__ void __launch_bounds__(kThreads, 1) decoder_layer_kernel(const __grid
       Block::plan_lists(p, smem);
       return;
     }
+  } else if (p.write_planned_lists) {
+    // The host plans only lists that do not depend on the position; run on, this launch would leave its table
+    // unwritten, and a later launch would read whatever is there as its lists.
+    __trap();
   }
   const PlannedList planned = Block::load_planned(p);
   // A device position past the cache (only possible through device_position: the host checks its own) makes

@@ -121,8 +121,11 @@ cudaError_t launch_layer(const DecoderLayerParams& p, const LayerShape& s, int f
   if (first != 0 || last != kLast)
     throw std::invalid_argument("phases: a launch runs one phase or all of them (got " + std::to_string(first) +
                                 ".." + std::to_string(last) + ")");
+  // A planning launch returns before any grid barrier: a plain cluster launch, so that a cooperative launch the device
+  // refuses (blocks of other kernels resident) cannot stop a layer from being built.
+  const bool cooperative = !p.write_planned_lists;
   return CF_DISPATCH_HEAD_DIM(s.head_dim, D, [&] {
-    return launch_kernel<Model, D, 0, kLast>(p, grid.blocks, grid.cluster, grid.smem, true, stream);
+    return launch_kernel<Model, D, 0, kLast>(p, grid.blocks, grid.cluster, grid.smem, cooperative, stream);
   });
 }
 

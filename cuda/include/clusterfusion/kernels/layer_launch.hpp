@@ -40,13 +40,15 @@ cudaError_t max_active_layer_clusters(const LayerShape& shape, int cluster, std:
 cudaError_t prepare_decoder_layer(const LayerShape& shape);
 
 // Launches phase `first` alone (first == last), or every phase as one cooperative launch with grid barriers
-// (first == 0, last == the last phase). Throws std::invalid_argument for an unsupported head_dim or phase range.
+// (first == 0, last == the last phase; a planning launch, p.write_planned_lists, without the cooperative attribute).
+// Throws std::invalid_argument for an unsupported head_dim or phase range.
 cudaError_t launch_decoder_layer(const DecoderLayerParams& p, const LayerShape& shape, int first, int last,
                                  const LayerGrid& grid, cudaStream_t stream);
 
 // Planned job lists (DecoderLayerParams::planned_lists): their bytes for a launch of phases first..last on `blocks`
 // blocks, 0 where the lists follow the position and every block builds its own. Launched with p.write_planned_lists
-// set and p.planned_lists pointing at that many bytes of device memory, a kernel writes them and does nothing else.
+// set and p.planned_lists pointing at that many bytes of device memory, a kernel writes them and does nothing else
+// (a kernel whose lists are not planned traps).
 std::size_t planned_lists_bytes(LayerModel model, int first, int last, int blocks);
 
 // GPT-NeoX's down_proj_residual alone (model_traits.hpp, GptNeoXDownResidual): out = x + residual_add + W_down act
