@@ -302,6 +302,12 @@ __device__ __forceinline__ void copy_from_l2(float* dst, const float* src0, int 
 #endif
 constexpr int kEarlyStages = CF_EARLY_STAGES;
 static_assert(kEarlyStages >= 0 && kEarlyStages <= kStages, "CF_EARLY_STAGES: 0..CF_STAGES");
+// v67 A/B only: 1 issues the boxes left after kEarlyStages as soon as the norm's input loads are issued (so those
+// loads are ahead of them in the memory's queues, and the fill still overlaps the norm), 0 after the norm.
+#ifndef CF_PRIME_AFTER_INPUT
+#define CF_PRIME_AFTER_INPUT 0
+#endif
+constexpr bool kPrimeAfterInput = CF_PRIME_AFTER_INPUT;
 
 // One block's run of phases kFirst..kLast. The constructor is the prologue (everything that needs only the
 // weights); run() waits for the previous kernel and executes the phases.
@@ -430,14 +436,22 @@ class LayerBlock {
     if constexpr (spec.attend || spec.up) {
       norm_.load_input(layer_vec(p_, spec.input), p_.hidden);
       stamp(p_, kMarkInput);
+      if constexpr (kPrimeAfterInput) {
+        if (first && (!prime_early() || kEarlyStages < kStages)) {
+          stream_.prime(prime_early() ? kStages - kEarlyStages : kStages);
+          stamp(p_, kMarkPrimed);
+        }
+      }
       // Arrives on the cluster barrier: this block has started, so the others may write its shared memory
       // once they have all arrived (attend waits).
       if constexpr (spec.attend) cluster_arrive_relaxed();
       norm_.normalize(p_.hidden, p_.eps, spec.attend, vec(layout_.a1), spec.up, vec(layout_.a2), scratch());
       stamp(p_, kMarkNormed);
-      if (first && (!prime_early() || kEarlyStages < kStages)) {
-        stream_.prime(prime_early() ? kStages - kEarlyStages : kStages);
-        stamp(p_, kMarkPrimed);
+      if constexpr (!kPrimeAfterInput) {
+        if (first && (!prime_early() || kEarlyStages < kStages)) {
+          stream_.prime(prime_early() ? kStages - kEarlyStages : kStages);
+          stamp(p_, kMarkPrimed);
+        }
       }
       if constexpr (spec.attend) {
         attend<base>(spec.up, constants_[kPhase - kFirst]);
