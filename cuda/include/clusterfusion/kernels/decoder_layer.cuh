@@ -295,27 +295,22 @@ __device__ __forceinline__ void copy_from_l2(float* dst, const float* src0, int 
 }
 
 // Boxes per warp a launch that overlaps the previous kernel issues before waiting for it, when its first phase
-// starts with a norm; the rest are issued after the norm, so that the norm's input loads do not queue behind the
-// whole ring fill of every block (bench/NOTES.md). Tunable at build time.
+// starts with a norm; the rest are issued right after the norm's input loads, so that those loads are ahead of the
+// whole ring fill of every block in the memory's queues and the fill still overlaps the norm (bench/NOTES.md v67).
+// Tunable at build time.
 #ifndef CF_EARLY_STAGES
-#define CF_EARLY_STAGES CF_STAGES
+#define CF_EARLY_STAGES 1
 #endif
 constexpr int kEarlyStages = CF_EARLY_STAGES;
 static_assert(kEarlyStages >= 0 && kEarlyStages <= kStages, "CF_EARLY_STAGES: 0..CF_STAGES");
-// v67 A/B only: 1 issues the boxes left after kEarlyStages as soon as the norm's input loads are issued (so those
-// loads are ahead of them in the memory's queues, and the fill still overlaps the norm), 0 after the norm.
-#ifndef CF_PRIME_AFTER_INPUT
-#define CF_PRIME_AFTER_INPUT 0
-#endif
-constexpr bool kPrimeAfterInput = CF_PRIME_AFTER_INPUT;
 
 // One block's run of phases kFirst..kLast. The constructor is the prologue (everything that needs only the
 // weights); run() waits for the previous kernel and executes the phases.
 //
 // Launched to overlap the previous kernel (p.overlap_previous, programmatic dependent launch), a block does
-// everything that needs only the weights first, fills its weight ring, and only then waits for that kernel and
-// reads the layer input. Otherwise the ring is filled after the first norm: its ~17 MB over the grid would
-// queue the norm's loads behind them.
+// everything that needs only the weights first, starts filling its weight ring, and only then waits for that kernel
+// and reads the layer input. Otherwise the ring is filled once the first norm's input loads are issued: its ~17 MB
+// over the grid would otherwise queue those loads behind them.
 template <class Model, int kHeadDim, int kFirst, int kLast>
 class LayerBlock {
   static constexpr PhaseSpec kFirstSpec = Model::phase(kFirst);
@@ -436,23 +431,15 @@ class LayerBlock {
     if constexpr (spec.attend || spec.up) {
       norm_.load_input(layer_vec(p_, spec.input), p_.hidden);
       stamp(p_, kMarkInput);
-      if constexpr (kPrimeAfterInput) {
-        if (first && (!prime_early() || kEarlyStages < kStages)) {
-          stream_.prime(prime_early() ? kStages - kEarlyStages : kStages);
-          stamp(p_, kMarkPrimed);
-        }
+      if (first && (!prime_early() || kEarlyStages < kStages)) {
+        stream_.prime(prime_early() ? kStages - kEarlyStages : kStages);
+        stamp(p_, kMarkPrimed);
       }
       // Arrives on the cluster barrier: this block has started, so the others may write its shared memory
       // once they have all arrived (attend waits).
       if constexpr (spec.attend) cluster_arrive_relaxed();
       norm_.normalize(p_.hidden, p_.eps, spec.attend, vec(layout_.a1), spec.up, vec(layout_.a2), scratch());
       stamp(p_, kMarkNormed);
-      if constexpr (!kPrimeAfterInput) {
-        if (first && (!prime_early() || kEarlyStages < kStages)) {
-          stream_.prime(prime_early() ? kStages - kEarlyStages : kStages);
-          stamp(p_, kMarkPrimed);
-        }
-      }
       if constexpr (spec.attend) {
         attend<base>(spec.up, constants_[kPhase - kFirst]);
       } else {
