@@ -103,9 +103,9 @@ float time_graph_ms(cudaGraphExec_t exec, cudaStream_t stream, int iters) {
 constexpr int kMarks = cf::kernels::kTimelineMarks;
 constexpr int kStride = cf::kernels::kTimelineStride;  // stamps per block: the marks, then any box stamps
 // In the order of kernels::TimelineMark (decoder_layer.cuh).
-const char* const kMarkNames[] = {"entry",  "listed", "primed",     "waited", "input",     "normed",
-                                  "cluster ok", "qkv", "up",     "head ready", "rotary", "scores",
-                                  "softmax", "values", "attention", "proj",   "end"};
+const char* const kMarkNames[] = {"entry",      "listed", "primed",     "waited", "input",     "normed",
+                                  "cluster ok", "qkv",    "up",         "head ready", "rotary", "tiles",
+                                  "warp merge", "block merge", "attention", "proj",   "end"};
 static_assert(sizeof(kMarkNames) / sizeof(kMarkNames[0]) == kMarks, "one name per timeline mark");
 
 // With -DCF_BOX_STAMPS=N: the weight stream of one layer from its boxes' stamps (each warp's first N boxes: issued,

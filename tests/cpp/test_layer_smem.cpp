@@ -67,9 +67,8 @@ TEST(LayerSmem, EveryNeoXShapeFitsAtItsContextLength) {
   }
 }
 
-// Twice the context: the attention scores of a rank's positions grow with max_seq / cluster size; gpt-neox-20b's
-// first phase in clusters of one block is the tightest (its scores, 16 KB, beside two [hidden] float vectors of
-// 24 KB each).
+// Twice the context: the attention keeps no per-position buffer in shared memory (a running softmax per segment),
+// so no launch may grow with max_seq.
 TEST(LayerSmem, EveryNeoXShapeFitsAt4096Positions) {
   for (const std::string& name : neox_names()) {
     SCOPED_TRACE(name);
@@ -78,6 +77,22 @@ TEST(LayerSmem, EveryNeoXShapeFitsAt4096Positions) {
 }
 
 // The Llama shapes that ran before keep fitting.
+// The attention's state per block is a running softmax per segment: no launch's shared memory depends on max_seq.
+TEST(LayerSmem, NoLaunchGrowsWithTheContext) {
+  for (const char* name : {"pythia-2.8b", "gpt-neox-20b", "llama-2-7b", "tinyllama-1.1b"}) {
+    SCOPED_TRACE(name);
+    const cf::ModelConfig c = cf::model_config(name);
+    const kernels::LayerShape s512 = shape_of(c, 512), s32k = shape_of(c, 32768);
+    const int phases = kernels::layer_phase_count(s512.model);
+    for (int first = 0; first < phases; ++first)
+      EXPECT_EQ(kernels::layer_smem(s512, first, first, 2, c.heads, 2),
+                kernels::layer_smem(s32k, first, first, 2, c.heads, 2))
+          << kernels::layer_phase_name(s512.model, first);
+    EXPECT_EQ(kernels::layer_smem(s512, 0, phases - 1, 2, c.heads, 2),
+              kernels::layer_smem(s32k, 0, phases - 1, 2, c.heads, 2));
+  }
+}
+
 TEST(LayerSmem, LlamaShapesFit) {
   for (const char* name : {"llama-2-7b", "tinyllama-1.1b", "llama-3-8b", "llama-3.2-1b"}) {
     SCOPED_TRACE(name);

@@ -2,29 +2,33 @@
 // (flash-decoding): the positions are cut into contiguous chunks, shared out over the blocks; each chunk's
 // softmax partials (max m, sum l, unnormalised output o) go to rank 0 through distributed shared memory, which
 // combines them in chunk order, so the result depends neither on timing nor on how many blocks share the head.
+// Inside a block the same holds one level down: each segment of a warp keeps a running softmax of its positions,
+// the segments merge by shuffles in a fixed tree and the warps in index order.
 #pragma once
 #include <cuda_fp16.h>
 
-#include "clusterfusion/kernels/block_reduce.cuh"
 #include "clusterfusion/kernels/cluster.cuh"
 #include "clusterfusion/kernels/layer_params.hpp"
 
 namespace clusterfusion::kernels {
 
-// The steps of DecodeAttention::partial, in order, reported to its caller as each ends (the layer's timeline).
-enum class AttentionStep { kScores, kSoftmax, kValues };
+// The steps of DecodeAttention::partial, in order, reported to its caller as each ends (the layer's timeline):
+// every tile of the chunk through the segments' running softmax, the segments of each warp merged, the warps merged.
+enum class AttentionStep { kTiles, kWarpMerge, kBlockMerge };
 
 template <int kHeadDim>
 struct DecodeAttention {
   static_assert(kHeadDim % 8 == 0, "head_dim must be a multiple of 8 (16-byte vectors)");
-  // A cache row is kVecs 16-byte vectors: a thread owns one vector of one position, kGroups positions side
-  // by side, kUnroll loads in flight per thread. Head dims like 80 (10 vectors) leave a few threads idle.
+  // A cache row is kVecs 16-byte vectors, read by a segment of kSegLanes lanes (a power of two, so that its sums are
+  // shuffles inside the segment), lane v its vector v; a warp holds kSegsPerWarp segments, the block kSegs, each
+  // kAttentionUnroll rows in flight per tile. Head dims like 80 (10 vectors in 16 lanes) leave lanes idle.
   static constexpr int kVecs = kHeadDim / 8;
-  static constexpr int kGroups = kThreads / kVecs;
+  static_assert(kVecs <= 32, "one cache row per warp at most");
+  static constexpr int kSegLanes = kVecs <= 4 ? 4 : kVecs <= 8 ? 8 : kVecs <= 16 ? 16 : 32;
+  static constexpr int kSegsPerWarp = 32 / kSegLanes;
+  static constexpr int kSegs = kWarps * kSegsPerWarp;
   static constexpr int kUnroll = kAttentionUnroll;
-  static constexpr int kTile = kGroups * kUnroll;
-  static_assert(kTile * kVecs <= kThreads * kAttentionPartials, "score partials must fit the partials buffer");
-  static_assert(kGroups * kVecs * 8 <= kThreads * kAttentionPartials, "value partials must fit the partials buffer");
+  static constexpr int kTile = kSegs * kUnroll;
   static_assert(kHeadDim / 2 <= kThreads, "one thread per rotary pair");
 
   // Thread i's rotation at `position` for pair (i, i + rotary_dims/2), inverse frequency `inv_freq`: computed
@@ -84,97 +88,137 @@ struct DecodeAttention {
     }
   }
 
+  // A running softmax over some positions: max m of their scores, l = sum of exp(s - m), and this lane's 8
+  // components of o = sum of exp(s - m) v. Empty: m = -inf, l = 0, o = 0.
+  struct Running {
+    float m = -INFINITY, l = 0.f;
+    float o[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+  };
+  // exp(m - to) for to >= m, 0 for an empty max (no inf - inf).
+  __device__ static float weight(float m, float to) { return m == -INFINITY ? 0.f : __expf(m - to); }
+  // A lane's state merged with its shuffle partner's, the lower segment's terms first (`upper`: this lane is in the
+  // upper one), so that both lanes of the pair compute the same bits.
+  __device__ static Running merge(const Running& mine, const Running& other, bool upper) {
+    Running r;
+    r.m = fmaxf(mine.m, other.m);
+    const float a = weight(upper ? other.m : mine.m, r.m), b = weight(upper ? mine.m : other.m, r.m);
+    r.l = fmaf(upper ? mine.l : other.l, b, (upper ? other.l : mine.l) * a);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) r.o[e] = fmaf(upper ? mine.o[e] : other.o[e], b, (upper ? other.o[e] : mine.o[e]) * a);
+    return r;
+  }
+
   // The softmax partials of positions [t0, t1) of 0..position. q is rotated and scaled; k_new and v_new are the
-  // new token's key and value. Writes (m, l, o[kHeadDim]) into `slot` of rank 0's shared memory; calls done(step)
-  // as each AttentionStep ends.
+  // new token's key and value. Writes (m, l, o[kHeadDim]) into `slot` of rank 0's shared memory, through this
+  // block's `partials` (kWarps x (kHeadDim + 2) floats, SmemLayout::partials); calls done(step) as each
+  // AttentionStep ends.
   template <class Done>
   __device__ static void partial(const float* q, const float* k_new, const float* v_new, const __half* k_cache,
-                                 const __half* v_cache, int position, int t0, int t1, float* scores,
-                                 float* partials, float* slot, float* scratch, Done&& done) {
-    const int vec = threadIdx.x % kVecs, group = threadIdx.x / kVecs;
-    const bool active = group < kGroups;
-    float qv[8];
-#pragma unroll
-    for (int e = 0; e < 8; ++e) qv[e] = q[vec * 8 + e];
+                                 const __half* v_cache, int position, int t0, int t1, float* partials, float* slot,
+                                 Done&& done) {
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int vec = lane % kSegLanes, seg = warp * kSegsPerWarp + lane / kSegLanes;
+    const bool reads = vec < kVecs;
 
-    // Scores: per tile, each thread dots its vectors, then one thread per position sums them in order.
+    // Per tile, segment g takes positions base + g + u * kSegs: its lanes dot their vectors and sum them by
+    // shuffles, then fold the tile into the segment's running softmax with the values' rows.
+    Running run;
     for (int base = t0; base < t1; base += kTile) {
-      uint4 raw[kUnroll];
+      float s[kUnroll];
+      {
+        float qv[8];  // loaded per tile: not held in registers through the values
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int t = base + group + u * kGroups;
-        if (active && t < t1 && t != position) raw[u] = load_vec(k_cache, t, vec);
-      }
+        for (int e = 0; e < 8; ++e) qv[e] = reads ? q[vec * 8 + e] : 0.f;
+        uint4 raw[kUnroll];
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int t = base + group + u * kGroups;
-        if (active && t < t1) {
-          float kv[8];
-          row_vec(raw[u], k_new, t, position, vec, kv);
+        for (int u = 0; u < kUnroll; ++u) {
+          const int t = base + seg + u * kSegs;
+          if (reads && t < t1 && t != position) raw[u] = load_vec(k_cache, t, vec);
+        }
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          const int t = base + seg + u * kSegs;
           float d = 0.f;
+          if (reads && t < t1) {
+            float kv[8];
+            row_vec(raw[u], k_new, t, position, vec, kv);
 #pragma unroll
-          for (int e = 0; e < 8; ++e) d = fmaf(qv[e], kv[e], d);
-          partials[(u * kGroups + group) * kVecs + vec] = d;
+            for (int e = 0; e < 8; ++e) d = fmaf(qv[e], kv[e], d);
+          }
+#pragma unroll
+          for (int off = kSegLanes / 2; off > 0; off /= 2) d += __shfl_xor_sync(0xffffffffu, d, off);
+          s[u] = t < t1 ? d : -INFINITY;
         }
       }
-      __syncthreads();
-      for (int i = threadIdx.x; i < kTile && base + i < t1; i += blockDim.x) {
-        const float* p = partials + i * kVecs;  // i = u * kGroups + group: position base + i
-        float s = 0.f;
-        for (int v = 0; v < kVecs; ++v) s += p[v];
-        scores[base + i - t0] = s;
-      }
-      __syncthreads();
-    }
-    done(AttentionStep::kScores);
-    float m = -INFINITY;
-    for (int i = threadIdx.x; i < t1 - t0; i += blockDim.x) m = fmaxf(m, scores[i]);
-    m = block_max(m, scratch);
-    float l = 0.f;
-    for (int i = threadIdx.x; i < t1 - t0; i += blockDim.x) {
-      const float p = __expf(scores[i] - m);
-      scores[i] = p;
-      l += p;
-    }
-    l = block_sum(l, scratch);  // its barriers also publish the probabilities
-    done(AttentionStep::kSoftmax);
-
-    // Values: each thread accumulates its vector over its positions, then the groups are summed in order.
-    float o[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-    for (int base = t0; base < t1; base += kTile) {
       uint4 raw[kUnroll];
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
-        const int t = base + group + u * kGroups;
-        if (active && t < t1 && t != position) raw[u] = load_vec(v_cache, t, vec);
+        const int t = base + seg + u * kSegs;
+        if (reads && t < t1 && t != position) raw[u] = load_vec(v_cache, t, vec);
       }
+      float m = run.m;
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) m = fmaxf(m, s[u]);
+      const float a = weight(run.m, m);
+      run.m = m;
+      run.l *= a;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) run.o[e] *= a;
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
-        const int t = base + group + u * kGroups;
-        if (active && t < t1) {
+        const int t = base + seg + u * kSegs;
+        const float p = weight(s[u], m);
+        run.l += p;
+        if (reads && t < t1) {
           float vv[8];
           row_vec(raw[u], v_new, t, position, vec, vv);
-          const float p = scores[t - t0];
 #pragma unroll
-          for (int e = 0; e < 8; ++e) o[e] = fmaf(p, vv[e], o[e]);
+          for (int e = 0; e < 8; ++e) run.o[e] = fmaf(p, vv[e], run.o[e]);
         }
       }
     }
-    if (active) {
+    done(AttentionStep::kTiles);
+
+    // The segments of a warp, pairwise in a fixed tree; segment 0's lanes then hold the warp's partials.
 #pragma unroll
-      for (int e = 0; e < 8; ++e) partials[(group * kVecs + vec) * 8 + e] = o[e];
+    for (int off = kSegLanes; off < 32; off *= 2) {
+      Running other;
+      other.m = __shfl_xor_sync(0xffffffffu, run.m, off);
+      other.l = __shfl_xor_sync(0xffffffffu, run.l, off);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) other.o[e] = __shfl_xor_sync(0xffffffffu, run.o[e], off);
+      run = merge(run, other, lane & off);
+    }
+    float* mine = partials + warp * (kHeadDim + 2);
+    if (lane < kSegLanes && reads) {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) mine[2 + vec * 8 + e] = run.o[e];
+    }
+    if (lane == 0) {
+      mine[0] = run.m;
+      mine[1] = run.l;
     }
     __syncthreads();
+    done(AttentionStep::kWarpMerge);
+
+    // The warps in index order, one output component per thread.
     for (int e = threadIdx.x; e < kHeadDim; e += blockDim.x) {
-      float s = 0.f;
-      for (int g = 0; g < kGroups; ++g) s += partials[g * kHeadDim + e];
-      dsmem_store(slot + 2 + e, 0, s);
+      float m = -INFINITY;
+      for (int w = 0; w < kWarps; ++w) m = fmaxf(m, partials[w * (kHeadDim + 2)]);
+      float l = 0.f, o = 0.f;
+      for (int w = 0; w < kWarps; ++w) {
+        const float* p = partials + w * (kHeadDim + 2);
+        const float a = weight(p[0], m);
+        l = fmaf(p[1], a, l);
+        o = fmaf(p[2 + e], a, o);
+      }
+      dsmem_store(slot + 2 + e, 0, o);
+      if (e == 0) {
+        dsmem_store(slot, 0, m);
+        dsmem_store(slot + 1, 0, l);
+      }
     }
-    if (threadIdx.x == 0) {
-      dsmem_store(slot, 0, m);
-      dsmem_store(slot + 1, 0, l);
-    }
-    done(AttentionStep::kValues);
+    done(AttentionStep::kBlockMerge);
   }
 
   // On rank 0, after a cluster barrier: merges the head's `chunks` partials in chunk order into out[kHeadDim].

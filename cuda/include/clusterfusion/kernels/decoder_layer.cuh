@@ -38,7 +38,7 @@ __device__ __forceinline__ int step_position(const DecoderLayerParams& p) {
 // Where a block is in the layer, stamped into p.timeline when set (see bench/cpp/layer_timing.cu).
 enum TimelineMark {
   kMarkEntry, kMarkListed, kMarkPrimed, kMarkWaited, kMarkInput, kMarkNormed, kMarkClusterReady, kMarkQkv, kMarkUp,
-  kMarkHeadReady, kMarkRotary, kMarkScores, kMarkSoftmax, kMarkValues, kMarkAttention, kMarkProj, kMarkEnd
+  kMarkHeadReady, kMarkRotary, kMarkTiles, kMarkWarpMerge, kMarkBlockMerge, kMarkAttention, kMarkProj, kMarkEnd
 };
 static_assert(kMarkEnd + 1 == kTimelineMarks, "one stamp slot per mark");
 __device__ __forceinline__ void stamp(const DecoderLayerParams& p, TimelineMark mark) {
@@ -405,7 +405,7 @@ class LayerBlock {
  private:
   static constexpr int total_lists() { return phase_list_base<Model>(kFirst, kLast + 1); }
   __device__ static SmemLayout layout(const DecoderLayerParams& p) {
-    return SmemLayout(p.hidden, proj_columns<Model>(p.hidden, p.ffn), kHeadDim, p.max_seq, cluster_size(),
+    return SmemLayout(p.hidden, proj_columns<Model>(p.hidden, p.ffn), kHeadDim, cluster_size(),
                       gridDim.x / cluster_size(), p.attention_chunks, gate_rows(p.ffn, gridDim.x));
   }
   // Only a launch of several phases of a model with a heads-only phase may have more attention chunks than ranks (the
@@ -539,8 +539,8 @@ class LayerBlock {
     stamp(p_, kMarkRotary);
     const auto chunk_partial = [&](int c) {
       Attention::partial(q, k, v, p_.k_cache + head_offset, p_.v_cache + head_offset, position_, chunks.begin(c),
-                         chunks.begin(c + 1), vec(layout_.scores), vec(layout_.partials), combine + c * (kHeadDim + 2),
-                         scratch(), [this](AttentionStep step) { stamp(p_, TimelineMark(kMarkScores + int(step))); });
+                         chunks.begin(c + 1), vec(layout_.partials), combine + c * (kHeadDim + 2),
+                         [this](AttentionStep step) { stamp(p_, TimelineMark(kMarkTiles + int(step))); });
     };
     if constexpr (kChunkLoop) {
       for (int c = chunks.first; c < chunks.last; ++c) {

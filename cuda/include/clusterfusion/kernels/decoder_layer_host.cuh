@@ -77,7 +77,7 @@ template <class Model>
 std::size_t layer_smem(const LayerShape& s, int first, int last, int cluster, int clusters, int attention_chunks) {
   const int blocks = cluster * clusters;
   const SmemLayout layout(s.hidden, proj_columns<Model>(s.hidden, s.ffn),
-                          launch_head_dim<Model>(first, last, s.head_dim), s.max_seq, cluster, clusters,
+                          launch_head_dim<Model>(first, last, s.head_dim), cluster, clusters,
                           attention_chunks, LayerBlock<Model, 64, 0, 0>::gate_rows(s.ffn, blocks));
   std::size_t smem = 0;
   for (int i = first; i <= last; ++i) {

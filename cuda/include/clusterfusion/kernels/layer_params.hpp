@@ -28,12 +28,13 @@ constexpr int kWarps = CF_WARPS;
 constexpr int kThreads = kWarps * 32;
 constexpr int kStages = CF_STAGES;  // boxes in flight per warp: 16 warps x 2 x 4 KB = 128 KB per SM
 constexpr int kLnVecs = 2;  // 16-byte vectors of the layer input per thread: hidden <= kLnVecs * 8 * kThreads
-// Cache rows in flight per thread in the attention (DecodeAttention's tile: kUnroll positions per thread): 9 puts
-// a block's chunk at ctx 512 (257 positions) in one tile at head_dim 128 (32 positions side by side); the sums do
-// not depend on it.
-constexpr int kAttentionUnroll = 9;
-// Floats per thread of the attention's partials buffer: a tile's score partials or the values' group sums (8).
-constexpr int kAttentionPartials = kAttentionUnroll > 8 ? kAttentionUnroll : 8;
+// Cache rows in flight per thread in the attention (DecodeAttention's tile: kUnroll positions per segment): 9 puts
+// a block's chunk at ctx 512 (257 positions) in one tile at head_dim 128 (32 segments side by side). The bits depend
+// on it (each tile rescales the running softmax).
+#ifndef CF_ATTENTION_UNROLL  // v65 A/B only
+#define CF_ATTENTION_UNROLL 9
+#endif
+constexpr int kAttentionUnroll = CF_ATTENTION_UNROLL;
 constexpr int kMaxItems = 256;     // work items (job chunks) of one job list in one block
 constexpr int kMaxJobLists = 9;    // the lists of every phase of one launch (Llama cooperative: 3 + 2 + 2 + 2)
 // sm_90's opt-in maximum of dynamic shared memory per block (227 KB, H100 and H200 alike).
@@ -131,10 +132,10 @@ struct SmemLayout {
   static constexpr std::size_t kItemPartials = kScratch + 128;  // kBoxRows row sums per work item
   static constexpr std::size_t kVectors = kItemPartials + kMaxItems * kBoxRows * 4;  // phase-specific vectors
 
-  // norm_qkv_rope_attend and norm_up: the two norms of the input, the head's q|k|v, scores of one attention chunk,
-  // reduction partials, the head's softmax partials (m, l, o) per chunk gathered on rank 0, and SwiGLU's gate
-  // values of this block's rows.
-  std::size_t a1, a2, qkv, scores, partials, combine, gate, norm_end;
+  // norm_qkv_rope_attend and norm_up: the two norms of the input, the head's q|k|v, the attention's per-warp
+  // softmax partials, the head's softmax partials (m, l, o) per chunk gathered on rank 0, and SwiGLU's gate values of
+  // this block's rows.
+  std::size_t a1, a2, qkv, partials, combine, gate, norm_end;
   // proj_residual: a cluster's ranks split its K (proj_cols columns: the attention output for W_o, then the MLP
   // activation for W_down, laid end to end) into parts of whole boxes, proj_passes parts per rank; proj_slice holds
   // the part of the vector a pass reads (the largest any part gets), and rank_partials on rank 0 every part's
@@ -143,15 +144,13 @@ struct SmemLayout {
   int proj_passes;       // 1, or kProjPasses where one pass's slice would not fit in kMaxSmemPerBlock
   int rows_per_cluster;  // the most output rows any cluster owns
 
-  __host__ __device__ SmemLayout(int hidden, int proj_cols, int head_dim, int max_seq, int cluster, int clusters,
+  __host__ __device__ SmemLayout(int hidden, int proj_cols, int head_dim, int cluster, int clusters,
                                  int attention_chunks, int gate_rows) {
-    const int chunk = (max_seq + attention_chunks - 1) / attention_chunks;
     a1 = kVectors;
     a2 = a1 + align_up(hidden * 4, 16);
     qkv = a2 + align_up(hidden * 4, 16);
-    scores = qkv + align_up(3 * head_dim * 4, 16);
-    partials = scores + align_up(chunk * 4, 16);
-    combine = partials + align_up(kThreads * kAttentionPartials * 4, 16);
+    partials = qkv + align_up(3 * head_dim * 4, 16);
+    combine = partials + align_up(kWarps * (head_dim + 2) * 4, 16);
     gate = combine + align_up(attention_chunks * (head_dim + 2) * 4, 16);
     norm_end = gate + align_up(gate_rows * 4, 16);
     rows_per_cluster = (hidden / kBoxRows + clusters - 1) / clusters * kBoxRows;
