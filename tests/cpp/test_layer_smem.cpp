@@ -76,7 +76,6 @@ TEST(LayerSmem, EveryNeoXShapeFitsAt4096Positions) {
   }
 }
 
-// The Llama shapes that ran before keep fitting.
 // The attention's state per block is a running softmax per segment: no launch's shared memory depends on max_seq.
 TEST(LayerSmem, NoLaunchGrowsWithTheContext) {
   for (const char* name : {"pythia-2.8b", "gpt-neox-20b", "llama-2-7b", "tinyllama-1.1b"}) {
@@ -93,6 +92,7 @@ TEST(LayerSmem, NoLaunchGrowsWithTheContext) {
   }
 }
 
+// The Llama shapes that ran before keep fitting.
 TEST(LayerSmem, LlamaShapesFit) {
   for (const char* name : {"llama-2-7b", "tinyllama-1.1b", "llama-3-8b", "llama-3.2-1b"}) {
     SCOPED_TRACE(name);

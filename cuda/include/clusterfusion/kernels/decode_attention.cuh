@@ -102,9 +102,10 @@ struct DecodeAttention {
     Running r;
     r.m = fmaxf(mine.m, other.m);
     const float a = weight(upper ? other.m : mine.m, r.m), b = weight(upper ? mine.m : other.m, r.m);
-    r.l = fmaf(upper ? mine.l : other.l, b, (upper ? other.l : mine.l) * a);
+    r.l = fmaf(upper ? mine.l : other.l, b, __fmul_rn(upper ? other.l : mine.l, a));
 #pragma unroll
-    for (int e = 0; e < 8; ++e) r.o[e] = fmaf(upper ? mine.o[e] : other.o[e], b, (upper ? other.o[e] : mine.o[e]) * a);
+    for (int e = 0; e < 8; ++e)
+      r.o[e] = fmaf(upper ? mine.o[e] : other.o[e], b, __fmul_rn(upper ? other.o[e] : mine.o[e], a));
     return r;
   }
 
@@ -159,16 +160,17 @@ struct DecodeAttention {
       float m = run.m;
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) m = fmaxf(m, s[u]);
+      // Rounded products and sums (no contraction into fma): every kernel that inlines this computes the same bits.
       const float a = weight(run.m, m);
       run.m = m;
-      run.l *= a;
+      run.l = __fmul_rn(run.l, a);
 #pragma unroll
-      for (int e = 0; e < 8; ++e) run.o[e] *= a;
+      for (int e = 0; e < 8; ++e) run.o[e] = __fmul_rn(run.o[e], a);
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         const int t = base + seg + u * kSegs;
         const float p = weight(s[u], m);
-        run.l += p;
+        run.l = __fadd_rn(run.l, p);
         if (reads && t < t1) {
           float vv[8];
           row_vec(raw[u], v_new, t, position, vec, vv);
