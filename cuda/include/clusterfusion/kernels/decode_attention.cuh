@@ -110,13 +110,13 @@ struct DecodeAttention {
   }
 
   // The softmax partials of positions [t0, t1) of 0..position. q is rotated and scaled; k_new and v_new are the
-  // new token's key and value. Writes (m, l, o[kHeadDim]) into `slot` of rank 0's shared memory, through this
-  // block's `partials` (kWarps x (kHeadDim + 2) floats, SmemLayout::partials); calls done(step) as each
-  // AttentionStep ends.
+  // new token's key and value. Writes (m, l, o[kHeadDim]) into `slot` of rank 0's shared memory, counted on rank
+  // 0's barrier `received`, through this block's `partials` (kWarps x (kHeadDim + 2) floats, SmemLayout::partials);
+  // calls done(step) as each AttentionStep ends.
   template <class Done>
   __device__ static void partial(const float* q, const float* k_new, const float* v_new, const __half* k_cache,
                                  const __half* v_cache, int position, int t0, int t1, float* partials, float* slot,
-                                 Done&& done) {
+                                 MBarrier* received, Done&& done) {
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int vec = lane % kSegLanes, seg = warp * kSegsPerWarp + lane / kSegLanes;
     const bool reads = vec < kVecs;
@@ -214,10 +214,10 @@ struct DecodeAttention {
         l = fmaf(p[1], a, l);
         o = fmaf(p[2 + e], a, o);
       }
-      dsmem_store(slot + 2 + e, 0, o);
+      dsmem_store_counted(slot + 2 + e, 0, o, received);
       if (e == 0) {
-        dsmem_store(slot, 0, m);
-        dsmem_store(slot + 1, 0, l);
+        dsmem_store_counted(slot, 0, m, received);
+        dsmem_store_counted(slot + 1, 0, l, received);
       }
     }
     done(AttentionStep::kBlockMerge);

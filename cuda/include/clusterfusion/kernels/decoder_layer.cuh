@@ -338,6 +338,7 @@ class LayerBlock {
     if constexpr (kBoxStamps > 0) {
       if (p.timeline != nullptr && threadIdx.x == 0) p.timeline[(blockIdx.x + 1) * kTimelineStride - 1] = sm_id();
     }
+    if (threadIdx.x == 0) init_exchanges();  // before this block announces that it has started
     // A launch that starts with proj_residual: announce that this block has started before any rank stores
     // into rank 0 (waited for in the phase).
     if constexpr (!kFirstNorms) cluster_arrive_relaxed();
@@ -492,6 +493,41 @@ class LayerBlock {
     return [b = p_.up_bias](int row) { return __half2float(b[row]); };
   }
 
+  // A launch's counted exchanges (SmemLayout::kExchangeBarriers): each barrier's phase completes once the bytes it
+  // expects have landed (dsmem_store_counted), so no cluster barrier has to release them.
+  enum Exchange { kQkvReceived, kPartialsReceived, kProjReceived };
+  __device__ MBarrier* exchange(Exchange e) const {
+    return reinterpret_cast<MBarrier*>(smem_ + SmemLayout::kExchangeBarriers) + e;
+  }
+  // Thread 0, before this block announces that it has started. Attending: a head's block receives its q|k|v (3 x
+  // head_dim floats, each row from the rank that streams it), its rank 0 every chunk's (m, l, o), a block without a
+  // head nothing. proj_residual: rank 0 receives every rank's partial sums, expected there once its rows are known.
+  // In a cluster of one block the stores are plain and nothing is expected (receive()).
+  __device__ void init_exchanges() const {
+    constexpr bool kAttends = any_phase(&PhaseSpec::attend);
+    constexpr bool kProjects = any_phase(&PhaseSpec::o_proj) || any_phase(&PhaseSpec::down_proj);
+    if constexpr (kAttends) {
+      const bool has_head = blockIdx.x / cluster_size() < p_.heads && cluster_size() > 1;
+      exchange(kQkvReceived)->init(1);
+      exchange(kPartialsReceived)->init(1);
+      exchange(kQkvReceived)->arrive_expect_tx(has_head ? 3 * kHeadDim * 4 : 0);
+      exchange(kPartialsReceived)->arrive_expect_tx(
+          has_head && cluster_rank() == 0 ? p_.attention_chunks * (kHeadDim + 2) * 4 : 0);
+    }
+    if constexpr (kProjects) exchange(kProjReceived)->init(1);
+    if constexpr (kAttends || kProjects) fence_barrier_init();
+  }
+
+  // Waits until exchange e has landed in this block: its counted bytes, or in a cluster of one block the block's
+  // barrier after the plain stores.
+  __device__ void receive(Exchange e) const {
+    if (cluster_size() == 1) {
+      __syncthreads();
+    } else {
+      exchange(e)->wait_cluster(0);
+    }
+  }
+
   __device__ int kv_head(int head) const { return head / (p_.heads / p_.kv_heads); }
   __device__ float* vec(std::size_t offset) const { return reinterpret_cast<float*>(smem_ + offset); }
   __device__ float* scratch() const { return vec(SmemLayout::kScratch); }
@@ -511,14 +547,20 @@ class LayerBlock {
         float value = sum;
         if constexpr (Model::kBiases) value += c.qkv_bias.get(row, qkv_bias());
         const float* local = qkv + row + shift;
-        for (int dst = 0; dst < ranks; ++dst) dsmem_store(local, dst, value);
+        for (int dst = 0; dst < ranks; ++dst) dsmem_store_counted(local, dst, value, exchange(kQkvReceived));
       });
     }
     stamp(p_, kMarkQkv);
+#if !CF_COUNTED_STORES  // v66 A/B only
     cluster_arrive();
+#endif
     if (up) up_rows(kBase + kQkvLists, c);
     stamp(p_, kMarkUp);
-    cluster_wait();  // the head's q|k|v is complete in every block
+#if CF_COUNTED_STORES
+    receive(kQkvReceived);  // the head's q|k|v is complete in this block
+#else
+    cluster_wait();
+#endif
     stamp(p_, kMarkHeadReady);
     if (head >= p_.heads) return;  // a cluster with no head: its share of up rows was its whole phase
 
@@ -540,6 +582,7 @@ class LayerBlock {
     const auto chunk_partial = [&](int c) {
       Attention::partial(q, k, v, p_.k_cache + head_offset, p_.v_cache + head_offset, position_, chunks.begin(c),
                          chunks.begin(c + 1), vec(layout_.partials), combine + c * (kHeadDim + 2),
+                         exchange(kPartialsReceived),
                          [this](AttentionStep step) { stamp(p_, TimelineMark(kMarkTiles + int(step))); });
     };
     if constexpr (kChunkLoop) {
@@ -551,8 +594,15 @@ class LayerBlock {
       if (chunks.last != chunks.first + 1) __trap();  // the plan gives every other launch one chunk per rank
       chunk_partial(chunks.first);
     }
-    cluster_sync();  // every chunk's partials are on rank 0; no shared memory is touched remotely after this
+#if CF_COUNTED_STORES
+    if (rank == 0) {
+      receive(kPartialsReceived);  // every chunk's partials are here
+      Attention::combine_partials(combine, p_.attention_chunks, p_.attn + head * kHeadDim);
+    }
+#else
+    cluster_sync();
     if (rank == 0) Attention::combine_partials(combine, p_.attention_chunks, p_.attn + head * kHeadDim);
+#endif
     stamp(p_, kMarkAttention);
   }
 
@@ -603,10 +653,18 @@ class LayerBlock {
       __syncthreads();
       if (pass == 0) stamp(p_, kMarkProj);
       float* partials = rank_partials + (rank * passes + pass) * stride;
-      stream_.run(l + pass, [&](int row, float sum) { dsmem_store(partials + (row - row0), 0, sum); });
+      stream_.run(l + pass, [&](int row, float sum) {
+        dsmem_store_counted(partials + (row - row0), 0, sum, exchange(kProjReceived));
+      });
     }
-    cluster_sync();  // every rank's partial sums are on rank 0
+#if CF_COUNTED_STORES
     if (rank != 0) return;
+    if (threadIdx.x == 0) exchange(kProjReceived)->arrive_expect_tx(ranks > 1 ? ranks * passes * rows * 4 : 0);
+    receive(kProjReceived);  // every rank's partial sums are here
+#else
+    cluster_sync();
+    if (rank != 0) return;
+#endif
     const auto biases = out_biases(kO, kDown);
     const __half* extra = p_.residual_add;
     const auto constant = [&](int row) {
