@@ -5,6 +5,9 @@
 // Inside a block the same holds one level down: each segment of a warp keeps a running softmax of its positions,
 // the segments merge by shuffles in a fixed tree and the warps in index order.
 #pragma once
+#ifndef CF_V_PREFETCH
+#define CF_V_PREFETCH 0
+#endif
 #include <cuda_fp16.h>
 
 #include "clusterfusion/kernels/cluster.cuh"
@@ -72,6 +75,11 @@ struct DecodeAttention {
     return raw;
   }
 
+  // Asks L1 for vector `vec` of cache row t (no register, nothing waits for it).
+  __device__ static void prefetch_l1(const __half* cache, int t, int vec) {
+    asm volatile("prefetch.global.L1 [%0];" ::"l"(cache + std::size_t(t) * kHeadDim + vec * 8));
+  }
+
   // Vector `vec` of position t as 8 floats: the loaded cache vector, or the new token's (not yet in the cache).
   __device__ static void row_vec(uint4 raw, const float* fresh, int t, int position, int vec, float (&out)[8]) {
     if (t == position) {
@@ -134,7 +142,12 @@ struct DecodeAttention {
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
           const int t = base + seg + u * kSegs;
-          if (reads && t < t1 && t != position) raw[u] = load_vec(k_cache, t, vec);
+          if (reads && t < t1 && t != position) {
+            raw[u] = load_vec(k_cache, t, vec);
+#if CF_V_PREFETCH  // v65 A/B only (1: on)
+            prefetch_l1(v_cache, t, vec);  // the values' rows travel to L1 under the scores
+#endif
+          }
         }
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
