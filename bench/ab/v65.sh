@@ -5,6 +5,7 @@
 # and run with carry ["build-a-src"]:
 #   bash bench/ab/v65.sh timing   layer_timing of main (base), this tree (seg: 9 rows per segment) and this tree with
 #                                 -DCF_ATTENTION_UNROLL=6 (seg6), alternating, two rounds, position from device memory
+#                                 (a variant's flags are separated by commas)
 #   bash bench/ab/v65.sh tests    cf_gpu_tests of this tree (bitwise split against cooperative, against float64)
 # V65_SHAPES="model:ctx ..." replaces the shapes, V65_VARIANTS="name:tree:flags ..." the variants (on branch
 # segments-counted, v65 with v66: "base:build-a-src: both:.: seg:.:-DCF_COUNTED_STORES=0"). Outputs go to $OUT as one
@@ -30,7 +31,7 @@ trap 'cd $OUT && tar czf v65.tgz *.txt 2>/dev/null; rm -f $OUT/*.txt' EXIT
 variants=${V65_VARIANTS:-"base:build-a-src: seg:.: seg6:.:-DCF_ATTENTION_UNROLL=6"}
 shapes=${V65_SHAPES:-"tinyllama-1.1b:512 llama-2-7b:512 pythia-2.8b:512 pythia-6.9b:512 llama-3.2-1b:512 pythia-2.8b:2048"}
 for v in $variants; do IFS=: read -r name src flags <<< "$v"
-  configure $name $src "$flags" layer_timing > $OUT/build-$name.txt 2>&1 &
+  configure $name $src "$(echo $flags | tr , ' ')" layer_timing > $OUT/build-$name.txt 2>&1 &
 done
 wait
 echo "built at $((SECONDS - S)) s"; for v in $variants; do tail -1 $OUT/build-${v%%:*}.txt; done
