@@ -44,8 +44,11 @@ constexpr std::size_t kMaxSmemPerBlock = 232448;
 constexpr int kProjPasses = 2;
 // The up rows of the blocks that carry no head are shared with a slope (bench/NOTES.md v49): in an overlapped launch a
 // block takes the SM its predecessor frees, so the later indices start last. The first block gets (1 + r/200) of
-// the average, the last (1 - r/200); past r = 100 the first could pass kMaxItems items.
-constexpr int kUpRampPercent = 30;
+// the average, the last (1 - r/200); past r = 100 the first could pass kMaxItems items. Tunable at build time.
+#ifndef CF_UP_RAMP_PERCENT
+#define CF_UP_RAMP_PERCENT 30
+#endif
+constexpr int kUpRampPercent = CF_UP_RAMP_PERCENT;
 static_assert(kUpRampPercent >= 0 && kUpRampPercent <= 100, "kUpRampPercent: 0..100");
 
 // a / b for 0 <= a < 2^53 and b > 0. The correctly rounded double quotient of two exact doubles is within
