@@ -1,5 +1,8 @@
 // Thread-block cluster primitives: rank, distributed shared memory stores, the split cluster barrier.
 #pragma once
+#ifndef CF_COUNTED_STORES
+#define CF_COUNTED_STORES 1
+#endif
 #include <cstdint>
 
 #include "clusterfusion/kernels/tma.cuh"
@@ -22,6 +25,22 @@ __device__ __forceinline__ void dsmem_store(const float* local, uint32_t rank, f
   uint32_t remote;
   asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(smem_addr(local)), "r"(rank));
   asm volatile("st.shared::cluster.f32 [%0], %1;" ::"r"(remote), "f"(value) : "memory");
+}
+
+// Stores `value` at the same shared-memory offset as `local` inside block `rank` of this cluster and counts its 4
+// bytes on that block's mbarrier at `bar`'s offset (st.async): the receiver learns of it by waiting on its barrier,
+// so the store needs no release on a cluster barrier (and no GPU-scope fence).
+__device__ __forceinline__ void dsmem_store_counted(const float* local, uint32_t rank, float value, MBarrier* bar) {
+#if CF_COUNTED_STORES  // v66 A/B only
+  uint32_t remote, remote_bar;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(smem_addr(local)), "r"(rank));
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote_bar) : "r"(smem_addr(&bar->word)), "r"(rank));
+  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];" ::"r"(remote),
+               "r"(__float_as_uint(value)), "r"(remote_bar)
+               : "memory");
+#else
+  dsmem_store(local, rank, value);
+#endif
 }
 
 // Split barrier over all threads of the cluster: arrive publishes this thread's earlier (shared and

@@ -343,6 +343,7 @@ class LayerBlock {
     // into rank 0 (waited for in the phase).
     if constexpr (!kFirstNorms) cluster_arrive_relaxed();
     if constexpr (any_phase(&PhaseSpec::attend)) {
+      if (threadIdx.x == 0) expect_exchanges();
       norm_.load_params(0, p.norm_weight[0], p.norm_bias[0], p.hidden);
       if (threadIdx.x < p.rotary_dims / 2) inv_freq_ = p.inv_freq[threadIdx.x];
     }
@@ -494,6 +495,25 @@ class LayerBlock {
     return [b = p_.up_bias](int row) { return __half2float(b[row]); };
   }
 
+  // An attending launch's counted exchanges (SmemLayout::kExchangeBarriers): each barrier's phase completes once the
+  // bytes it expects have landed (dsmem_store_counted), so no cluster barrier has to release them.
+  enum Exchange { kQkvReceived, kPartialsReceived };
+  __device__ MBarrier* exchange(Exchange e) const {
+    return reinterpret_cast<MBarrier*>(smem_ + SmemLayout::kExchangeBarriers) + e;
+  }
+  // Thread 0, before this block announces that it has started: a head's block receives its q|k|v (3 x head_dim
+  // floats, each row from the rank that streams it), its rank 0 every chunk's (m, l, o); a block without a head
+  // nothing.
+  __device__ void expect_exchanges() const {
+    const int head = blockIdx.x / cluster_size();
+    const bool has_head = head < p_.heads;
+    exchange(kQkvReceived)->init(1);
+    exchange(kPartialsReceived)->init(1);
+    exchange(kQkvReceived)->arrive_expect_tx(has_head ? 3 * kHeadDim * 4 : 0);
+    exchange(kPartialsReceived)->arrive_expect_tx(has_head && cluster_rank() == 0 ? p_.attention_chunks * (kHeadDim + 2) * 4 : 0);
+    fence_barrier_init();
+  }
+
   __device__ int kv_head(int head) const { return head / (p_.heads / p_.kv_heads); }
   __device__ float* vec(std::size_t offset) const { return reinterpret_cast<float*>(smem_ + offset); }
   __device__ float* scratch() const { return vec(SmemLayout::kScratch); }
@@ -513,14 +533,20 @@ class LayerBlock {
         float value = sum;
         if constexpr (Model::kBiases) value += c.qkv_bias.get(row, qkv_bias());
         const float* local = qkv + row + shift;
-        for (int dst = 0; dst < ranks; ++dst) dsmem_store(local, dst, value);
+        for (int dst = 0; dst < ranks; ++dst) dsmem_store_counted(local, dst, value, exchange(kQkvReceived));
       });
     }
     stamp(p_, kMarkQkv);
+#if !CF_COUNTED_STORES  // v66 A/B only
     cluster_arrive();
+#endif
     if (up) up_rows(kBase + kQkvLists, c);
     stamp(p_, kMarkUp);
-    cluster_wait();  // the head's q|k|v is complete in every block
+#if CF_COUNTED_STORES
+    exchange(kQkvReceived)->wait(0);  // the head's q|k|v is complete in this block
+#else
+    cluster_wait();
+#endif
     stamp(p_, kMarkHeadReady);
     if (head >= p_.heads) return;  // a cluster with no head: its share of up rows was its whole phase
 
@@ -542,7 +568,8 @@ class LayerBlock {
     const auto chunk_partial = [&](int c) {
       Attention::partial(q, k, v, p_.k_cache + head_offset, p_.v_cache + head_offset, position_, chunks.begin(c),
                          chunks.begin(c + 1), vec(layout_.scores), vec(layout_.partials), combine + c * (kHeadDim + 2),
-                         scratch(), [this](AttentionStep step) { stamp(p_, TimelineMark(kMarkScores + int(step))); });
+                         exchange(kPartialsReceived), scratch(),
+                         [this](AttentionStep step) { stamp(p_, TimelineMark(kMarkScores + int(step))); });
     };
     if constexpr (kChunkLoop) {
       for (int c = chunks.first; c < chunks.last; ++c) {
@@ -553,8 +580,15 @@ class LayerBlock {
       if (chunks.last != chunks.first + 1) __trap();  // the plan gives every other launch one chunk per rank
       chunk_partial(chunks.first);
     }
-    cluster_sync();  // every chunk's partials are on rank 0; no shared memory is touched remotely after this
+#if CF_COUNTED_STORES
+    if (rank == 0) {
+      exchange(kPartialsReceived)->wait(0);  // every chunk's partials are here
+      Attention::combine_partials(combine, p_.attention_chunks, p_.attn + head * kHeadDim);
+    }
+#else
+    cluster_sync();
     if (rank == 0) Attention::combine_partials(combine, p_.attention_chunks, p_.attn + head * kHeadDim);
+#endif
     stamp(p_, kMarkAttention);
   }
 
