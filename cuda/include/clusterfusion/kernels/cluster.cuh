@@ -28,10 +28,12 @@ __device__ __forceinline__ void dsmem_store(const float* local, uint32_t rank, f
 }
 
 // Stores `value` at the same shared-memory offset as `local` inside block `rank` of this cluster and counts its 4
-// bytes on that block's mbarrier at `bar`'s offset (st.async): the receiver learns of it by waiting on its barrier,
-// so the store needs no release on a cluster barrier (and no GPU-scope fence).
+// bytes on that block's mbarrier at `bar`'s offset (st.async): the receiver learns of it by waiting on its barrier
+// (MBarrier::wait_cluster), so the store needs no release on a cluster barrier (and no GPU-scope fence). st.async is
+// undefined in a cluster of one block: there the store is plain, and the receiver's wait is a __syncthreads.
 __device__ __forceinline__ void dsmem_store_counted(const float* local, uint32_t rank, float value, MBarrier* bar) {
 #if CF_COUNTED_STORES  // v66 A/B only
+  if (cluster_size() == 1) return dsmem_store(local, rank, value);
   uint32_t remote, remote_bar;
   asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(smem_addr(local)), "r"(rank));
   asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote_bar) : "r"(smem_addr(&bar->word)), "r"(rank));

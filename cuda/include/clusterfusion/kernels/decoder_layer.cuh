@@ -339,11 +339,13 @@ class LayerBlock {
     if constexpr (kBoxStamps > 0) {
       if (p.timeline != nullptr && threadIdx.x == 0) p.timeline[(blockIdx.x + 1) * kTimelineStride - 1] = sm_id();
     }
+    if constexpr (any_phase(&PhaseSpec::attend)) {
+      if (threadIdx.x == 0) expect_exchanges();  // before this block announces that it has started
+    }
     // A launch that starts with proj_residual: announce that this block has started before any rank stores
     // into rank 0 (waited for in the phase).
     if constexpr (!kFirstNorms) cluster_arrive_relaxed();
     if constexpr (any_phase(&PhaseSpec::attend)) {
-      if (threadIdx.x == 0) expect_exchanges();
       norm_.load_params(0, p.norm_weight[0], p.norm_bias[0], p.hidden);
       if (threadIdx.x < p.rotary_dims / 2) inv_freq_ = p.inv_freq[threadIdx.x];
     }
@@ -506,12 +508,22 @@ class LayerBlock {
   // nothing.
   __device__ void expect_exchanges() const {
     const int head = blockIdx.x / cluster_size();
-    const bool has_head = head < p_.heads;
+    const bool has_head = head < p_.heads && cluster_size() > 1;  // one block: plain stores (dsmem_store_counted)
     exchange(kQkvReceived)->init(1);
     exchange(kPartialsReceived)->init(1);
     exchange(kQkvReceived)->arrive_expect_tx(has_head ? 3 * kHeadDim * 4 : 0);
     exchange(kPartialsReceived)->arrive_expect_tx(has_head && cluster_rank() == 0 ? p_.attention_chunks * (kHeadDim + 2) * 4 : 0);
     fence_barrier_init();
+  }
+
+  // Waits until exchange e has landed in this block: its counted bytes, or in a cluster of one block the block's
+  // barrier after the plain stores.
+  __device__ void receive(Exchange e) const {
+    if (cluster_size() == 1) {
+      __syncthreads();
+    } else {
+      exchange(e)->wait_cluster(0);
+    }
   }
 
   __device__ int kv_head(int head) const { return head / (p_.heads / p_.kv_heads); }
@@ -543,7 +555,7 @@ class LayerBlock {
     if (up) up_rows(kBase + kQkvLists, c);
     stamp(p_, kMarkUp);
 #if CF_COUNTED_STORES
-    exchange(kQkvReceived)->wait(0);  // the head's q|k|v is complete in this block
+    receive(kQkvReceived);  // the head's q|k|v is complete in this block
 #else
     cluster_wait();
 #endif
@@ -582,7 +594,7 @@ class LayerBlock {
     }
 #if CF_COUNTED_STORES
     if (rank == 0) {
-      exchange(kPartialsReceived)->wait(0);  // every chunk's partials are here
+      receive(kPartialsReceived);  // every chunk's partials are here
       Attention::combine_partials(combine, p_.attention_chunks, p_.attn + head * kHeadDim);
     }
 #else
