@@ -339,9 +339,7 @@ class LayerBlock {
     if constexpr (kBoxStamps > 0) {
       if (p.timeline != nullptr && threadIdx.x == 0) p.timeline[(blockIdx.x + 1) * kTimelineStride - 1] = sm_id();
     }
-    if constexpr (any_phase(&PhaseSpec::attend)) {
-      if (threadIdx.x == 0) expect_exchanges();  // before this block announces that it has started
-    }
+    if (threadIdx.x == 0) init_exchanges();  // before this block announces that it has started
     // A launch that starts with proj_residual: announce that this block has started before any rank stores
     // into rank 0 (waited for in the phase).
     if constexpr (!kFirstNorms) cluster_arrive_relaxed();
@@ -497,23 +495,29 @@ class LayerBlock {
     return [b = p_.up_bias](int row) { return __half2float(b[row]); };
   }
 
-  // An attending launch's counted exchanges (SmemLayout::kExchangeBarriers): each barrier's phase completes once the
-  // bytes it expects have landed (dsmem_store_counted), so no cluster barrier has to release them.
-  enum Exchange { kQkvReceived, kPartialsReceived };
+  // A launch's counted exchanges (SmemLayout::kExchangeBarriers): each barrier's phase completes once the bytes it
+  // expects have landed (dsmem_store_counted), so no cluster barrier has to release them.
+  enum Exchange { kQkvReceived, kPartialsReceived, kProjReceived };
   __device__ MBarrier* exchange(Exchange e) const {
     return reinterpret_cast<MBarrier*>(smem_ + SmemLayout::kExchangeBarriers) + e;
   }
-  // Thread 0, before this block announces that it has started: a head's block receives its q|k|v (3 x head_dim
-  // floats, each row from the rank that streams it), its rank 0 every chunk's (m, l, o); a block without a head
-  // nothing.
-  __device__ void expect_exchanges() const {
-    const int head = blockIdx.x / cluster_size();
-    const bool has_head = head < p_.heads && cluster_size() > 1;  // one block: plain stores (dsmem_store_counted)
-    exchange(kQkvReceived)->init(1);
-    exchange(kPartialsReceived)->init(1);
-    exchange(kQkvReceived)->arrive_expect_tx(has_head ? 3 * kHeadDim * 4 : 0);
-    exchange(kPartialsReceived)->arrive_expect_tx(has_head && cluster_rank() == 0 ? p_.attention_chunks * (kHeadDim + 2) * 4 : 0);
-    fence_barrier_init();
+  // Thread 0, before this block announces that it has started. Attending: a head's block receives its q|k|v (3 x
+  // head_dim floats, each row from the rank that streams it), its rank 0 every chunk's (m, l, o), a block without a
+  // head nothing. proj_residual: rank 0 receives every rank's partial sums, expected there once its rows are known.
+  // In a cluster of one block the stores are plain and nothing is expected (receive()).
+  __device__ void init_exchanges() const {
+    constexpr bool kAttends = any_phase(&PhaseSpec::attend);
+    constexpr bool kProjects = any_phase(&PhaseSpec::o_proj) || any_phase(&PhaseSpec::down_proj);
+    if constexpr (kAttends) {
+      const bool has_head = blockIdx.x / cluster_size() < p_.heads && cluster_size() > 1;
+      exchange(kQkvReceived)->init(1);
+      exchange(kPartialsReceived)->init(1);
+      exchange(kQkvReceived)->arrive_expect_tx(has_head ? 3 * kHeadDim * 4 : 0);
+      exchange(kPartialsReceived)->arrive_expect_tx(
+          has_head && cluster_rank() == 0 ? p_.attention_chunks * (kHeadDim + 2) * 4 : 0);
+    }
+    if constexpr (kProjects) exchange(kProjReceived)->init(1);
+    if constexpr (kAttends || kProjects) fence_barrier_init();
   }
 
   // Waits until exchange e has landed in this block: its counted bytes, or in a cluster of one block the block's
@@ -651,10 +655,18 @@ class LayerBlock {
       __syncthreads();
       if (pass == 0) stamp(p_, kMarkProj);
       float* partials = rank_partials + (rank * passes + pass) * stride;
-      stream_.run(l + pass, [&](int row, float sum) { dsmem_store(partials + (row - row0), 0, sum); });
+      stream_.run(l + pass, [&](int row, float sum) {
+        dsmem_store_counted(partials + (row - row0), 0, sum, exchange(kProjReceived));
+      });
     }
-    cluster_sync();  // every rank's partial sums are on rank 0
+#if CF_COUNTED_STORES
     if (rank != 0) return;
+    if (threadIdx.x == 0) exchange(kProjReceived)->arrive_expect_tx(ranks > 1 ? ranks * passes * rows * 4 : 0);
+    receive(kProjReceived);  // every rank's partial sums are here
+#else
+    cluster_sync();
+    if (rank != 0) return;
+#endif
     const auto biases = out_biases(kO, kDown);
     const __half* extra = p_.residual_add;
     const auto constant = [&](int row) {
