@@ -321,6 +321,18 @@ class LayerBlock {
     for (int i = kFirst; i <= kLast; ++i) any = any || Model::phase(i).*field;
     return any;
   }
+  // Phases of this launch before `phase` that run proj_residual: the parity of the kProjReceived phase that
+  // `phase`'s exchange completes (Llama's cooperative launch projects twice, W_o then W_down).
+  static constexpr uint32_t projections_before(int phase) {
+    uint32_t n = 0;
+    for (int i = kFirst; i < phase; ++i) n += Model::phase(i).o_proj || Model::phase(i).down_proj;
+    return n;
+  }
+  static constexpr int attending_phases() {
+    int n = 0;
+    for (int i = kFirst; i <= kLast; ++i) n += Model::phase(i).attend;
+    return n;
+  }
   using Attention = DecodeAttention<kHeadDim>;
 
  public:
@@ -456,8 +468,8 @@ class LayerBlock {
         cluster_wait();
         stamp(p_, kMarkClusterReady);
       }
-      proj_residual<spec.o_proj, spec.down_proj>(base + phase_lists(spec) - kProjLists, residual,
-                                                 layer_out_vec(p_, spec.output), constants_[kPhase - kFirst]);
+      proj_residual<spec.o_proj, spec.down_proj, projections_before(kPhase) % 2>(
+          base + phase_lists(spec) - kProjLists, residual, layer_out_vec(p_, spec.output), constants_[kPhase - kFirst]);
     }
     if constexpr (kPhase < kLast) run_phase<kPhase + 1>();
   }
@@ -506,6 +518,7 @@ class LayerBlock {
   // head nothing. proj_residual: rank 0 receives every rank's partial sums, expected there once its rows are known.
   // In a cluster of one block the stores are plain and nothing is expected (receive()).
   __device__ void init_exchanges() const {
+    static_assert(attending_phases() <= 1, "the attention's exchanges are expected once per launch");
     constexpr bool kAttends = any_phase(&PhaseSpec::attend);
     constexpr bool kProjects = any_phase(&PhaseSpec::o_proj) || any_phase(&PhaseSpec::down_proj);
     if constexpr (kAttends) {
@@ -520,13 +533,13 @@ class LayerBlock {
     if constexpr (kAttends || kProjects) fence_barrier_init();
   }
 
-  // Waits until exchange e has landed in this block: its counted bytes, or in a cluster of one block the block's
-  // barrier after the plain stores.
-  __device__ void receive(Exchange e) const {
+  // Waits until use `parity` (0, 1, 0, ...) of exchange e has landed in this block: its counted bytes, or in a
+  // cluster of one block the block's barrier after the plain stores.
+  __device__ void receive(Exchange e, uint32_t parity = 0) const {
     if (cluster_size() == 1) {
       __syncthreads();
     } else {
-      exchange(e)->wait_cluster(0);
+      exchange(e)->wait_cluster(parity);
     }
   }
 
@@ -643,8 +656,8 @@ class LayerBlock {
 
   // proj_residual (lists l .. l + kProjLists - 1, one per pass) after its inputs (attn and/or act) are complete in
   // global memory. Each pass loads its slice of the vector and stores its partial sums of the cluster's rows on
-  // rank 0; rank 0 adds every rank's passes in K order.
-  template <bool kO, bool kDown>
+  // rank 0; rank 0 adds every rank's passes in K order. kParity: which use of kProjReceived this is.
+  template <bool kO, bool kDown, uint32_t kParity>
   __device__ void proj_residual(int l, const __half* residual, __half* out, const PhaseConstants& c) {
     float* rank_partials = vec(layout_.rank_partials);
     const JobList& rows_of = lists_[l];
@@ -662,7 +675,7 @@ class LayerBlock {
 #if CF_COUNTED_STORES
     if (rank != 0) return;
     if (threadIdx.x == 0) exchange(kProjReceived)->arrive_expect_tx(ranks > 1 ? ranks * passes * rows * 4 : 0);
-    receive(kProjReceived);  // every rank's partial sums are here
+    receive(kProjReceived, kParity);  // every rank's partial sums are here
 #else
     cluster_sync();
     if (rank != 0) return;
