@@ -177,7 +177,8 @@ struct DecodeAttention {
     done(AttentionStep::kValues);
   }
 
-  // On rank 0, after a cluster barrier: merges the head's `chunks` partials in chunk order into out[kHeadDim].
+  // On rank 0, once every chunk's partials have landed: merges the head's `chunks` partials in chunk order into
+  // out[kHeadDim].
   __device__ static void combine_partials(const float* combine, int chunks, float* out) {
     for (int e = threadIdx.x; e < kHeadDim; e += blockDim.x) {
       float m = -INFINITY;

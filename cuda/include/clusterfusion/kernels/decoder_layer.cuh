@@ -65,7 +65,7 @@ struct NormPhaseShare {
   int up_units;
 };
 
-// Attention's rotary, reductions and cluster barriers run after the block's weight stream (timeline,
+// Attention's rotary, reductions and cluster exchanges run after the block's weight stream (timeline,
 // bench/NOTES.md); they are charged as this many bytes of streaming. Tunable at build time.
 #ifndef CF_ATTENTION_FIXED_KB
 #define CF_ATTENTION_FIXED_KB 256
@@ -566,16 +566,9 @@ class LayerBlock {
       });
     }
     stamp(p_, kMarkQkv);
-#if !CF_COUNTED_STORES  // v66 A/B only
-    cluster_arrive();
-#endif
     if (up) up_rows(kBase + kQkvLists, c);
     stamp(p_, kMarkUp);
-#if CF_COUNTED_STORES
     receive(kQkvReceived);  // the head's q|k|v is complete in this block
-#else
-    cluster_wait();
-#endif
     stamp(p_, kMarkHeadReady);
     if (head >= p_.heads) return;  // a cluster with no head: its share of up rows was its whole phase
 
@@ -609,15 +602,10 @@ class LayerBlock {
       if (chunks.last != chunks.first + 1) __trap();  // the plan gives every other launch one chunk per rank
       chunk_partial(chunks.first);
     }
-#if CF_COUNTED_STORES
     if (rank == 0) {
       receive(kPartialsReceived);  // every chunk's partials are here
       Attention::combine_partials(combine, p_.attention_chunks, p_.attn + head * kHeadDim);
     }
-#else
-    cluster_sync();
-    if (rank == 0) Attention::combine_partials(combine, p_.attention_chunks, p_.attn + head * kHeadDim);
-#endif
     stamp(p_, kMarkAttention);
   }
 
@@ -672,14 +660,9 @@ class LayerBlock {
         dsmem_store_counted(partials + (row - row0), 0, sum, exchange(kProjReceived));
       });
     }
-#if CF_COUNTED_STORES
     if (rank != 0) return;
     if (threadIdx.x == 0) exchange(kProjReceived)->arrive_expect_tx(ranks > 1 ? ranks * passes * rows * 4 : 0);
     receive(kProjReceived, kParity);  // every rank's partial sums are here
-#else
-    cluster_sync();
-    if (rank != 0) return;
-#endif
     const auto biases = out_biases(kO, kDown);
     const __half* extra = p_.residual_add;
     const auto constant = [&](int row) {
