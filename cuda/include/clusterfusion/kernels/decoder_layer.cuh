@@ -519,6 +519,8 @@ class LayerBlock {
   // In a cluster of one block the stores are plain and nothing is expected (receive()).
   __device__ void init_exchanges() const {
     static_assert(attending_phases() <= 1, "the attention's exchanges are expected once per launch");
+    // An exchange lands in shared memory, so its bytes stay within an mbarrier's tx-count range (2^20 - 1).
+    static_assert(kMaxSmemPerBlock < (1u << 20), "an exchange's bytes exceed an mbarrier's tx-count");
     constexpr bool kAttends = any_phase(&PhaseSpec::attend);
     constexpr bool kProjects = any_phase(&PhaseSpec::o_proj) || any_phase(&PhaseSpec::down_proj);
     if constexpr (kAttends) {
