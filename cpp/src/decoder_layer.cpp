@@ -162,6 +162,23 @@ void* DecoderLayer::planned_lists(int launch) const {
   return offset == SIZE_MAX ? nullptr : planned_lists_ + offset;
 }
 
+std::pair<void*, std::size_t> DecoderLayer::debug_planned_lists_of_phase(int phase) const {
+  const int phases = cooperative_launch();
+  if (phase < 0 || phase >= phases)
+    throw std::invalid_argument("debug_planned_lists_of_phase: phase must be in [0, " + std::to_string(phases) +
+                                "), got " + std::to_string(phase));
+  const std::size_t offset = planned_offsets_[phase];
+  if (offset == SIZE_MAX) return {nullptr, 0};
+  std::size_t end = planned_bytes_;  // the next planned launch's table starts where this one ends
+  for (std::size_t i = phase + 1; i < planned_offsets_.size(); ++i) {
+    if (planned_offsets_[i] != SIZE_MAX) {
+      end = planned_offsets_[i];
+      break;
+    }
+  }
+  return {planned_lists_ + offset, end - offset};
+}
+
 void DecoderLayer::debug_plan_job_lists(const KVCache& cache, int position, void* table) const {
   if (cache.max_seq() > max_seq_ || position < 0 || position >= cache.max_seq())
     throw std::invalid_argument("debug_plan_job_lists: expected a cache of at most the layer's max_seq " +

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -17,6 +18,7 @@
 
 #include "clusterfusion/cuda_check.hpp"
 #include "clusterfusion/decoder_layer.hpp"
+#include "clusterfusion/kernels/layer_launch.hpp"
 #include "clusterfusion/kv_cache.hpp"
 #include "cuda_device.hpp"
 #include "device_tensors.hpp"
@@ -24,6 +26,7 @@
 #include "test_names.hpp"
 
 namespace cf = clusterfusion;
+namespace kernels = clusterfusion::kernels;
 using cf_test::DeviceBuffer;
 using cf_test::HalfTensor;
 using cf_test::RandomLayer;
@@ -199,13 +202,25 @@ TEST_P(PlannedLists, SameBitsAsListsBuiltAtEntry) {
       expect_same(planned, built);
     }
   }
-  // The launches read the table: with every planned list emptied (no jobs) the layer computes other bits.
+  // The launches read the table: with every planned list emptied (no jobs) the layer computes other bits. An
+  // attending launch keeps its lists: its blocks wait for the bytes of every q|k|v row, and an emptied list sends none.
   const std::size_t bytes = run.layer.debug_planned_lists_bytes();
   std::vector<unsigned char> table(bytes);
   CF_CUDA_CHECK(cudaMemcpy(table.data(), run.layer.debug_planned_lists(), bytes, cudaMemcpyDeviceToHost));
   const int position = cf_test::uniform_int(1, kMaxSeq - 1);
   const Written planned = run.forward(cf::LayerMode::Split, position);
-  CF_CUDA_CHECK(cudaMemset(run.layer.debug_planned_lists(), 0, bytes));
+  const kernels::LayerModel model =
+      run.config.arch == cf::Architecture::GPTNeoX ? kernels::LayerModel::GptNeoX : kernels::LayerModel::Llama;
+  std::size_t emptied_bytes = 0;
+  for (int phase = 0; phase < kernels::layer_phase_count(model); ++phase) {
+    const auto [lists, phase_bytes] = run.layer.debug_planned_lists_of_phase(phase);
+    if (kernels::layer_phase_attends(model, phase) || phase_bytes == 0) continue;
+    CF_CUDA_CHECK(cudaMemset(lists, 0, phase_bytes));
+    emptied_bytes += phase_bytes;
+  }
+  ASSERT_GT(emptied_bytes, 0u);
+  EXPECT_THROW(run.layer.debug_planned_lists_of_phase(-1), std::invalid_argument);
+  EXPECT_THROW(run.layer.debug_planned_lists_of_phase(kernels::layer_phase_count(model)), std::invalid_argument);
   const Written emptied = run.forward(cf::LayerMode::Split, position);
   CF_CUDA_CHECK(cudaMemcpy(run.layer.debug_planned_lists(), table.data(), bytes, cudaMemcpyHostToDevice));
   EXPECT_FALSE(same_bits(emptied.out, planned.out)) << "a split forward did not read its planned lists";

@@ -2,6 +2,7 @@
 #pragma once
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <cuda_runtime_api.h>
@@ -124,6 +125,9 @@ class DecoderLayer {
   // every block builds its own at entry).
   void* debug_planned_lists() const { return planned_lists_; }
   std::size_t debug_planned_lists_bytes() const { return planned_bytes_; }
+  // For tests: the part of that table that split mode's phase `phase` reads ({nullptr, 0} where that launch builds
+  // its lists at entry). Throws std::invalid_argument for a phase outside the layer's phase list.
+  std::pair<void*, std::size_t> debug_planned_lists_of_phase(int phase) const;
   void debug_set_planned_lists(bool on) { use_planned_ = on; }
   // For tests, synchronous: writes to `table` (device memory laid out as debug_planned_lists()) the lists that the
   // blocks of each of those launches build at entry in a step at `position` with `cache` (the planning launches at

@@ -1,4 +1,4 @@
-// Thread-block cluster primitives: rank, distributed shared memory stores, the split cluster barrier.
+// Thread-block cluster primitives: rank, distributed shared memory stores (plain and counted), the started handshake.
 #pragma once
 #include <cstdint>
 
@@ -24,22 +24,30 @@ __device__ __forceinline__ void dsmem_store(const float* local, uint32_t rank, f
   asm volatile("st.shared::cluster.f32 [%0], %1;" ::"r"(remote), "f"(value) : "memory");
 }
 
-// Split barrier over all threads of the cluster: arrive publishes this thread's earlier (shared and
-// distributed shared) writes, wait returns once every thread of the cluster has arrived.
-__device__ __forceinline__ void cluster_arrive() {
-  asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+// Stores `value` at the same shared-memory offset as `local` inside block `rank` of this cluster and counts its 4
+// bytes on that block's mbarrier at `bar`'s offset (st.async): the receiver learns of it by waiting on its barrier
+// (MBarrier::wait_cluster), so the store needs no release on a cluster barrier (and no GPU-scope fence). st.async is
+// undefined in a cluster of one block: there the store is plain, and the receiver's wait is a __syncthreads.
+__device__ __forceinline__ void dsmem_store_counted(const float* local, uint32_t rank, float value, MBarrier* bar) {
+  if (cluster_size() == 1) return dsmem_store(local, rank, value);
+  uint32_t remote, remote_bar;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(smem_addr(local)), "r"(rank));
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote_bar) : "r"(smem_addr(&bar->word)), "r"(rank));
+  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];" ::"r"(remote),
+               "r"(__float_as_uint(value)), "r"(remote_bar)
+               : "memory");
 }
-// An arrive that publishes nothing, for the handshake that only says "this block has started" (its shared memory
-// may be written): without release semantics it needs no GPU-scope fence on the way in (bench/NOTES.md v64).
+
+// The cluster barrier, only as the handshake that says "this block has started" (its shared memory and its exchange
+// barriers may be written): the arrive publishes nothing, so it needs no GPU-scope fence on the way in (bench/NOTES.md
+// v64); the exchange barriers' initialisation is published by fence_barrier_init, and the data itself travels as
+// counted stores.
 __device__ __forceinline__ void cluster_arrive_relaxed() {
   asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
 }
+// Returns once every thread of the cluster has arrived.
 __device__ __forceinline__ void cluster_wait() {
   asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
-}
-__device__ __forceinline__ void cluster_sync() {
-  cluster_arrive();
-  cluster_wait();
 }
 
 }  // namespace clusterfusion::kernels

@@ -85,12 +85,12 @@ struct DecodeAttention {
   }
 
   // The softmax partials of positions [t0, t1) of 0..position. q is rotated and scaled; k_new and v_new are the
-  // new token's key and value. Writes (m, l, o[kHeadDim]) into `slot` of rank 0's shared memory; calls done(step)
-  // as each AttentionStep ends.
+  // new token's key and value. Writes (m, l, o[kHeadDim]) into `slot` of rank 0's shared memory, counted on rank
+  // 0's barrier `received`; calls done(step) as each AttentionStep ends.
   template <class Done>
   __device__ static void partial(const float* q, const float* k_new, const float* v_new, const __half* k_cache,
                                  const __half* v_cache, int position, int t0, int t1, float* scores,
-                                 float* partials, float* slot, float* scratch, Done&& done) {
+                                 float* partials, float* slot, MBarrier* received, float* scratch, Done&& done) {
     const int vec = threadIdx.x % kVecs, group = threadIdx.x / kVecs;
     const bool active = group < kGroups;
     float qv[8];
@@ -168,16 +168,17 @@ struct DecodeAttention {
     for (int e = threadIdx.x; e < kHeadDim; e += blockDim.x) {
       float s = 0.f;
       for (int g = 0; g < kGroups; ++g) s += partials[g * kHeadDim + e];
-      dsmem_store(slot + 2 + e, 0, s);
+      dsmem_store_counted(slot + 2 + e, 0, s, received);
     }
     if (threadIdx.x == 0) {
-      dsmem_store(slot, 0, m);
-      dsmem_store(slot + 1, 0, l);
+      dsmem_store_counted(slot, 0, m, received);
+      dsmem_store_counted(slot + 1, 0, l, received);
     }
     done(AttentionStep::kValues);
   }
 
-  // On rank 0, after a cluster barrier: merges the head's `chunks` partials in chunk order into out[kHeadDim].
+  // On rank 0, once every chunk's partials have landed: merges the head's `chunks` partials in chunk order into
+  // out[kHeadDim].
   __device__ static void combine_partials(const float* combine, int chunks, float* out) {
     for (int e = threadIdx.x; e < kHeadDim; e += blockDim.x) {
       float m = -INFINITY;

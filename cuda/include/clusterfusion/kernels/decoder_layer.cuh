@@ -65,7 +65,7 @@ struct NormPhaseShare {
   int up_units;
 };
 
-// Attention's rotary, reductions and cluster barriers run after the block's weight stream (timeline,
+// Attention's rotary, reductions and cluster exchanges run after the block's weight stream (timeline,
 // bench/NOTES.md); they are charged as this many bytes of streaming. Tunable at build time.
 #ifndef CF_ATTENTION_FIXED_KB
 #define CF_ATTENTION_FIXED_KB 256
@@ -321,6 +321,18 @@ class LayerBlock {
     for (int i = kFirst; i <= kLast; ++i) any = any || Model::phase(i).*field;
     return any;
   }
+  // Phases of this launch before `phase` that run proj_residual: the parity of the kProjReceived phase that
+  // `phase`'s exchange completes (Llama's cooperative launch projects twice, W_o then W_down).
+  static constexpr uint32_t projections_before(int phase) {
+    uint32_t n = 0;
+    for (int i = kFirst; i < phase; ++i) n += Model::phase(i).o_proj || Model::phase(i).down_proj;
+    return n;
+  }
+  static constexpr int attending_phases() {
+    int n = 0;
+    for (int i = kFirst; i <= kLast; ++i) n += Model::phase(i).attend;
+    return n;
+  }
   using Attention = DecodeAttention<kHeadDim>;
 
  public:
@@ -339,6 +351,7 @@ class LayerBlock {
     if constexpr (kBoxStamps > 0) {
       if (p.timeline != nullptr && threadIdx.x == 0) p.timeline[(blockIdx.x + 1) * kTimelineStride - 1] = sm_id();
     }
+    if (threadIdx.x == 0) init_exchanges();  // before this block announces that it has started
     // A launch that starts with proj_residual: announce that this block has started before any rank stores
     // into rank 0 (waited for in the phase).
     if constexpr (!kFirstNorms) cluster_arrive_relaxed();
@@ -455,8 +468,8 @@ class LayerBlock {
         cluster_wait();
         stamp(p_, kMarkClusterReady);
       }
-      proj_residual<spec.o_proj, spec.down_proj>(base + phase_lists(spec) - kProjLists, residual,
-                                                 layer_out_vec(p_, spec.output), constants_[kPhase - kFirst]);
+      proj_residual<spec.o_proj, spec.down_proj, projections_before(kPhase) % 2>(
+          base + phase_lists(spec) - kProjLists, residual, layer_out_vec(p_, spec.output), constants_[kPhase - kFirst]);
     }
     if constexpr (kPhase < kLast) run_phase<kPhase + 1>();
   }
@@ -494,6 +507,44 @@ class LayerBlock {
     return [b = p_.up_bias](int row) { return __half2float(b[row]); };
   }
 
+  // A launch's counted exchanges (SmemLayout::kExchangeBarriers): each barrier's phase completes once the bytes it
+  // expects have landed (dsmem_store_counted), so no cluster barrier has to release them.
+  enum Exchange { kQkvReceived, kPartialsReceived, kProjReceived };
+  __device__ MBarrier* exchange(Exchange e) const {
+    return reinterpret_cast<MBarrier*>(smem_ + SmemLayout::kExchangeBarriers) + e;
+  }
+  // Thread 0, before this block announces that it has started. Attending: a head's block receives its q|k|v (3 x
+  // head_dim floats, each row from the rank that streams it), its rank 0 every chunk's (m, l, o), a block without a
+  // head nothing. proj_residual: rank 0 receives every rank's partial sums, expected there once its rows are known.
+  // In a cluster of one block the stores are plain and nothing is expected (receive()).
+  __device__ void init_exchanges() const {
+    static_assert(attending_phases() <= 1, "the attention's exchanges are expected once per launch");
+    // An exchange lands in shared memory, so its bytes stay within an mbarrier's tx-count range (2^20 - 1).
+    static_assert(kMaxSmemPerBlock < (1u << 20), "an exchange's bytes exceed an mbarrier's tx-count");
+    constexpr bool kAttends = any_phase(&PhaseSpec::attend);
+    constexpr bool kProjects = any_phase(&PhaseSpec::o_proj) || any_phase(&PhaseSpec::down_proj);
+    if constexpr (kAttends) {
+      const bool has_head = blockIdx.x / cluster_size() < p_.heads && cluster_size() > 1;
+      exchange(kQkvReceived)->init(1);
+      exchange(kPartialsReceived)->init(1);
+      exchange(kQkvReceived)->arrive_expect_tx(has_head ? 3 * kHeadDim * 4 : 0);
+      exchange(kPartialsReceived)->arrive_expect_tx(
+          has_head && cluster_rank() == 0 ? p_.attention_chunks * (kHeadDim + 2) * 4 : 0);
+    }
+    if constexpr (kProjects) exchange(kProjReceived)->init(1);
+    if constexpr (kAttends || kProjects) fence_barrier_init();
+  }
+
+  // Waits until use `parity` (0, 1, 0, ...) of exchange e has landed in this block: its counted bytes, or in a
+  // cluster of one block the block's barrier after the plain stores.
+  __device__ void receive(Exchange e, uint32_t parity = 0) const {
+    if (cluster_size() == 1) {
+      __syncthreads();
+    } else {
+      exchange(e)->wait_cluster(parity);
+    }
+  }
+
   __device__ int kv_head(int head) const { return head / (p_.heads / p_.kv_heads); }
   __device__ float* vec(std::size_t offset) const { return reinterpret_cast<float*>(smem_ + offset); }
   __device__ float* scratch() const { return vec(SmemLayout::kScratch); }
@@ -513,14 +564,13 @@ class LayerBlock {
         float value = sum;
         if constexpr (Model::kBiases) value += c.qkv_bias.get(row, qkv_bias());
         const float* local = qkv + row + shift;
-        for (int dst = 0; dst < ranks; ++dst) dsmem_store(local, dst, value);
+        for (int dst = 0; dst < ranks; ++dst) dsmem_store_counted(local, dst, value, exchange(kQkvReceived));
       });
     }
     stamp(p_, kMarkQkv);
-    cluster_arrive();
     if (up) up_rows(kBase + kQkvLists, c);
     stamp(p_, kMarkUp);
-    cluster_wait();  // the head's q|k|v is complete in every block
+    receive(kQkvReceived);  // the head's q|k|v is complete in this block
     stamp(p_, kMarkHeadReady);
     if (head >= p_.heads) return;  // a cluster with no head: its share of up rows was its whole phase
 
@@ -542,7 +592,8 @@ class LayerBlock {
     const auto chunk_partial = [&](int c) {
       Attention::partial(q, k, v, p_.k_cache + head_offset, p_.v_cache + head_offset, position_, chunks.begin(c),
                          chunks.begin(c + 1), vec(layout_.scores), vec(layout_.partials), combine + c * (kHeadDim + 2),
-                         scratch(), [this](AttentionStep step) { stamp(p_, TimelineMark(kMarkScores + int(step))); });
+                         exchange(kPartialsReceived), scratch(),
+                         [this](AttentionStep step) { stamp(p_, TimelineMark(kMarkScores + int(step))); });
     };
     if constexpr (kChunkLoop) {
       for (int c = chunks.first; c < chunks.last; ++c) {
@@ -553,8 +604,10 @@ class LayerBlock {
       if (chunks.last != chunks.first + 1) __trap();  // the plan gives every other launch one chunk per rank
       chunk_partial(chunks.first);
     }
-    cluster_sync();  // every chunk's partials are on rank 0; no shared memory is touched remotely after this
-    if (rank == 0) Attention::combine_partials(combine, p_.attention_chunks, p_.attn + head * kHeadDim);
+    if (rank == 0) {
+      receive(kPartialsReceived);  // every chunk's partials are here
+      Attention::combine_partials(combine, p_.attention_chunks, p_.attn + head * kHeadDim);
+    }
     stamp(p_, kMarkAttention);
   }
 
@@ -593,8 +646,8 @@ class LayerBlock {
 
   // proj_residual (lists l .. l + kProjLists - 1, one per pass) after its inputs (attn and/or act) are complete in
   // global memory. Each pass loads its slice of the vector and stores its partial sums of the cluster's rows on
-  // rank 0; rank 0 adds every rank's passes in K order.
-  template <bool kO, bool kDown>
+  // rank 0; rank 0 adds every rank's passes in K order. kParity: which use of kProjReceived this is.
+  template <bool kO, bool kDown, uint32_t kParity>
   __device__ void proj_residual(int l, const __half* residual, __half* out, const PhaseConstants& c) {
     float* rank_partials = vec(layout_.rank_partials);
     const JobList& rows_of = lists_[l];
@@ -605,10 +658,13 @@ class LayerBlock {
       __syncthreads();
       if (pass == 0) stamp(p_, kMarkProj);
       float* partials = rank_partials + (rank * passes + pass) * stride;
-      stream_.run(l + pass, [&](int row, float sum) { dsmem_store(partials + (row - row0), 0, sum); });
+      stream_.run(l + pass, [&](int row, float sum) {
+        dsmem_store_counted(partials + (row - row0), 0, sum, exchange(kProjReceived));
+      });
     }
-    cluster_sync();  // every rank's partial sums are on rank 0
     if (rank != 0) return;
+    if (threadIdx.x == 0) exchange(kProjReceived)->arrive_expect_tx(ranks > 1 ? ranks * passes * rows * 4 : 0);
+    receive(kProjReceived, kParity);  // every rank's partial sums are here
     const auto biases = out_biases(kO, kDown);
     const __half* extra = p_.residual_add;
     const auto constant = [&](int row) {

@@ -130,7 +130,11 @@ struct SmemLayout {
   static constexpr std::size_t kBarriers = kRingBytes;
   static constexpr std::size_t kJobLists = kBarriers + align_up(kWarps * kStages * 8, 128);
   static constexpr std::size_t kJobListBytes = 80;  // sizeof(JobList), checked where it is defined
+  // A launch's three counted exchanges, in the job lists' padding (so that no offset moves): the head's q|k|v in every
+  // block, the head's chunk partials on rank 0, proj_residual's partial sums on rank 0 (LayerBlock::Exchange).
+  static constexpr std::size_t kExchangeBarriers = kJobLists + kMaxJobLists * kJobListBytes;
   static constexpr std::size_t kScratch = kJobLists + align_up(kMaxJobLists * kJobListBytes, 128);  // reductions
+  static_assert(kExchangeBarriers % 8 == 0 && kExchangeBarriers + 3 * 8 <= kScratch, "the exchanges' mbarriers");
   static constexpr std::size_t kItemPartials = kScratch + 128;  // kBoxRows row sums per work item
   static constexpr std::size_t kVectors = kItemPartials + kMaxItems * kBoxRows * 4;  // phase-specific vectors
 

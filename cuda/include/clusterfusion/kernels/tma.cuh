@@ -34,6 +34,19 @@ struct MBarrier {
         "r"(phase)
         : "memory");
   }
+  // As wait, acquiring at cluster scope: for bytes that other blocks of the cluster completed on this barrier
+  // (st.async), whose completion releases at cluster scope.
+  __device__ __forceinline__ void wait_cluster(uint32_t phase) {
+    asm volatile(
+        "{\n"
+        ".reg .pred done;\n"
+        "wait_cluster_loop:\n"
+        "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 done, [%0], %1;\n"
+        "@!done bra wait_cluster_loop;\n"
+        "}\n" ::"r"(smem_addr(&word)),
+        "r"(phase)
+        : "memory");
+  }
 };
 
 // Makes mbarrier initialisation visible to the async (TMA) proxy and to the rest of the cluster.
