@@ -16,11 +16,6 @@
 #ifndef CF_HEAD_PHASE_CLUSTER
 #define CF_HEAD_PHASE_CLUSTER 0
 #endif
-// Build-time knob for the A/B of v69: the clusters of the launch after a heads-only phase (Llama's o_proj_residual).
-// 0: the layer's own; -1: the clusters that fit on the SMs the heads-only launch leaves free; n: n.
-#ifndef CF_PROJ_AFTER_HEADS_CLUSTERS
-#define CF_PROJ_AFTER_HEADS_CLUSTERS 0
-#endif
 
 namespace clusterfusion {
 
@@ -132,12 +127,6 @@ LayerLaunchPlan plan_layer(const ModelConfig& c, int max_seq) {
     CF_CUDA_CHECK(kernels::max_active_layer_clusters(shape, plan.cluster_size, spread.smem_cooperative, &resident_all));
     if (resident < c.heads || resident_all < plan.clusters) continue;
     spread.phase_grids[heads_only] = {m, m * c.heads, smem};
-    if (CF_PROJ_AFTER_HEADS_CLUSTERS != 0 && heads_only + 1 < phases) {
-      const int n = spread.cluster_size, next = heads_only + 1;
-      const int clusters = CF_PROJ_AFTER_HEADS_CLUSTERS > 0 ? CF_PROJ_AFTER_HEADS_CLUSTERS
-                                                             : (spread.blocks - m * c.heads) / n;
-      spread.phase_grids[next] = {n, n * clusters, kernels::layer_smem(shape, next, next, n, clusters, m)};
-    }
     return spread;
   }
   return plan;
