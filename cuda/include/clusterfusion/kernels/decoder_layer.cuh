@@ -240,15 +240,36 @@ struct RowConstant {
       value = load(row);
     }
   }
-  // Adds the row's term that only exists once the previous kernel or phase is done (the residual).
-  template <class Load>
+  // The row's terms that only exist once the previous kernel or phase is done (term 0 the residual, term 1 an
+  // extra vector), loaded right after the wait as raw halves and added in order when read: their loads stay in
+  // flight while the phase loads its input, instead of a round trip of their own before it (bench/NOTES.md v70).
+  template <int kTerm, class Load>
   __device__ void add_later(Load&& load) {
-    if (row >= 0) value += load(row);
+    static_assert(kTerm == 0 || kTerm == 1, "two later terms");
+    if (row < 0) return;
+#if CF_DEFER_RESIDUAL
+    (kTerm == 0 ? later0 : later1) = load(row);
+    laters |= 1 << kTerm;
+#else
+    value += __half2float(load(row));
+#endif
   }
   template <class Load>
   __device__ float get(int r, Load&& load) const {
-    return r == row ? value : load(r);
+    if (r != row) return load(r);
+    float sum = value;
+#if CF_DEFER_RESIDUAL
+    if (laters & 1) sum += __half2float(later0);
+    if (laters & 2) sum += __half2float(later1);
+#endif
+    return sum;
   }
+
+#if CF_DEFER_RESIDUAL
+ private:
+  int laters = 0;  // bit t: term t was loaded
+  __half later0, later1;
+#endif
 };
 
 __device__ __forceinline__ float half_or_zero(const __half* v, int row) {
@@ -461,9 +482,9 @@ class LayerBlock {
     }
     if constexpr (spec.o_proj || spec.down_proj) {
       const __half* residual = layer_vec(p_, spec.residual);
-      constants_[kPhase - kFirst].out.add_later([residual](int row) { return __half2float(__ldcg(residual + row)); });
+      constants_[kPhase - kFirst].out.add_later<0>([residual](int row) { return __ldcg(residual + row); });
       if (p_.residual_add != nullptr)
-        constants_[kPhase - kFirst].out.add_later([v = p_.residual_add](int row) { return __half2float(__ldcg(v + row)); });
+        constants_[kPhase - kFirst].out.add_later<1>([v = p_.residual_add](int row) { return __ldcg(v + row); });
       if constexpr (first) {
         cluster_wait();
         stamp(p_, kMarkClusterReady);
