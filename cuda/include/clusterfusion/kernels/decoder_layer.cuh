@@ -247,29 +247,21 @@ struct RowConstant {
   __device__ void add_later(Load&& load) {
     static_assert(kTerm == 0 || kTerm == 1, "two later terms");
     if (row < 0) return;
-#if CF_DEFER_RESIDUAL
     (kTerm == 0 ? later0 : later1) = load(row);
     laters |= 1 << kTerm;
-#else
-    value += __half2float(load(row));
-#endif
   }
   template <class Load>
   __device__ float get(int r, Load&& load) const {
     if (r != row) return load(r);
     float sum = value;
-#if CF_DEFER_RESIDUAL
     if (laters & 1) sum += __half2float(later0);
     if (laters & 2) sum += __half2float(later1);
-#endif
     return sum;
   }
 
-#if CF_DEFER_RESIDUAL
  private:
   int laters = 0;  // bit t: term t was loaded
   __half later0, later1;
-#endif
 };
 
 __device__ __forceinline__ float half_or_zero(const __half* v, int row) {
@@ -293,10 +285,8 @@ struct KvChunks {
 // batch, not per load. A block that starts late loads behind every other block's weight stream, where each round
 // trip costs microseconds.
 constexpr int kCopyBatch = 8;
-// issued() runs once, after the first batch's loads are issued (at once if there are none).
-template <class Issued>
-__device__ __forceinline__ void copy_from_l2(float* dst, const float* src0, int n0, const float* src1, int n1,
-                                             Issued&& issued) {
+__device__ __forceinline__ void copy_from_l2(float* dst, const float* src0, int n0, const float* src1 = nullptr,
+                                             int n1 = 0) {
   const int vecs0 = n0 / 4, vecs = vecs0 + n1 / 4;
   for (int base = 0; base < vecs; base += kCopyBatch * int(blockDim.x)) {
     float4 v[kCopyBatch];
@@ -309,18 +299,12 @@ __device__ __forceinline__ void copy_from_l2(float* dst, const float* src0, int 
         v[u] = __ldcg(reinterpret_cast<const float4*>(src1) + (i - vecs0));
       }
     }
-    if (base == 0) issued();
 #pragma unroll
     for (int u = 0; u < kCopyBatch; ++u) {
       const int i = base + u * int(blockDim.x) + int(threadIdx.x);
       if (i < vecs) reinterpret_cast<float4*>(dst)[i] = v[u];
     }
   }
-  if (vecs == 0) issued();
-}
-__device__ __forceinline__ void copy_from_l2(float* dst, const float* src0, int n0, const float* src1 = nullptr,
-                                             int n1 = 0) {
-  copy_from_l2(dst, src0, n0, src1, n1, [] {});
 }
 
 // Boxes per warp a launch that overlaps the previous kernel issues before waiting for it, when its first phase
@@ -332,13 +316,6 @@ __device__ __forceinline__ void copy_from_l2(float* dst, const float* src0, int 
 #endif
 constexpr int kEarlyStages = CF_EARLY_STAGES;
 static_assert(kEarlyStages >= 0 && kEarlyStages <= kStages, "CF_EARLY_STAGES: 0..CF_STAGES");
-// v71's A/B knob (bench/NOTES.md): boxes per warp a launch that starts with proj_residual issues before its wait;
-// the rest right after its first input slice's loads.
-#ifndef CF_PROJ_EARLY_STAGES
-#define CF_PROJ_EARLY_STAGES CF_STAGES
-#endif
-constexpr int kProjEarlyStages = CF_PROJ_EARLY_STAGES;
-static_assert(kProjEarlyStages >= 0 && kProjEarlyStages <= kStages, "CF_PROJ_EARLY_STAGES: 0..CF_STAGES");
 
 // One block's run of phases kFirst..kLast. The constructor is the prologue (everything that needs only the
 // weights); run() waits for the previous kernel and executes the phases.
@@ -407,7 +384,7 @@ class LayerBlock {
     prefetch_constants();
     stream_.start();
     if (prime_early()) {
-      stream_.prime(kFirstNorms ? kEarlyStages : kProjEarlyStages);
+      stream_.prime(kFirstNorms ? kEarlyStages : kStages);
       stamp(p, kMarkPrimed);
     }
   }
@@ -504,7 +481,7 @@ class LayerBlock {
         cluster_wait();
         stamp(p_, kMarkClusterReady);
       }
-      proj_residual<spec.o_proj, spec.down_proj, projections_before(kPhase) % 2, first>(
+      proj_residual<spec.o_proj, spec.down_proj, projections_before(kPhase) % 2>(
           base + phase_lists(spec) - kProjLists, residual, layer_out_vec(p_, spec.output), constants_[kPhase - kFirst]);
     }
     if constexpr (kPhase < kLast) run_phase<kPhase + 1>();
@@ -667,33 +644,30 @@ class LayerBlock {
   // Copies the slice of the vector that proj_residual's list `list` reads into proj_slice: its boxes
   // [box_begin, box_end) of segment 0 (attn for W_o, else act) and then of segment 1 (act), end to end. The
   // vectors were written by other blocks of this launch (cooperative) or by the previous one.
-  template <bool kO, bool kDown, class Issued>
-  __device__ void load_proj_slice(const JobList& list, Issued&& issued) {
+  template <bool kO, bool kDown>
+  __device__ void load_proj_slice(const JobList& list) const {
     const int b0 = list.box_begin, b1 = list.box_end, s0 = list.seg[0].boxes;
     const int n0 = max(0, min(b1, s0) - b0) * kBoxCols;
     const float* src0 = (kO ? p_.attn : p_.act) + min(b0, s0) * kBoxCols;
     if constexpr (kO && kDown) {
       const int m = max(b0, s0);
-      copy_from_l2(vec(layout_.proj_slice), src0, n0, p_.act + (m - s0) * kBoxCols, max(0, b1 - m) * kBoxCols,
-                   issued);
+      copy_from_l2(vec(layout_.proj_slice), src0, n0, p_.act + (m - s0) * kBoxCols, max(0, b1 - m) * kBoxCols);
     } else {
-      copy_from_l2(vec(layout_.proj_slice), src0, n0, nullptr, 0, issued);
+      copy_from_l2(vec(layout_.proj_slice), src0, n0);
     }
   }
 
   // proj_residual (lists l .. l + kProjLists - 1, one per pass) after its inputs (attn and/or act) are complete in
   // global memory. Each pass loads its slice of the vector and stores its partial sums of the cluster's rows on
   // rank 0; rank 0 adds every rank's passes in K order. kParity: which use of kProjReceived this is.
-  template <bool kO, bool kDown, uint32_t kParity, bool kLaunchFirst>
+  template <bool kO, bool kDown, uint32_t kParity>
   __device__ void proj_residual(int l, const __half* residual, __half* out, const PhaseConstants& c) {
     float* rank_partials = vec(layout_.rank_partials);
     const JobList& rows_of = lists_[l];
     const int rank = cluster_rank(), ranks = cluster_size(), row0 = rows_of.row0, rows = rows_of.jobs * kBoxRows;
     const int stride = layout_.rows_per_cluster, passes = layout_.proj_passes;
     for (int pass = 0; pass < passes; ++pass) {
-      load_proj_slice<kO, kDown>(lists_[l + pass], [&] {
-        if (kLaunchFirst && kProjEarlyStages < kStages && pass == 0) stream_.prime(kStages - kProjEarlyStages);
-      });
+      load_proj_slice<kO, kDown>(lists_[l + pass]);
       __syncthreads();
       if (pass == 0) stamp(p_, kMarkProj);
       float* partials = rank_partials + (rank * passes + pass) * stride;

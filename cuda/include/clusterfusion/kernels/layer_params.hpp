@@ -49,10 +49,6 @@ constexpr int kProjPasses = 2;
 #define CF_UP_RAMP_PERCENT 30
 #endif
 constexpr int kUpRampPercent = CF_UP_RAMP_PERCENT;
-// v70's A/B knob (bench/NOTES.md): 1 keeps the residual's loads in flight until the epilogue, 0 adds them at once.
-#ifndef CF_DEFER_RESIDUAL
-#define CF_DEFER_RESIDUAL 1
-#endif
 static_assert(kUpRampPercent >= 0 && kUpRampPercent <= 100, "kUpRampPercent: 0..100");
 
 // a / b for 0 <= a < 2^53 and b > 0. The correctly rounded double quotient of two exact doubles is within
