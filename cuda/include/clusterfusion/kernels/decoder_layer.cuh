@@ -227,64 +227,46 @@ __device__ __forceinline__ void build_job_lists(const DecoderLayerParams& p, con
   __syncthreads();
 }
 
-__device__ __forceinline__ float half_or_zero(const __half* v, int row) {
-  return v != nullptr ? __half2float(v[row]) : 0.f;
-}
-__device__ __forceinline__ __half raw_or_zero(const __half* v, int row) {
-  return v != nullptr ? v[row] : __ushort_as_half(0);
-}
-
-// An epilogue constant of the row a thread handles first in a list: its kTerms terms that exist at kernel start
-// (biases, 0 where absent) and up to two that exist only once the previous kernel or phase is done (term 0 the
-// residual, term 1 an extra vector). Each is loaded as early as it exists and kept as raw halves, summed in order
-// only when read: so no load waits for another or holds up what follows it (the ring's first boxes, the phase's
-// input), where behind the saturated weight stream each round trip costs microseconds (bench/NOTES.md v70, v72).
-template <int kTerms>
+// An epilogue constant (bias, residual) of the row a thread handles first in a list, loaded at kernel start:
+// read later, behind the saturated weight stream, each such load would cost microseconds.
 struct RowConstant {
-  static_assert(kTerms == 1 || kTerms == 2, "one or two terms at kernel start");
   int row = -1;
+  float value = 0.f;
 
-  __device__ void prefetch(const JobList& list, const __half* a, const __half* b = nullptr) {
+  template <class Load>
+  __device__ void prefetch(const JobList& list, Load&& load) {
     if (threadIdx.x < list.jobs * kBoxRows) {
       row = list.row0 + threadIdx.x;
-#if CF_DEFER_BIASES
-      early0 = raw_or_zero(a, row);
-      if constexpr (kTerms == 2) early1 = raw_or_zero(b, row);
-#else
-      early = kTerms == 2 ? half_or_zero(a, row) + half_or_zero(b, row) : __half2float(a[row]);
-#endif
+      value = load(row);
     }
   }
-  template <int kTerm>
-  __device__ void add_later(const __half* v) {
+  // The row's terms that only exist once the previous kernel or phase is done (term 0 the residual, term 1 an
+  // extra vector), loaded right after the wait as raw halves and added in order when read: their loads stay in
+  // flight while the phase loads its input, instead of a round trip of their own before it (bench/NOTES.md v70).
+  template <int kTerm, class Load>
+  __device__ void add_later(Load&& load) {
     static_assert(kTerm == 0 || kTerm == 1, "two later terms");
     if (row < 0) return;
-    (kTerm == 0 ? later0 : later1) = __ldcg(v + row);  // through L2: another kernel or block just wrote it
+    (kTerm == 0 ? later0 : later1) = load(row);
     laters |= 1 << kTerm;
   }
   template <class Load>
   __device__ float get(int r, Load&& load) const {
     if (r != row) return load(r);
-#if CF_DEFER_BIASES
-    float sum = __half2float(early0);
-    if constexpr (kTerms == 2) sum += __half2float(early1);
-#else
-    float sum = early;
-#endif
+    float sum = value;
     if (laters & 1) sum += __half2float(later0);
     if (laters & 2) sum += __half2float(later1);
     return sum;
   }
 
  private:
-#if CF_DEFER_BIASES
-  __half early0, early1;
-#else
-  float early;
-#endif
-  int laters = 0;  // bit t: later term t was loaded
+  int laters = 0;  // bit t: term t was loaded
   __half later0, later1;
 };
+
+__device__ __forceinline__ float half_or_zero(const __half* v, int row) {
+  return v != nullptr ? __half2float(v[row]) : 0.f;
+}
 
 // A head's positions 0..position (the last one is the new token) in `chunks` chunks; this block's are
 // [first, last), shared out over the cluster's ranks. Chunk c is positions [begin(c), begin(c + 1)).
@@ -492,9 +474,9 @@ class LayerBlock {
     }
     if constexpr (spec.o_proj || spec.down_proj) {
       const __half* residual = layer_vec(p_, spec.residual);
-      constants_[kPhase - kFirst].out.add_later<0>(residual);
+      constants_[kPhase - kFirst].out.add_later<0>([residual](int row) { return __ldcg(residual + row); });
       if (p_.residual_add != nullptr)
-        constants_[kPhase - kFirst].out.add_later<1>(p_.residual_add);
+        constants_[kPhase - kFirst].out.add_later<1>([v = p_.residual_add](int row) { return __ldcg(v + row); });
       if constexpr (first) {
         cluster_wait();
         stamp(p_, kMarkClusterReady);
@@ -506,8 +488,7 @@ class LayerBlock {
   }
 
   struct PhaseConstants {
-    RowConstant<1> qkv_bias, up_bias;  // b_qkv, b_up
-    RowConstant<2> out;                // the output rows' biases (o, down) and residual
+    RowConstant qkv_bias, up_bias, out;  // b_qkv, b_up, and residual + biases of the output rows
   };
 
   __device__ void prefetch_constants() {
@@ -515,24 +496,22 @@ class LayerBlock {
       const PhaseSpec spec = Model::phase(kFirst + i);
       int l = phase_list_base<Model>(kFirst, kFirst + i);
       if (spec.attend) {
-        if constexpr (Model::kBiases) constants_[i].qkv_bias.prefetch(lists_[l], p_.qkv_bias);
+        if constexpr (Model::kBiases) constants_[i].qkv_bias.prefetch(lists_[l], qkv_bias());
         l += kQkvLists;
       }
       if (spec.up) {
-        if constexpr (Model::kBiases) constants_[i].up_bias.prefetch(lists_[l + 1], p_.up_bias);
+        if constexpr (Model::kBiases) constants_[i].up_bias.prefetch(lists_[l + 1], up_bias());
         l += kUpLists;
       }
-      if (spec.o_proj || spec.down_proj)
-        constants_[i].out.prefetch(lists_[l], out_bias(p_.o_bias, spec.o_proj), out_bias(p_.down_bias, spec.down_proj));
+      if (spec.o_proj || spec.down_proj) constants_[i].out.prefetch(lists_[l], out_biases(spec.o_proj, spec.down_proj));
     }
   }
 
-  // An output bias of a proj_residual phase: the model's, when it has biases and the phase runs that projection.
-  __device__ static const __half* out_bias(const __half* bias, bool runs) { return Model::kBiases && runs ? bias : nullptr; }
+  // The output rows' biases of a proj_residual phase (none without biases).
   __device__ auto out_biases(bool o, bool down) const {
-    return [o_bias = out_bias(p_.o_bias, o), down_bias = out_bias(p_.down_bias, down)](int row) {
-      return half_or_zero(o_bias, row) + half_or_zero(down_bias, row);
-    };
+    const __half* o_bias = Model::kBiases && o ? p_.o_bias : nullptr;
+    const __half* down_bias = Model::kBiases && down ? p_.down_bias : nullptr;
+    return [o_bias, down_bias](int row) { return half_or_zero(o_bias, row) + half_or_zero(down_bias, row); };
   }
   __device__ auto qkv_bias() const {
     return [b = p_.qkv_bias](int row) { return __half2float(b[row]); };

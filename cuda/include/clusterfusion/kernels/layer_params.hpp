@@ -50,11 +50,6 @@ constexpr int kProjPasses = 2;
 #endif
 constexpr int kUpRampPercent = CF_UP_RAMP_PERCENT;
 static_assert(kUpRampPercent >= 0 && kUpRampPercent <= 100, "kUpRampPercent: 0..100");
-// v72's A/B knob (bench/NOTES.md): 1 keeps the biases loaded at kernel start as raw halves until read, 0 converts
-// and adds them at once (the block waits for them before it primes its ring).
-#ifndef CF_DEFER_BIASES
-#define CF_DEFER_BIASES 1
-#endif
 
 // a / b for 0 <= a < 2^53 and b > 0. The correctly rounded double quotient of two exact doubles is within
 // q 2^-53 < 1/b of the real quotient q, never across an integer, so truncating it gives the integer quotient, at a
