@@ -28,6 +28,15 @@ namespace clusterfusion::kernels {
 
 // Splits `units` work units over `parts` as evenly as possible; part i gets [begin(i), begin(i+1)).
 __device__ __forceinline__ int split_begin(int units, int parts, int i) { return units * i / parts; }
+// The same shares with the parts that get one unit more first: a launch's later blocks start later (v49).
+__device__ __forceinline__ int split_begin_heavy_first(int units, int parts, int i) {
+  return units / parts * i + min(i, units % parts);
+}
+// v73's A/B knob (bench/NOTES.md): 1 gives a proj_residual launch's clusters their output rows heavy first, 0 as
+// split_begin spreads them.
+#ifndef CF_PROJ_HEAVY_FIRST
+#define CF_PROJ_HEAVY_FIRST 0
+#endif
 
 // The position of the new token: a launch parameter, or device memory written by an earlier kernel of the step
 // (read through L2: it changes between launches).
@@ -187,8 +196,11 @@ __device__ __forceinline__ JobList make_job_list(const DecoderLayerParams& p, co
     const int segments = spec.o_proj && spec.down_proj ? 2 : 1;
     const int boxes = first.boxes + (segments == 2 ? down.boxes : 0);
     const int out_units = p.hidden / kBoxRows;
-    const int o0 = split_begin(out_units, blocks / ranks, cluster);
-    const int o1 = split_begin(out_units, blocks / ranks, cluster + 1);
+    const auto out_begin = [&](int c) {
+      return CF_PROJ_HEAVY_FIRST ? split_begin_heavy_first(out_units, blocks / ranks, c)
+                                 : split_begin(out_units, blocks / ranks, c);
+    };
+    const int o0 = out_begin(cluster), o1 = out_begin(cluster + 1);
     const int passes = L.proj_passes, parts = ranks * passes;
     const float* slice = reinterpret_cast<const float*>(smem + L.proj_slice);
     const bool used = i < passes;
