@@ -37,6 +37,9 @@ __device__ __forceinline__ int split_begin_heavy_first(int units, int parts, int
 #ifndef CF_PROJ_HEAVY_FIRST
 #define CF_PROJ_HEAVY_FIRST 0
 #endif
+#ifndef CF_HEAD_PRIME_AFTER_NORM
+#define CF_HEAD_PRIME_AFTER_NORM 0
+#endif
 
 // The position of the new token: a launch parameter, or device memory written by an earlier kernel of the step
 // (read through L2: it changes between launches).
@@ -469,7 +472,10 @@ class LayerBlock {
     if constexpr (spec.attend || spec.up) {
       norm_.load_input(layer_vec(p_, spec.input), p_.hidden);
       stamp(p_, kMarkInput);
-      if (first && (!prime_early() || kEarlyStages < kStages)) {
+      // v74's A/B knob (bench/NOTES.md): a head block issues the ring's rest after its norm instead.
+      const bool rest_after_norm = CF_HEAD_PRIME_AFTER_NORM && spec.attend && int(blockIdx.x / cluster_size()) < p_.heads;
+      const bool prime_rest = first && (!prime_early() || kEarlyStages < kStages);
+      if (prime_rest && !rest_after_norm) {
         stream_.prime(prime_early() ? kStages - kEarlyStages : kStages);
         stamp(p_, kMarkPrimed);
       }
@@ -477,6 +483,10 @@ class LayerBlock {
       // once they have all arrived (attend waits).
       if constexpr (spec.attend) cluster_arrive_relaxed();
       norm_.normalize(p_.hidden, p_.eps, spec.attend, vec(layout_.a1), spec.up, vec(layout_.a2), scratch());
+      if (prime_rest && rest_after_norm) {
+        stream_.prime(prime_early() ? kStages - kEarlyStages : kStages);
+        stamp(p_, kMarkPrimed);
+      }
       stamp(p_, kMarkNormed);
       if constexpr (spec.attend) {
         attend<base>(spec.up, constants_[kPhase - kFirst]);
