@@ -32,8 +32,8 @@ __device__ __forceinline__ int split_begin(int units, int parts, int i) { return
 __device__ __forceinline__ int split_begin_heavy_first(int units, int parts, int i) {
   return units / parts * i + min(i, units % parts);
 }
-// v73's A/B knob (bench/NOTES.md): 1 gives a proj_residual launch's clusters their output rows heavy first, 0 as
-// split_begin spreads them.
+// A/B knobs (bench/NOTES.md), 0 as before. v73: 1 gives a proj_residual launch's clusters their output rows heavy
+// first (split_begin spreads them). v74: 1 makes a head block issue its ring's rest after its norm.
 #ifndef CF_PROJ_HEAVY_FIRST
 #define CF_PROJ_HEAVY_FIRST 0
 #endif
@@ -472,7 +472,6 @@ class LayerBlock {
     if constexpr (spec.attend || spec.up) {
       norm_.load_input(layer_vec(p_, spec.input), p_.hidden);
       stamp(p_, kMarkInput);
-      // v74's A/B knob (bench/NOTES.md): a head block issues the ring's rest after its norm instead.
       const bool rest_after_norm = CF_HEAD_PRIME_AFTER_NORM && spec.attend && int(blockIdx.x / cluster_size()) < p_.heads;
       const bool prime_rest = first && (!prime_early() || kEarlyStages < kStages);
       if (prime_rest && !rest_after_norm) {
