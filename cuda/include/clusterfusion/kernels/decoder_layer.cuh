@@ -472,20 +472,19 @@ class LayerBlock {
     if constexpr (spec.attend || spec.up) {
       norm_.load_input(layer_vec(p_, spec.input), p_.hidden);
       stamp(p_, kMarkInput);
-      const bool rest_after_norm = CF_HEAD_PRIME_AFTER_NORM && spec.attend && int(blockIdx.x / cluster_size()) < p_.heads;
-      const bool prime_rest = first && (!prime_early() || kEarlyStages < kStages);
-      if (prime_rest && !rest_after_norm) {
+      const bool rest_after_norm =
+          CF_HEAD_PRIME_AFTER_NORM && spec.attend && int(blockIdx.x / cluster_size()) < p_.heads;
+      const auto prime_rest = [&](bool now) {
+        if (!first || (prime_early() && kEarlyStages == kStages) || !now) return;
         stream_.prime(prime_early() ? kStages - kEarlyStages : kStages);
         stamp(p_, kMarkPrimed);
-      }
+      };
+      prime_rest(!rest_after_norm);
       // Arrives on the cluster barrier: this block has started, so the others may write its shared memory
       // once they have all arrived (attend waits).
       if constexpr (spec.attend) cluster_arrive_relaxed();
       norm_.normalize(p_.hidden, p_.eps, spec.attend, vec(layout_.a1), spec.up, vec(layout_.a2), scratch());
-      if (prime_rest && rest_after_norm) {
-        stream_.prime(prime_early() ? kStages - kEarlyStages : kStages);
-        stamp(p_, kMarkPrimed);
-      }
+      prime_rest(rest_after_norm);
       stamp(p_, kMarkNormed);
       if constexpr (spec.attend) {
         attend<base>(spec.up, constants_[kPhase - kFirst]);
