@@ -28,18 +28,6 @@ namespace clusterfusion::kernels {
 
 // Splits `units` work units over `parts` as evenly as possible; part i gets [begin(i), begin(i+1)).
 __device__ __forceinline__ int split_begin(int units, int parts, int i) { return units * i / parts; }
-// The same shares with the parts that get one unit more first: a launch's later blocks start later (v49).
-__device__ __forceinline__ int split_begin_heavy_first(int units, int parts, int i) {
-  return units / parts * i + min(i, units % parts);
-}
-// A/B knobs (bench/NOTES.md), 0 as before. v73: 1 gives a proj_residual launch's clusters their output rows heavy
-// first (split_begin spreads them). v74: 1 makes a head block issue its ring's rest after its norm.
-#ifndef CF_PROJ_HEAVY_FIRST
-#define CF_PROJ_HEAVY_FIRST 0
-#endif
-#ifndef CF_HEAD_PRIME_AFTER_NORM
-#define CF_HEAD_PRIME_AFTER_NORM 0
-#endif
 
 // The position of the new token: a launch parameter, or device memory written by an earlier kernel of the step
 // (read through L2: it changes between launches).
@@ -199,11 +187,8 @@ __device__ __forceinline__ JobList make_job_list(const DecoderLayerParams& p, co
     const int segments = spec.o_proj && spec.down_proj ? 2 : 1;
     const int boxes = first.boxes + (segments == 2 ? down.boxes : 0);
     const int out_units = p.hidden / kBoxRows;
-    const auto out_begin = [&](int c) {
-      return CF_PROJ_HEAVY_FIRST ? split_begin_heavy_first(out_units, blocks / ranks, c)
-                                 : split_begin(out_units, blocks / ranks, c);
-    };
-    const int o0 = out_begin(cluster), o1 = out_begin(cluster + 1);
+    const int o0 = split_begin(out_units, blocks / ranks, cluster);
+    const int o1 = split_begin(out_units, blocks / ranks, cluster + 1);
     const int passes = L.proj_passes, parts = ranks * passes;
     const float* slice = reinterpret_cast<const float*>(smem + L.proj_slice);
     const bool used = i < passes;
@@ -472,19 +457,14 @@ class LayerBlock {
     if constexpr (spec.attend || spec.up) {
       norm_.load_input(layer_vec(p_, spec.input), p_.hidden);
       stamp(p_, kMarkInput);
-      const bool rest_after_norm =
-          CF_HEAD_PRIME_AFTER_NORM && spec.attend && int(blockIdx.x / cluster_size()) < p_.heads;
-      const auto prime_rest = [&](bool now) {
-        if (!first || (prime_early() && kEarlyStages == kStages) || !now) return;
+      if (first && (!prime_early() || kEarlyStages < kStages)) {
         stream_.prime(prime_early() ? kStages - kEarlyStages : kStages);
         stamp(p_, kMarkPrimed);
-      };
-      prime_rest(!rest_after_norm);
+      }
       // Arrives on the cluster barrier: this block has started, so the others may write its shared memory
       // once they have all arrived (attend waits).
       if constexpr (spec.attend) cluster_arrive_relaxed();
       norm_.normalize(p_.hidden, p_.eps, spec.attend, vec(layout_.a1), spec.up, vec(layout_.a2), scratch());
-      prime_rest(rest_after_norm);
       stamp(p_, kMarkNormed);
       if constexpr (spec.attend) {
         attend<base>(spec.up, constants_[kPhase - kFirst]);
