@@ -74,6 +74,7 @@ DecoderLayer::DecoderLayer(const ModelConfig& config, const LayerWeights& weight
   p.down_bias = half_ptr(weights_[LayerSlot::b_down]);
   p.attention_chunks = plan_.attention_chunks;
   p.qkv_chunks = plan_.qkv_chunks;
+  p.attention_helpers = plan_.attention_helpers;
   p.hidden = config_.hidden;
   p.heads = config_.heads;
   p.kv_heads = config_.kv_heads;
@@ -88,10 +89,22 @@ DecoderLayer::DecoderLayer(const ModelConfig& config, const LayerWeights& weight
     CF_CUDA_CHECK(cudaMemset(grid_barrier_, 0, sizeof(unsigned)));
     p.inv_freq = inv_freq_;
     p.grid_barrier = grid_barrier_;
+    if (plan_.attention_helpers > 0) {
+      // q, then the partials (16-byte aligned), then the flags, which start at 0 (and are 0 after every launch).
+      const std::size_t h = plan_.attention_helpers, d = config_.head_dim, heads = config_.heads;
+      const std::size_t q_bytes = heads * d * 4, partial_bytes = heads * h * (d + 2) * 4, flag_bytes = heads * (1 + h) * 4;
+      const std::size_t partials_at = (q_bytes + 15) / 16 * 16, flags_at = (partials_at + partial_bytes + 15) / 16 * 16;
+      CF_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&helpers_), flags_at + flag_bytes));
+      CF_CUDA_CHECK(cudaMemset(helpers_ + flags_at, 0, flag_bytes));
+      p.helper_q = reinterpret_cast<float*>(helpers_);
+      p.helper_partials = reinterpret_cast<float*>(helpers_ + partials_at);
+      p.helper_flags = reinterpret_cast<unsigned*>(helpers_ + flags_at);
+    }
     plan_job_lists();
   } catch (...) {
     cudaFree(inv_freq_);
     cudaFree(grid_barrier_);
+    cudaFree(helpers_);
     cudaFree(planned_lists_);
     throw;
   }
@@ -101,6 +114,7 @@ DecoderLayer::~DecoderLayer() {
   const DeviceGuard on(device_, std::nothrow);
   cudaFree(inv_freq_);
   cudaFree(grid_barrier_);
+  cudaFree(helpers_);
   cudaFree(planned_lists_);
 }
 

@@ -17,11 +17,37 @@
 #define CF_HEAD_PHASE_CLUSTER 0
 #endif
 
+// Build-time knob for the A/B of bench/NOTES.md v75: at most this many helper blocks per head (0: none).
+#ifndef CF_ATTENTION_HELPERS
+#define CF_ATTENTION_HELPERS 0
+#endif
+
 namespace clusterfusion {
 
 namespace {
 
 constexpr int kMaxClusterSize = 8;  // the portable limit
+
+// Helper blocks per head (LayerLaunchPlan::attention_helpers) for a plan of clusters of n blocks whose attending phase
+// also streams up rows: the blocks beyond the head clusters, at most `most` per head, each of whose chunk of a head's
+// positions costs less than the smallest share of that phase at any position (the norm share's closed form,
+// decoder_layer.cuh, counts on it). Mirrors that share's byte model; the average grows with the position, so
+// position 0's bounds it from below.
+int attention_helpers(const ModelConfig& c, int max_seq, int n, int blocks, int most) {
+  using kernels::kAttentionFixedBytes;
+  using kernels::kBoxRows;
+  const long long unit_bytes = 2LL * kBoxRows * c.hidden;
+  const long long head_units = 3LL * c.head_dim / kBoxRows, up_units = c.ffn / kBoxRows;
+  for (int h = std::min(most, (blocks - c.heads * n) / c.heads); h > 0; --h) {
+    const int chunks = n + h;
+    const long long avg =
+        (c.heads * (head_units * unit_bytes + chunks * kAttentionFixedBytes) + up_units * unit_bytes) / blocks;
+    const long long least = avg * (200 - kernels::kUpRampPercent) / 200 - unit_bytes;
+    const long long chunk_cost = (max_seq + chunks - 1LL) / chunks * c.head_dim * 4 + kAttentionFixedBytes;
+    if (chunk_cost <= least) return h;
+  }
+  return 0;
+}
 
 void require_multiple(const char* field, int value, int of) {
   if (value % of != 0)
@@ -109,6 +135,16 @@ LayerLaunchPlan plan_layer(const ModelConfig& c, int max_seq) {
   for (int i = 0; i < phases; ++i) {
     attending += kernels::layer_phase_attends(shape.model, i);
     if (kernels::layer_phase_heads_only(shape.model, i)) heads_only = i;
+  }
+  if (heads_only < 0 && attending == 1) {
+    // The attending phase streams up rows too (GPT-NeoX): the blocks beyond the head clusters may help with the
+    // attention, waiting on flags for their heads' q, so only where every block of it is resident at once.
+    const int helpers = attention_helpers(c, max_seq, plan.cluster_size, plan.blocks, CF_ATTENTION_HELPERS);
+    if (helpers > 0) {
+      fill(plan, plan.cluster_size, plan.clusters, plan.cluster_size + helpers);
+      plan.attention_helpers = helpers;
+    }
+    return plan;
   }
   if (heads_only < 0 || attending != 1 || CF_HEAD_PHASE_CLUSTER < 0) return plan;
   const int most_jobs = (units + plan.cluster_size - 1) / plan.cluster_size;

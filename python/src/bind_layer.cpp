@@ -106,6 +106,7 @@ nb::dict plan_dict(const LayerLaunchPlan& p) {
   }
   d["phase_grids"] = grids;
   d["attention_chunks"] = p.attention_chunks;
+  d["attention_helpers"] = p.attention_helpers;
   d["qkv_chunks"] = p.qkv_chunks;
   d["smem_cooperative"] = p.smem_cooperative;
   d["cooperative_supported"] = p.cooperative_supported;

@@ -328,7 +328,14 @@ TEST_P(DecoderLayerGpu, PlanSpreadsOnlyTheHeadsOnlyPhase) {
       EXPECT_EQ(g.blocks, plan.blocks);
     }
   }
-  EXPECT_EQ(plan.attention_chunks, spread);
+  // Helpers (GPT-NeoX's attending phase streams up rows) add their chunks before the ranks', only where every block is
+  // resident at once.
+  if (plan.attention_helpers > 0) {
+    EXPECT_EQ(config.arch, cf::Architecture::GPTNeoX);
+    EXPECT_TRUE(plan.cooperative_supported);
+    EXPECT_LE(config.heads * (plan.cluster_size + plan.attention_helpers), plan.blocks);
+  }
+  EXPECT_EQ(plan.attention_chunks, spread + plan.attention_helpers);
   EXPECT_EQ(plan.qkv_chunks > 0, spread > plan.cluster_size);
 }
 

@@ -735,11 +735,13 @@ def test_the_phases_are_forward_one_call_each():
     layer, _, max_seq = gpu_layer_case(cfg)
     assert layer.phase_names == ["norm_qkv_rope_attend_up", "o_down_proj_residual"]
     assert len(layer.plan["phase_grids"]) == len(layer.phase_names)
-    # GPT-NeoX's phases all run on the layer's clusters, one attention chunk per rank, each list's own K chunks.
+    # GPT-NeoX's phases all run on the layer's clusters, one attention chunk per rank and per helper, each list's own K
+    # chunks.
     for grid in layer.plan["phase_grids"]:
         assert (grid["cluster_size"], grid["blocks"]) == (layer.plan["cluster_size"], layer.plan["blocks"])
         assert grid["smem"] > 0
-    assert (layer.plan["attention_chunks"], layer.plan["qkv_chunks"]) == (layer.plan["cluster_size"], 0)
+    chunks = layer.plan["cluster_size"] + layer.plan["attention_helpers"]
+    assert (layer.plan["attention_chunks"], layer.plan["qkv_chunks"]) == (chunks, 0)
     position = random.randrange(max_seq)
     caches = [cf.KVCache(cfg, max_seq) for _ in range(2)]
     fill_past(caches[0], 0, position)

@@ -54,6 +54,9 @@ struct LayerLaunchPlan {
   // norm_qkv_rope_attend), which runs one cluster per head, of the largest size that fits at once.
   std::vector<PhaseGrid> phase_grids;
   int attention_chunks = 0;  // a head's positions in this many chunks in every launch (the same bits in each mode)
+  // Blocks beyond the head clusters that attend each head's first chunks too (GPT-NeoX's phase that attends and
+  // streams up rows, only where every block is resident at once); the other chunks are the cluster's.
+  int attention_helpers = 0;
   int qkv_chunks = 0;        // K chunks of every q|k|v job (0: each job list picks its own)
   std::size_t smem_cooperative = 0;
   bool cooperative_supported = false;
@@ -158,6 +161,7 @@ class DecoderLayer {
   double* inv_freq_ = nullptr;         // device: the rotary inverse frequencies
   unsigned* grid_barrier_ = nullptr;   // device word of the cooperative mode's grid barrier
   unsigned char* planned_lists_ = nullptr;   // device: every launch's planned job lists, one allocation
+  unsigned char* helpers_ = nullptr;  // device: the attention helpers' q, partials and flags (plan_.attention_helpers)
   std::vector<std::size_t> planned_offsets_;  // per launch (planned_lists), SIZE_MAX for none
   std::size_t planned_bytes_ = 0;
   bool use_planned_ = true;

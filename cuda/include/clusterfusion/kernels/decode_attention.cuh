@@ -1,12 +1,11 @@
-// Attention of one new token over one head's KV cache, split across the blocks of a cluster
-// (flash-decoding): the positions are cut into contiguous chunks, shared out over the blocks; each chunk's
-// softmax partials (max m, sum l, unnormalised output o) go to rank 0 through distributed shared memory, which
-// combines them in chunk order, so the result depends neither on timing nor on how many blocks share the head.
+// Attention of one new token over one head's KV cache, split across blocks (flash-decoding): the positions are cut
+// into contiguous chunks, shared out over the blocks of the head's cluster and its helpers; each chunk's softmax
+// partials (max m, sum l, unnormalised output o) go to the cluster's rank 0, which combines them in chunk order, so
+// the result depends neither on timing nor on how many blocks share the head.
 #pragma once
 #include <cuda_fp16.h>
 
 #include "clusterfusion/kernels/block_reduce.cuh"
-#include "clusterfusion/kernels/cluster.cuh"
 #include "clusterfusion/kernels/layer_params.hpp"
 
 namespace clusterfusion::kernels {
@@ -85,12 +84,12 @@ struct DecodeAttention {
   }
 
   // The softmax partials of positions [t0, t1) of 0..position. q is rotated and scaled; k_new and v_new are the
-  // new token's key and value. Writes (m, l, o[kHeadDim]) into `slot` of rank 0's shared memory, counted on rank
-  // 0's barrier `received`; calls done(step) as each AttentionStep ends.
-  template <class Done>
+  // new token's key and value. Hands (m, l, o[kHeadDim]) to store(i, value) as i = 0, 1, 2 + e (rank 0's shared
+  // memory, or global memory for a helper, bench/NOTES.md v75); calls done(step) as each AttentionStep ends.
+  template <class Store, class Done>
   __device__ static void partial(const float* q, const float* k_new, const float* v_new, const __half* k_cache,
                                  const __half* v_cache, int position, int t0, int t1, float* scores,
-                                 float* partials, float* slot, MBarrier* received, float* scratch, Done&& done) {
+                                 float* partials, float* scratch, Store&& store, Done&& done) {
     const int vec = threadIdx.x % kVecs, group = threadIdx.x / kVecs;
     const bool active = group < kGroups;
     float qv[8];
@@ -168,11 +167,11 @@ struct DecodeAttention {
     for (int e = threadIdx.x; e < kHeadDim; e += blockDim.x) {
       float s = 0.f;
       for (int g = 0; g < kGroups; ++g) s += partials[g * kHeadDim + e];
-      dsmem_store_counted(slot + 2 + e, 0, s, received);
+      store(2 + e, s);
     }
     if (threadIdx.x == 0) {
-      dsmem_store_counted(slot, 0, m, received);
-      dsmem_store_counted(slot + 1, 0, l, received);
+      store(0, m);
+      store(1, l);
     }
     done(AttentionStep::kValues);
   }

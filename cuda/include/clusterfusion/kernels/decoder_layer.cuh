@@ -16,6 +16,7 @@
 #include "clusterfusion/kernels/cluster.cuh"
 #include "clusterfusion/kernels/decode_attention.cuh"
 #include "clusterfusion/kernels/dependent_launch.cuh"
+#include "clusterfusion/kernels/global_flag.cuh"
 #include "clusterfusion/kernels/grid_barrier.cuh"
 #include "clusterfusion/kernels/layer_params.hpp"
 #include "clusterfusion/kernels/model_traits.hpp"
@@ -77,12 +78,6 @@ struct NormPhaseShare {
   int up_units;
 };
 
-// Attention's rotary, reductions and cluster exchanges run after the block's weight stream (timeline,
-// bench/NOTES.md); they are charged as this many bytes of streaming. Tunable at build time.
-#ifndef CF_ATTENTION_FIXED_KB
-#define CF_ATTENTION_FIXED_KB 256
-#endif
-constexpr long long kAttentionFixedBytes = CF_ATTENTION_FIXED_KB << 10;
 // A head block's up rows are at least 1/kHeadSpareFloor of the average (its spare when its head costs less): of none,
 // 1/16 and 1/32, with the ramp the best at ctx 512 on every shape (bench/NOTES.md v50, v51).
 constexpr int kHeadSpareFloor = 32;
@@ -102,13 +97,15 @@ __device__ __forceinline__ NormPhaseShare norm_phase_share(const DecoderLayerPar
     return NormPhaseShare{0, split_begin(head_units, ranks, rank), first, last - first};
   }
   const long long unit_bytes = 2LL * kBoxRows * p.hidden;
+  const int chunks = p.attention_chunks, helpers = p.attention_helpers;
   auto qkv_units = [&](int r) { return split_begin(head_units, ranks, r + 1) - split_begin(head_units, ranks, r); };
+  // Chunks [0, c) of a head's positions: their K and V (float16) and the attention's fixed charge each.
+  auto chunks_cost = [&](int c) { return split_begin(positions, chunks, c) * (kHeadDim * 4LL) + c * kAttentionFixedBytes; };
+  auto rank_chunk = [&](int r) { return helpers + split_begin(chunks - helpers, ranks, r); };
   auto head_cost = [&](int r) {
-    const int chunk = split_begin(positions, ranks, r + 1) - split_begin(positions, ranks, r);
-    return qkv_units(r) * unit_bytes + chunk * (kHeadDim * 4LL) + kAttentionFixedBytes;  // K and V, float16
+    return qkv_units(r) * unit_bytes + chunks_cost(rank_chunk(r + 1)) - chunks_cost(rank_chunk(r));
   };
-  const long long total = heads * (head_units * unit_bytes + positions * (kHeadDim * 4LL)) +
-                          heads * ranks * kAttentionFixedBytes + up_units * unit_bytes;
+  const long long total = heads * (head_units * unit_bytes + chunks_cost(chunks)) + up_units * unit_bytes;
   const long long avg = quotient(total, gridDim.x);
   auto spare = [&](long long cost) { return max(avg / kHeadSpareFloor, avg - cost); };
   long long cluster_spare = 0, rank_spare = 0;  // of one head cluster; of its ranks before this block's
@@ -117,11 +114,19 @@ __device__ __forceinline__ NormPhaseShare norm_phase_share(const DecoderLayerPar
     cluster_spare += s;
     if (r < rank) rank_spare += s;
   }
-  // The head clusters' spares first, then the other blocks' others x avg bytes, ramped.
+  // The head clusters' spares first, then the other blocks' others x avg bytes, ramped, less the helpers' chunks
+  // (helper k, the k-th other block, takes chunk k % helpers of a head: the plan keeps its cost under its share).
   const int others = gridDim.x - heads * ranks, other = block - heads * ranks;
-  const long long all = heads * cluster_spare + others * avg;
+  auto helped_before = [&](int i) {
+    if (helpers == 0) return 0LL;
+    const int k = min(i, heads * helpers);
+    return k / helpers * chunks_cost(helpers) + chunks_cost(k % helpers);
+  };
+  const long long all = heads * cluster_spare + others * avg - helped_before(others);
   const bool head_block = cluster < heads;
-  auto ramped = [&](int i) { return heads * cluster_spare + ramp_begin<kUpRampPercent>(others * avg, others, i); };
+  auto ramped = [&](int i) {
+    return heads * cluster_spare + ramp_begin<kUpRampPercent>(others * avg, others, i) - helped_before(i);
+  };
   const long long before = head_block ? cluster * cluster_spare + rank_spare : ramped(other);
   const long long end = head_block ? before + spare(head_cost(rank)) : ramped(other + 1);
   NormPhaseShare share;
@@ -283,15 +288,16 @@ __device__ __forceinline__ float half_or_zero(const __half* v, int row) {
   return v != nullptr ? __half2float(v[row]) : 0.f;
 }
 
-// A head's positions 0..position (the last one is the new token) in `chunks` chunks; this block's are
-// [first, last), shared out over the cluster's ranks. Chunk c is positions [begin(c), begin(c + 1)).
+// A head's positions 0..position (the last one is the new token) in `chunks` chunks: the first `helpers` for the
+// helper blocks, the others shared out over the cluster's ranks, this block's [first, last). Chunk c is positions
+// [begin(c), begin(c + 1)); a helper's never holds the new token.
 struct KvChunks {
   int position, chunks, first, last;
-  __device__ KvChunks(int position, int chunks)
+  __device__ KvChunks(int position, int chunks, int helpers)
       : position(position),
         chunks(chunks),
-        first(split_begin(chunks, cluster_size(), cluster_rank())),
-        last(split_begin(chunks, cluster_size(), cluster_rank() + 1)) {}
+        first(helpers + split_begin(chunks - helpers, cluster_size(), cluster_rank())),
+        last(helpers + split_begin(chunks - helpers, cluster_size(), cluster_rank() + 1)) {}
   __device__ int begin(int c) const { return split_begin(position + 1, chunks, c); }
 };
 
@@ -547,8 +553,8 @@ class LayerBlock {
     return reinterpret_cast<MBarrier*>(smem_ + SmemLayout::kExchangeBarriers) + e;
   }
   // Thread 0, before this block announces that it has started. Attending: a head's block receives its q|k|v (3 x
-  // head_dim floats, each row from the rank that streams it), its rank 0 every chunk's (m, l, o), a block without a
-  // head nothing. proj_residual: rank 0 receives every rank's partial sums, expected there once its rows are known.
+  // head_dim floats, each row from the rank that streams it), its rank 0 its ranks' chunks' (m, l, o) (the helpers'
+  // come through global memory), a block without a head nothing. proj_residual: rank 0 receives every rank's partial sums, expected there once its rows are known.
   // In a cluster of one block the stores are plain and nothing is expected (receive()).
   __device__ void init_exchanges() const {
     static_assert(attending_phases() <= 1, "the attention's exchanges are expected once per launch");
@@ -562,7 +568,7 @@ class LayerBlock {
       exchange(kPartialsReceived)->init(1);
       exchange(kQkvReceived)->arrive_expect_tx(has_head ? 3 * kHeadDim * 4 : 0);
       exchange(kPartialsReceived)->arrive_expect_tx(
-          has_head && cluster_rank() == 0 ? p_.attention_chunks * (kHeadDim + 2) * 4 : 0);
+          has_head && cluster_rank() == 0 ? (p_.attention_chunks - p_.attention_helpers) * (kHeadDim + 2) * 4 : 0);
     }
     if constexpr (kProjects) exchange(kProjReceived)->init(1);
     if constexpr (kAttends || kProjects) fence_barrier_init();
@@ -605,12 +611,16 @@ class LayerBlock {
     stamp(p_, kMarkUp);
     receive(kQkvReceived);  // the head's q|k|v is complete in this block
     stamp(p_, kMarkHeadReady);
-    if (head >= p_.heads) return;  // a cluster with no head: its share of up rows was its whole phase
+    if (head >= p_.heads) {  // a cluster with no head: its share of up rows, and a chunk of a head's if it helps
+      help_attend();
+      return;
+    }
 
     float* q = qkv;
     float* k = qkv + kHeadDim;
     float* v = qkv + 2 * kHeadDim;
     Attention::rotary(q, k, p_.rotary_dims, rotation_);
+    if (rank == 0 && p_.attention_helpers > 0) publish_q(head, q);
     const std::size_t head_offset = std::size_t(kv_head(head)) * p_.max_seq * kHeadDim;
     // The first query head of a kv group appends; the group's other clusters computed the same k and v.
     if (rank == 0 && head % (p_.heads / p_.kv_heads) == 0) {
@@ -619,14 +629,16 @@ class LayerBlock {
         p_.v_cache[head_offset + std::size_t(position_) * kHeadDim + e] = __float2half_rn(v[e]);
       }
     }
-    const KvChunks chunks(position_, p_.attention_chunks);
+    const KvChunks chunks(position_, p_.attention_chunks, p_.attention_helpers);
     float* combine = vec(layout_.combine);
     stamp(p_, kMarkRotary);
     const auto chunk_partial = [&](int c) {
-      Attention::partial(q, k, v, p_.k_cache + head_offset, p_.v_cache + head_offset, position_, chunks.begin(c),
-                         chunks.begin(c + 1), vec(layout_.scores), vec(layout_.partials), combine + c * (kHeadDim + 2),
-                         exchange(kPartialsReceived), scratch(),
-                         [this](AttentionStep step) { stamp(p_, TimelineMark(kMarkScores + int(step))); });
+      float* slot = combine + c * (kHeadDim + 2);
+      Attention::partial(
+          q, k, v, p_.k_cache + head_offset, p_.v_cache + head_offset, position_, chunks.begin(c), chunks.begin(c + 1),
+          vec(layout_.scores), vec(layout_.partials), scratch(),
+          [&](int i, float value) { dsmem_store_counted(slot + i, 0, value, exchange(kPartialsReceived)); },
+          attention_stamps());
     };
     if constexpr (kChunkLoop) {
       for (int c = chunks.first; c < chunks.last; ++c) {
@@ -638,10 +650,62 @@ class LayerBlock {
       chunk_partial(chunks.first);
     }
     if (rank == 0) {
-      receive(kPartialsReceived);  // every chunk's partials are here
+      receive(kPartialsReceived);  // every rank's chunks' partials are here
+      if (p_.attention_helpers > 0) gather_helpers(head, combine);
       Attention::combine_partials(combine, p_.attention_chunks, p_.attn + head * kHeadDim);
     }
     stamp(p_, kMarkAttention);
+  }
+
+  __device__ auto attention_stamps() const {
+    return [this](AttentionStep step) { stamp(p_, TimelineMark(kMarkScores + int(step))); };
+  }
+  // Flag i of head h: 0 its q published, 1 + j its helper j done.
+  __device__ unsigned* helper_flag(int head, int i) const {
+    return p_.helper_flags + head * (1 + p_.attention_helpers) + i;
+  }
+
+  // Rank 0 of a head with helpers, after rotary: the head's q for them.
+  __device__ void publish_q(int head, const float* q) const {
+    for (int e = threadIdx.x; e < kHeadDim; e += blockDim.x) p_.helper_q[head * kHeadDim + e] = q[e];
+    __syncthreads();
+    if (threadIdx.x == 0) raise_flag(helper_flag(head, 0));
+  }
+
+  // A block without a head, helper k = h * helpers + j of the phase: chunk j of head h's positions, once h's rank 0
+  // has published q; the partials go to global memory for that rank 0.
+  __device__ void help_attend() {
+    const int helpers = p_.attention_helpers, k = int(blockIdx.x) - p_.heads * int(cluster_size());
+    if (k >= p_.heads * helpers) return;
+    const int head = k / helpers, j = k % helpers;
+    if (threadIdx.x == 0) wait_flag(helper_flag(head, 0));
+    __syncthreads();
+    float* q = vec(layout_.qkv);
+    for (int e = threadIdx.x; e < kHeadDim; e += blockDim.x) q[e] = __ldcg(p_.helper_q + head * kHeadDim + e);
+    __syncthreads();
+    stamp(p_, kMarkRotary);
+    const KvChunks chunks(position_, p_.attention_chunks, helpers);
+    const std::size_t head_offset = std::size_t(kv_head(head)) * p_.max_seq * kHeadDim;
+    float* out = p_.helper_partials + std::size_t(k) * (kHeadDim + 2);
+    // The chunk holds no new token, so q stands in for its key and value (never read).
+    Attention::partial(q, q, q, p_.k_cache + head_offset, p_.v_cache + head_offset, position_, chunks.begin(j),
+                       chunks.begin(j + 1), vec(layout_.scores), vec(layout_.partials), scratch(),
+                       [out](int i, float value) { out[i] = value; }, attention_stamps());
+    __syncthreads();
+    if (threadIdx.x == 0) raise_flag(helper_flag(head, 1 + j));
+    stamp(p_, kMarkAttention);
+  }
+
+  // Rank 0 of a head with helpers: their partials into chunk slots 0..helpers-1, once each is done; then the head's
+  // flags go back to 0 (every helper read the q flag before raising its own).
+  __device__ void gather_helpers(int head, float* combine) const {
+    const int helpers = p_.attention_helpers;
+    if (threadIdx.x < helpers) wait_flag(helper_flag(head, 1 + threadIdx.x));
+    __syncthreads();
+    const float* src = p_.helper_partials + std::size_t(head) * helpers * (kHeadDim + 2);
+    for (int i = threadIdx.x; i < helpers * (kHeadDim + 2); i += blockDim.x) combine[i] = __ldcg(src + i);
+    if (threadIdx.x <= helpers) clear_flag(helper_flag(head, threadIdx.x));
+    __syncthreads();
   }
 
   // norm_up's lists (gate, up) from list l: act = GELU(up + b_up), or silu(gate) * up.

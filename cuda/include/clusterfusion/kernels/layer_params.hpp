@@ -74,6 +74,13 @@ __host__ __device__ constexpr int ramp_most(int units, int parts) {
   return int((units * (200LL + kRamp) + 200LL * parts - 1) / (200LL * parts));
 }
 
+// The attention's rotary, reductions and exchanges run after the block's weight stream (timeline, bench/NOTES.md); a
+// chunk of a head's positions is charged as this many bytes of streaming besides its K and V. Tunable at build time.
+#ifndef CF_ATTENTION_FIXED_KB
+#define CF_ATTENTION_FIXED_KB 256
+#endif
+constexpr long long kAttentionFixedBytes = CF_ATTENTION_FIXED_KB << 10;
+
 constexpr int kTimelineMarks = 17;
 // Tuning only (bench/NOTES.md v40): with -DCF_BOX_STAMPS=N, each warp also stamps its first N weight boxes (issued,
 // reached by the consumer, arrived), after the block's marks, and the block's SM id follows them.
@@ -116,6 +123,13 @@ struct DecoderLayerParams {
   // The K chunks (JobList::chunks) of every q|k|v job, fixed with attention_chunks so that a row's sum is the same
   // whichever rank computes it; 0: each list picks its own (choose_chunks).
   int qkv_chunks;
+  // Blocks without a head that attend too (bench/NOTES.md v75), in a phase that attends and streams up rows: helper
+  // j of head h (the block heads * cluster + h * attention_helpers + j) takes chunk j of the head's positions once
+  // the head's rank 0 has published its q, and rank 0 combines the helpers' partials with its ranks'. 0: none.
+  int attention_helpers;
+  float* helper_q;         // [heads][head_dim]: each head's q, rotated and scaled
+  float* helper_partials;  // [heads][attention_helpers][head_dim + 2]: the helpers' (m, l, o)
+  unsigned* helper_flags;  // [heads][1 + attention_helpers]: q published, helper j done (global_flag.cuh)
   float eps;
   int write_planned_lists;
 };
