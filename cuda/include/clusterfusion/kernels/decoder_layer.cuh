@@ -29,6 +29,10 @@ namespace clusterfusion::kernels {
 // Splits `units` work units over `parts` as evenly as possible; part i gets [begin(i), begin(i+1)).
 __device__ __forceinline__ int split_begin(int units, int parts, int i) { return units * i / parts; }
 
+#ifndef CF_NO_INPUT_WAIT
+#define CF_NO_INPUT_WAIT 0
+#endif
+
 // The position of the new token: a launch parameter, or device memory written by an earlier kernel of the step
 // (read through L2: it changes between launches).
 __device__ __forceinline__ int step_position(const DecoderLayerParams& p) {
@@ -424,7 +428,9 @@ class LayerBlock {
     if constexpr (any_phase(&PhaseSpec::attend)) {
       if (threadIdx.x < p_.rotary_dims / 2) rotation_ = {position_, inv_freq_};
     }
-    wait_for_previous_kernel();
+    // Measurement only (bench/NOTES.md v76, wrong results): bit 0 skips the wait in launches that start with
+    // proj_residual, bit 1 in those that start with a norm, to bound what partial dependencies could save.
+    if (!(CF_NO_INPUT_WAIT & (kFirstNorms ? 2 : 1))) wait_for_previous_kernel();
     stamp(p_, kMarkWaited);
     run_phase<kFirst>();
     stamp(p_, kMarkEnd);
