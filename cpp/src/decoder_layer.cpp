@@ -13,6 +13,12 @@
 #include "clusterfusion/tensor_map.hpp"
 #include "layer_shape.hpp"
 
+// Build-time knob for the A/B of bench/NOTES.md v77: 1 lets split mode's proj_residual launches (overlapped) read
+// their inputs chunk by chunk as the previous launch completes them, instead of waiting for all of it.
+#ifndef CF_PARTIAL_PROJ
+#define CF_PARTIAL_PROJ 0
+#endif
+
 namespace clusterfusion {
 
 const char* layer_mode_name(LayerMode mode) { return mode == LayerMode::Split ? "split" : "cooperative"; }
@@ -86,12 +92,18 @@ DecoderLayer::DecoderLayer(const ModelConfig& config, const LayerWeights& weight
     CF_CUDA_CHECK(cudaMemcpy(inv_freq_, inv_freq.data(), inv_freq.size() * sizeof(double), cudaMemcpyHostToDevice));
     CF_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&grid_barrier_), sizeof(unsigned)));
     CF_CUDA_CHECK(cudaMemset(grid_barrier_, 0, sizeof(unsigned)));
+    if (CF_PARTIAL_PROJ) {
+      const std::size_t bytes = (config_.hidden / kernels::kBoxCols + config_.ffn / kernels::kBoxCols + 2) * sizeof(unsigned);
+      CF_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&chunks_ready_), bytes));
+      CF_CUDA_CHECK(cudaMemset(chunks_ready_, 0, bytes));
+    }
     p.inv_freq = inv_freq_;
     p.grid_barrier = grid_barrier_;
     plan_job_lists();
   } catch (...) {
     cudaFree(inv_freq_);
     cudaFree(grid_barrier_);
+    cudaFree(chunks_ready_);
     cudaFree(planned_lists_);
     throw;
   }
@@ -101,6 +113,7 @@ DecoderLayer::~DecoderLayer() {
   const DeviceGuard on(device_, std::nothrow);
   cudaFree(inv_freq_);
   cudaFree(grid_barrier_);
+  cudaFree(chunks_ready_);
   cudaFree(planned_lists_);
 }
 
@@ -322,8 +335,12 @@ void DecoderLayer::launch(const kernels::DecoderLayerParams& p, LayerMode mode, 
     launch(p, 0, phases - 1, stream);
     return;
   }
+  // Every launch of the layer's split forward counts its attn | act chunks, and its proj_residual launches read them
+  // as they complete, where their launches overlap.
+  kernels::DecoderLayerParams split = p;
+  if (p.overlap_previous) split.chunks_ready = chunks_ready_;
   for (int i = 0; i < phases; ++i) {
-    kernels::DecoderLayerParams phase = p;
+    kernels::DecoderLayerParams phase = split;
     if (phase.timeline != nullptr) phase.timeline += std::size_t(i) * plan_.blocks * kernels::kTimelineStride;
     launch(phase, i, i, stream);
   }

@@ -157,6 +157,7 @@ class DecoderLayer {
   std::unique_ptr<kernels::DecoderLayerParams> params_;  // all but the step's buffers, filled once
   double* inv_freq_ = nullptr;         // device: the rotary inverse frequencies
   unsigned* grid_barrier_ = nullptr;   // device word of the cooperative mode's grid barrier
+  unsigned* chunks_ready_ = nullptr;   // device: split mode's attn | act chunk counts (CF_PARTIAL_PROJ)
   unsigned char* planned_lists_ = nullptr;   // device: every launch's planned job lists, one allocation
   std::vector<std::size_t> planned_offsets_;  // per launch (planned_lists), SIZE_MAX for none
   std::size_t planned_bytes_ = 0;

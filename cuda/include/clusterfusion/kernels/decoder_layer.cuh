@@ -13,6 +13,7 @@
 #pragma once
 #include <cuda_fp16.h>
 
+#include "clusterfusion/kernels/chunk_counter.cuh"
 #include "clusterfusion/kernels/cluster.cuh"
 #include "clusterfusion/kernels/decode_attention.cuh"
 #include "clusterfusion/kernels/dependent_launch.cuh"
@@ -424,7 +425,8 @@ class LayerBlock {
     if constexpr (any_phase(&PhaseSpec::attend)) {
       if (threadIdx.x < p_.rotary_dims / 2) rotation_ = {position_, inv_freq_};
     }
-    wait_for_previous_kernel();
+    // A launch that starts with proj_residual and reads its inputs in chunks waits for their producers instead.
+    if (kFirstNorms || !partial()) wait_for_previous_kernel();
     stamp(p_, kMarkWaited);
     run_phase<kFirst>();
     stamp(p_, kMarkEnd);
@@ -473,6 +475,8 @@ class LayerBlock {
       }
     }
     if constexpr (spec.o_proj || spec.down_proj) {
+      // The residual was complete before any producer of this launch's inputs raised a chunk.
+      if (first && partial()) await_first_chunk<spec.o_proj>(lists_[base + phase_lists(spec) - kProjLists]);
       const __half* residual = layer_vec(p_, spec.residual);
       constants_[kPhase - kFirst].out.add_later<0>([residual](int row) { return __ldcg(residual + row); });
       if (p_.residual_add != nullptr)
@@ -620,6 +624,10 @@ class LayerBlock {
     if (rank == 0) {
       receive(kPartialsReceived);  // every chunk's partials are here
       Attention::combine_partials(combine, p_.attention_chunks, p_.attn + head * kHeadDim);
+      if (partial()) {
+        __syncthreads();
+        raise_chunks(0, head * kHeadDim, (head + 1) * kHeadDim);
+      }
     }
     stamp(p_, kMarkAttention);
   }
@@ -639,6 +647,82 @@ class LayerBlock {
         p_.act[row] = gelu_erf(value);
       });
     }
+    const JobList& up = lists_[l + 1];
+    raise_chunks(p_.hidden / kBoxCols, up.row0, up.row0 + up.jobs * kBoxRows);  // run() ended with a __syncthreads
+  }
+
+  // Partial dependencies (bench/NOTES.md v77): this launch's attn | act rows are counted per 256-column chunk, and a
+  // launch that starts with proj_residual reads them chunk by chunk as they complete.
+  __device__ bool partial() const { return p_.chunks_ready != nullptr; }
+
+  // Adds to chunks_ready[base + c] how many of rows [r0, r1) fall in chunk c, the block's writes of them ordered
+  // before by a __syncthreads.
+  __device__ void raise_chunks(int base, int r0, int r1) const {
+    if (!partial()) return;
+    for (int c = r0 / kBoxCols + int(threadIdx.x); c * kBoxCols < r1; c += blockDim.x)
+      add_release(p_.chunks_ready + base + c, min(r1, (c + 1) * kBoxCols) - max(r0, c * kBoxCols));
+  }
+
+  // Box k of proj_residual's list: its chunk of attn | act (the K of W_o's boxes, then W_down's), and where it starts.
+  template <bool kO>
+  __device__ int proj_chunk(const JobList& list, int k) const {
+    const int o_boxes = kO ? list.seg[0].boxes : 0;
+    return kO && k < o_boxes ? k : p_.hidden / kBoxCols + (k - o_boxes);
+  }
+  __device__ const float* chunk_source(int chunk) const {
+    const int attn_chunks = p_.hidden / kBoxCols;
+    return chunk < attn_chunks ? p_.attn + chunk * kBoxCols : p_.act + (chunk - attn_chunks) * kBoxCols;
+  }
+  // The block's slice state in the scratch words: a bit per loaded box of the slice, then their count.
+  __device__ unsigned* slice_state() const { return reinterpret_cast<unsigned*>(scratch()); }
+  static constexpr int kSliceMaskWords = 8;
+
+  // Thread 0, once the block has read its last chunk (or has none): the launch's last consumer returns every chunk it
+  // reads, and the arrivals, to 0.
+  template <bool kO, bool kDown>
+  __device__ void arrive_consumed() const {
+    const int attn_chunks = p_.hidden / kBoxCols, act_chunks = p_.ffn / kBoxCols;
+    unsigned* arrivals = p_.chunks_ready + attn_chunks + act_chunks + (kO ? 0 : 1);
+    if (arrive_acq_rel(arrivals) != gridDim.x - 1) return;
+    for (int c = kO ? 0 : attn_chunks, end = kDown ? attn_chunks + act_chunks : attn_chunks; c < end; ++c)
+      p_.chunks_ready[c] = 0;
+    *arrivals = 0;
+  }
+
+  // Thread 0 waits for the chunk of the block's first box (any producer's count implies the residual is complete).
+  template <bool kO>
+  __device__ void await_first_chunk(const JobList& list) const {
+    if (threadIdx.x == 0 && list.jobs > 0) wait_count(p_.chunks_ready + proj_chunk<kO>(list, list.box_begin), kBoxCols);
+    __syncthreads();
+  }
+
+  // The gate of proj_residual's stream (every lane of a warp): box k's part of the slice, copied from attn | act by the
+  // first warp that needs it, once its chunk is complete.
+  template <bool kO, bool kDown>
+  __device__ void slice_chunk(const JobList& list, int k) const {
+    unsigned* state = slice_state();
+    const int j = k - list.box_begin;
+    const unsigned bit = 1u << (j % 32);
+    if (*reinterpret_cast<volatile unsigned*>(state + j / 32) & bit) {
+      __threadfence_block();
+      return;
+    }
+    const int chunk = proj_chunk<kO>(list, k), lane = threadIdx.x % 32;
+    if (lane == 0) wait_count(p_.chunks_ready + chunk, kBoxCols);
+    __syncwarp();
+    const float4* src = reinterpret_cast<const float4*>(chunk_source(chunk));
+    float4* dst = reinterpret_cast<float4*>(vec(layout_.proj_slice) + j * kBoxCols);
+    const float4 a = __ldcg(src + 2 * lane), b = __ldcg(src + 2 * lane + 1);
+    dst[2 * lane] = a;
+    dst[2 * lane + 1] = b;
+    __syncwarp();
+    if (lane == 0) {
+      __threadfence_block();
+      const unsigned before = atomicOr(state + j / 32, bit);
+      const unsigned boxes = list.box_end - list.box_begin;
+      if (!(before & bit) && atomicAdd(state + kSliceMaskWords, 1u) + 1 == boxes) arrive_consumed<kO, kDown>();
+    }
+    __syncwarp();
   }
 
   // Copies the slice of the vector that proj_residual's list `list` reads into proj_slice: its boxes
@@ -666,14 +750,24 @@ class LayerBlock {
     const JobList& rows_of = lists_[l];
     const int rank = cluster_rank(), ranks = cluster_size(), row0 = rows_of.row0, rows = rows_of.jobs * kBoxRows;
     const int stride = layout_.rows_per_cluster, passes = layout_.proj_passes;
+    if (partial()) {
+      // The plan reads inputs in chunks only where one pass holds the slice, of at most a mask's boxes.
+      if (passes != 1 || lists_[l].box_end - lists_[l].box_begin > 32 * kSliceMaskWords) __trap();
+      const JobList& list = lists_[l];
+      if (threadIdx.x <= kSliceMaskWords) slice_state()[threadIdx.x] = 0;
+      if (threadIdx.x == 0 && (list.jobs == 0 || list.box_end == list.box_begin)) arrive_consumed<kO, kDown>();
+    }
     for (int pass = 0; pass < passes; ++pass) {
-      load_proj_slice<kO, kDown>(lists_[l + pass]);
+      if (!partial()) load_proj_slice<kO, kDown>(lists_[l + pass]);
       __syncthreads();
       if (pass == 0) stamp(p_, kMarkProj);
       float* partials = rank_partials + (rank * passes + pass) * stride;
-      stream_.run(l + pass, [&](int row, float sum) {
-        dsmem_store_counted(partials + (row - row0), 0, sum, exchange(kProjReceived));
-      });
+      const JobList& list = lists_[l + pass];
+      stream_.run(
+          l + pass, [&](int row, float sum) { dsmem_store_counted(partials + (row - row0), 0, sum, exchange(kProjReceived)); },
+          [&](int k) {
+            if (partial()) slice_chunk<kO, kDown>(list, k);
+          });
     }
     if (rank != 0) return;
     if (threadIdx.x == 0) exchange(kProjReceived)->arrive_expect_tx(ranks > 1 ? ranks * passes * rows * 4 : 0);

@@ -118,6 +118,10 @@ struct DecoderLayerParams {
   int qkv_chunks;
   float eps;
   int write_planned_lists;
+  // Partial dependencies of split mode's proj_residual launches (bench/NOTES.md v77), nullptr: they wait for the whole
+  // previous kernel. [hidden / 256] counts of attn's values written per 256-column chunk, [ffn / 256] of act's, then the
+  // arrivals of the launch that reads attn and of the one that reads act alone; all 0 between launches.
+  unsigned* chunks_ready;
 };
 
 __host__ __device__ constexpr std::size_t align_up(std::size_t n, std::size_t a) { return (n + a - 1) / a * a; }

@@ -119,9 +119,14 @@ class WarpStream {
   }
 
   // Runs list `l` (the list the consumer has reached) on the whole block, then calls epilogue(row, value)
-  // once per output row, from one thread each. Starts and ends with every thread of the block in step.
+  // once per output row, from one thread each. Starts and ends with every thread of the block in step. Before a warp
+  // reads the vector of box k, it calls gate(k) (every lane): where the vector arrives in pieces (bench/NOTES.md v77).
   template <class Epilogue>
   __device__ void run(int l, Epilogue&& epilogue) {
+    run(l, epilogue, [](int) {});
+  }
+  template <class Epilogue, class Gate>
+  __device__ void run(int l, Epilogue&& epilogue, Gate&& gate) {
     const JobList& list = lists_[l];
     for (int i = first_item(list); i < list.items(); i += kWarps) {
       const int chunk = i % list.chunks;
@@ -134,6 +139,7 @@ class WarpStream {
         box_stamp(consumed_, 1);
         bars_[slot].wait((consumed_ / kStages) & 1);
         box_stamp(consumed_, 2);
+        gate(k);
         accumulate_box(ring_ + slot * kBoxBytes, vec, acc);
         __syncwarp();  // every lane has read the slot before it is refilled
         ++consumed_;
