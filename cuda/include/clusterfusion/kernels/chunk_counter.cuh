@@ -10,11 +10,17 @@ __device__ __forceinline__ void add_release(unsigned* counter, unsigned n) {
   asm volatile("red.release.gpu.global.add.u32 [%0], %1;" ::"l"(counter), "r"(n) : "memory");
 }
 
+// Polls with a pause between tries (CF_POLL_PAUSE_NS, 0: none), so that waiting warps stay out of the memory's queues.
+#ifndef CF_POLL_PAUSE_NS
+#define CF_POLL_PAUSE_NS 0
+#endif
 __device__ __forceinline__ void wait_count(const unsigned* counter, unsigned complete) {
   unsigned seen;
-  do {
+  for (;;) {
     asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(counter) : "memory");
-  } while (seen != complete);
+    if (seen == complete) return;
+    if constexpr (CF_POLL_PAUSE_NS > 0) __nanosleep(CF_POLL_PAUSE_NS);
+  }
 }
 
 // Returns the count before this arrival; acq_rel: the arrival follows the caller's reads, and the last arriver sees
