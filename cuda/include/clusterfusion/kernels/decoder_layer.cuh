@@ -30,6 +30,11 @@ namespace clusterfusion::kernels {
 // Splits `units` work units over `parts` as evenly as possible; part i gets [begin(i), begin(i+1)).
 __device__ __forceinline__ int split_begin(int units, int parts, int i) { return units * i / parts; }
 
+// v77's A/B: 1 keeps the wait of a launch that reads its inputs in chunks (the chunks' copies without the early start).
+#ifndef CF_PARTIAL_KEEP_WAIT
+#define CF_PARTIAL_KEEP_WAIT 0
+#endif
+
 // The position of the new token: a launch parameter, or device memory written by an earlier kernel of the step
 // (read through L2: it changes between launches).
 __device__ __forceinline__ int step_position(const DecoderLayerParams& p) {
@@ -426,7 +431,7 @@ class LayerBlock {
       if (threadIdx.x < p_.rotary_dims / 2) rotation_ = {position_, inv_freq_};
     }
     // A launch that starts with proj_residual and reads its inputs in chunks waits for their producers instead.
-    if (kFirstNorms || !partial()) wait_for_previous_kernel();
+    if (kFirstNorms || !partial() || CF_PARTIAL_KEEP_WAIT) wait_for_previous_kernel();
     stamp(p_, kMarkWaited);
     run_phase<kFirst>();
     stamp(p_, kMarkEnd);
