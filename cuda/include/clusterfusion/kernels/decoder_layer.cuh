@@ -678,9 +678,13 @@ class LayerBlock {
     const int attn_chunks = p_.hidden / kBoxCols;
     return chunk < attn_chunks ? p_.attn + chunk * kBoxCols : p_.act + (chunk - attn_chunks) * kBoxCols;
   }
-  // The block's slice state in the scratch words: a bit per loaded box of the slice, then their count.
+  // The block's slice state in the scratch words: a bit per loaded box of the slice, a bit per claimed one (a warp
+  // copies it), then the loaded count.
   __device__ unsigned* slice_state() const { return reinterpret_cast<unsigned*>(scratch()); }
   static constexpr int kSliceMaskWords = 8;
+  __device__ bool slice_bit(int word0, int j) const {
+    return *reinterpret_cast<volatile unsigned*>(slice_state() + word0 + j / 32) & (1u << (j % 32));
+  }
 
   // Thread 0, once the block has read its last chunk (or has none): the launch's last consumer returns every chunk it
   // reads, and the arrivals, to 0.
@@ -701,33 +705,73 @@ class LayerBlock {
     __syncthreads();
   }
 
-  // The gate of proj_residual's stream (every lane of a warp): box k's part of the slice, copied from attn | act by the
-  // first warp that needs it, once its chunk is complete.
+  // The gate of proj_residual's stream (every lane of a warp): box k's part of the slice, once its chunk is complete
+  // and copied. A warp that needs a box nobody copies yet copies every complete one from there on (fetch_chunks).
   template <bool kO, bool kDown>
   __device__ void slice_chunk(const JobList& list, int k) const {
-    unsigned* state = slice_state();
     const int j = k - list.box_begin;
-    const unsigned bit = 1u << (j % 32);
-    if (*reinterpret_cast<volatile unsigned*>(state + j / 32) & bit) {
-      __threadfence_block();
+    while (!slice_bit(0, j)) {
+      if (!slice_bit(kSliceMaskWords, j)) {
+        fetch_chunks<kO, kDown>(list, j);
+      } else if constexpr (CF_POLL_PAUSE_NS > 0) {
+        __nanosleep(CF_POLL_PAUSE_NS);
+      }
+    }
+    __threadfence_block();
+  }
+
+  // Every lane of a warp: lane i asks whether slice box j0 + i is complete (one round trip for 32 boxes), the warp
+  // claims the complete ones no other warp has claimed and copies them, up to kCopyChunks per round trip.
+  static constexpr int kCopyChunks = 4;
+  template <bool kO, bool kDown>
+  __device__ void fetch_chunks(const JobList& list, int j0) const {
+    unsigned* state = slice_state();
+    const int n = list.box_end - list.box_begin, lane = threadIdx.x % 32, j = j0 + lane;
+    bool mine = false;
+    if (j < n && !slice_bit(kSliceMaskWords, j)) {
+      unsigned seen;
+      const unsigned* counter = p_.chunks_ready + proj_chunk<kO>(list, list.box_begin + j);
+      asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(counter) : "memory");
+      mine = seen == kBoxCols && !(atomicOr(state + kSliceMaskWords + j / 32, 1u << (j % 32)) & (1u << (j % 32)));
+    }
+    unsigned claimed = __ballot_sync(~0u, mine);
+    __syncwarp();
+    if (claimed == 0) {
+      if constexpr (CF_POLL_PAUSE_NS > 0) __nanosleep(CF_POLL_PAUSE_NS);
       return;
     }
-    const int chunk = proj_chunk<kO>(list, k), lane = threadIdx.x % 32;
-    if (lane == 0) wait_count(p_.chunks_ready + chunk, kBoxCols);
-    __syncwarp();
-    const float4* src = reinterpret_cast<const float4*>(chunk_source(chunk));
-    float4* dst = reinterpret_cast<float4*>(vec(layout_.proj_slice) + j * kBoxCols);
-    const float4 a = __ldcg(src + 2 * lane), b = __ldcg(src + 2 * lane + 1);
-    dst[2 * lane] = a;
-    dst[2 * lane + 1] = b;
-    __syncwarp();
-    if (lane == 0) {
-      __threadfence_block();
-      const unsigned before = atomicOr(state + j / 32, bit);
-      const unsigned boxes = list.box_end - list.box_begin;
-      if (!(before & bit) && atomicAdd(state + kSliceMaskWords, 1u) + 1 == boxes) arrive_consumed<kO, kDown>();
+    float* slice = vec(layout_.proj_slice);
+    while (claimed != 0) {
+      int js[kCopyChunks], count = 0;
+      for (; count < kCopyChunks && claimed != 0; ++count) {
+        js[count] = j0 + __ffs(claimed) - 1;
+        claimed &= claimed - 1;
+      }
+      float4 v[2 * kCopyChunks];
+#pragma unroll
+      for (int c = 0; c < kCopyChunks; ++c) {
+        if (c < count) {
+          const float4* src = reinterpret_cast<const float4*>(chunk_source(proj_chunk<kO>(list, list.box_begin + js[c])));
+          v[2 * c] = __ldcg(src + 2 * lane);
+          v[2 * c + 1] = __ldcg(src + 2 * lane + 1);
+        }
+      }
+#pragma unroll
+      for (int c = 0; c < kCopyChunks; ++c) {
+        if (c < count) {
+          float4* dst = reinterpret_cast<float4*>(slice + js[c] * kBoxCols);
+          dst[2 * lane] = v[2 * c];
+          dst[2 * lane + 1] = v[2 * c + 1];
+        }
+      }
+      __syncwarp();
+      if (lane < count) {
+        __threadfence_block();
+        atomicOr(state + js[lane] / 32, 1u << (js[lane] % 32));
+        if (atomicAdd(state + 2 * kSliceMaskWords, 1u) + 1 == unsigned(n)) arrive_consumed<kO, kDown>();
+      }
+      __syncwarp();
     }
-    __syncwarp();
   }
 
   // Copies the slice of the vector that proj_residual's list `list` reads into proj_slice: its boxes
@@ -759,7 +803,7 @@ class LayerBlock {
       // The plan reads inputs in chunks only where one pass holds the slice, of at most a mask's boxes.
       if (passes != 1 || lists_[l].box_end - lists_[l].box_begin > 32 * kSliceMaskWords) __trap();
       const JobList& list = lists_[l];
-      if (threadIdx.x <= kSliceMaskWords) slice_state()[threadIdx.x] = 0;
+      if (threadIdx.x <= 2 * kSliceMaskWords) slice_state()[threadIdx.x] = 0;
       if (threadIdx.x == 0 && (list.jobs == 0 || list.box_end == list.box_begin)) arrive_consumed<kO, kDown>();
     }
     for (int pass = 0; pass < passes; ++pass) {
