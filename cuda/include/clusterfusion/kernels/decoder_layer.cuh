@@ -34,6 +34,10 @@ __device__ __forceinline__ int split_begin(int units, int parts, int i) { return
 #ifndef CF_PARTIAL_KEEP_WAIT
 #define CF_PARTIAL_KEEP_WAIT 0
 #endif
+// 1: the gate reads a loaded box's bit as a volatile load and fences (v77b); 0: one acquire load at block scope.
+#ifndef CF_GATE_FENCE
+#define CF_GATE_FENCE 0
+#endif
 
 // The position of the new token: a launch parameter, or device memory written by an earlier kernel of the step
 // (read through L2: it changes between launches).
@@ -685,6 +689,15 @@ class LayerBlock {
   __device__ bool slice_bit(int word0, int j) const {
     return *reinterpret_cast<volatile unsigned*>(slice_state() + word0 + j / 32) & (1u << (j % 32));
   }
+  // The loaded bit of slice box j, read with acquire at block scope: the copy it announces is visible after it.
+  __device__ bool slice_loaded(int j) const {
+    unsigned word;
+    asm volatile("ld.acquire.cta.shared::cta.u32 %0, [%1];"
+                 : "=r"(word)
+                 : "r"(smem_addr(slice_state() + j / 32))
+                 : "memory");
+    return word & (1u << (j % 32));
+  }
 
   // Thread 0, once the block has read its last chunk (or has none): the launch's last consumer returns every chunk it
   // reads, and the arrivals, to 0.
@@ -710,6 +723,7 @@ class LayerBlock {
   template <bool kO, bool kDown>
   __device__ void slice_chunk(const JobList& list, int k) const {
     const int j = k - list.box_begin;
+    if (!CF_GATE_FENCE && slice_loaded(j)) return;
     while (!slice_bit(0, j)) {
       if (!slice_bit(kSliceMaskWords, j)) {
         fetch_chunks<kO, kDown>(list, j);
