@@ -29,6 +29,10 @@ namespace clusterfusion::kernels {
 // Splits `units` work units over `parts` as evenly as possible; part i gets [begin(i), begin(i+1)).
 __device__ __forceinline__ int split_begin(int units, int parts, int i) { return units * i / parts; }
 
+#ifndef CF_LATE_PROJ_BLOCKS
+#define CF_LATE_PROJ_BLOCKS 0
+#endif
+
 // The position of the new token: a launch parameter, or device memory written by an earlier kernel of the step
 // (read through L2: it changes between launches).
 __device__ __forceinline__ int step_position(const DecoderLayerParams& p) {
@@ -384,7 +388,7 @@ class LayerBlock {
     prefetch_constants();
     stream_.start();
     if (prime_early()) {
-      stream_.prime(kFirstNorms ? kEarlyStages : kStages);
+      stream_.prime(kFirstNorms ? kEarlyStages : late_proj_block() ? 1 : kStages);
       stamp(p, kMarkPrimed);
     }
   }
@@ -446,6 +450,12 @@ class LayerBlock {
   }
   static constexpr bool kChunkLoop = chunk_loop();
   __device__ bool prime_early() const { return p_.overlap_previous || !kFirstNorms; }
+  // v78 (A/B): the last CF_LATE_PROJ_BLOCKS blocks of an overlapped launch that starts with proj_residual, the ones that
+  // enter as the previous kernel's last blocks leave, prime one box per warp before the wait and the rest once their
+  // slice of the vector is in, so that its loads are not behind their ring fill.
+  __device__ bool late_proj_block() const {
+    return !kFirstNorms && p_.overlap_previous && int(blockIdx.x) >= int(gridDim.x) - CF_LATE_PROJ_BLOCKS;
+  }
 
   template <int kPhase>
   __device__ void run_phase() {
@@ -668,6 +678,7 @@ class LayerBlock {
     const int stride = layout_.rows_per_cluster, passes = layout_.proj_passes;
     for (int pass = 0; pass < passes; ++pass) {
       load_proj_slice<kO, kDown>(lists_[l + pass]);
+      if (pass == 0 && late_proj_block()) stream_.prime(kStages - 1);
       __syncthreads();
       if (pass == 0) stamp(p_, kMarkProj);
       float* partials = rank_partials + (rank * passes + pass) * stride;
