@@ -351,6 +351,31 @@ int main(int argc, char** argv) {
         }
         std::printf("  (all | other clusters)\n");
       }
+      // What balancing inside each cluster without a head could take off the launch's end (bench/NOTES.md v79): if its
+      // blocks shared their remaining rows, they would end near the mean of their ends.
+      if (ranks > 1 && kernels > 1) {
+        double block_end = 0, pair_end = 0, head_end = 0, sx = 0, sy = 0, sxx = 0, syy = 0, sxy = 0;
+        int n = 0;
+        const auto at = [&](int b) { return (double(tk[b * kStride + kMarks - 1]) - double(t0)) * 1e-3; };
+        for (int b = 0; b < std::min(head_blocks, plan.phase_grids[k].blocks); ++b)
+          if (tk[b * kStride + kMarks - 1] != 0) head_end = std::max(head_end, at(b));
+        for (int c = head_blocks / ranks; c < plan.phase_grids[k].blocks / ranks; ++c) {
+          double mean = 0;
+          for (int r = 0; r < ranks; ++r) {
+            block_end = std::max(block_end, at(c * ranks + r));
+            mean += at(c * ranks + r) / ranks;
+          }
+          pair_end = std::max(pair_end, mean);
+          const double e0 = at(c * ranks), e1 = at(c * ranks + 1);
+          sx += e0, sy += e1, sxx += e0 * e0, syy += e1 * e1, sxy += e0 * e1, ++n;
+        }
+        if (n > 1) {
+          const double cov = sxy / n - sx * sy / n / n, v0 = sxx / n - sx * sx / n / n, v1 = syy / n - sy * sy / n / n;
+          std::printf("    clusters without a head: %d; r(rank 0, rank 1) of their ends %.2f; last end %.2f, with each "
+                      "cluster's ranks ending at their mean %.2f (head clusters' last %.2f)\n",
+                      n, cov / std::sqrt(v0 * v1 + 1e-30), block_end, pair_end, head_end);
+        }
+      }
       // The block that ends last, beside the other blocks of its cluster: every stage it reached.
       int last = 0;
       for (int b = 0; b < plan.blocks; ++b)
