@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -374,6 +375,35 @@ int main(int argc, char** argv) {
           std::printf("    clusters without a head: %d; r(rank 0, rank 1) of their ends %.2f; last end %.2f, with each "
                       "cluster's ranks ending at their mean %.2f (head clusters' last %.2f)\n",
                       n, cov / std::sqrt(v0 * v1 + 1e-30), block_end, pair_end, head_end);
+        }
+      }
+      // The norm's latency, input loads issued to normed (bench/NOTES.md v80): its spread over the blocks, and how much
+      // of a block's lateness at the end it explains (r between the two over the blocks).
+      {
+        std::vector<double> norm, end;
+        const auto mark = [](const char* name) {
+          return int(std::find_if(std::begin(kMarkNames), std::end(kMarkNames),
+                                  [&](const char* m) { return std::string(m) == name; }) - std::begin(kMarkNames));
+        };
+        const int input = mark("input"), normed_at = mark("normed");
+        for (int b = 0; b < (kernels > 1 ? plan.phase_grids[k].blocks : plan.blocks); ++b) {
+          const unsigned long long in = tk[b * kStride + input], normed = tk[b * kStride + normed_at],
+                                   e = tk[b * kStride + kMarks - 1];
+          if (in != 0 && normed != 0 && e != 0) {
+            norm.push_back((double(normed) - double(in)) * 1e-3);
+            end.push_back((double(e) - double(t0)) * 1e-3);
+          }
+        }
+        if (norm.size() > 1) {
+          double sx = 0, sy = 0, sxx = 0, syy = 0, sxy = 0;
+          const double n = double(norm.size());
+          for (std::size_t i = 0; i < norm.size(); ++i)
+            sx += norm[i], sy += end[i], sxx += norm[i] * norm[i], syy += end[i] * end[i], sxy += norm[i] * end[i];
+          const double r = (sxy / n - sx * sy / n / n) / std::sqrt((sxx / n - sx * sx / n / n) * (syy / n - sy * sy / n / n) + 1e-30);
+          std::vector<double> sorted = norm;
+          std::sort(sorted.begin(), sorted.end());
+          std::printf("    input to normed: min %.2f median %.2f p90 %.2f max %.2f us; r with the block's end %.2f\n",
+                      sorted.front(), sorted[sorted.size() / 2], sorted[sorted.size() * 9 / 10], sorted.back(), r);
         }
       }
       // The block that ends last, beside the other blocks of its cluster: every stage it reached.
