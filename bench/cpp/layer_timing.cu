@@ -406,6 +406,16 @@ int main(int argc, char** argv) {
                       sorted.front(), sorted[sorted.size() / 2], sorted[sorted.size() * 9 / 10], sorted.back(), r);
         }
       }
+      // With CF_TIMELINE_BLOCKS set: every block's marks (bench/NOTES.md v80), one line each.
+      if (std::getenv("CF_TIMELINE_BLOCKS") != nullptr) {
+        for (int b = 0; b < (kernels > 1 ? plan.phase_grids[k].blocks : plan.blocks); ++b) {
+          std::printf("      block %3d:", b);
+          for (int m = 0; m < kMarks; ++m)
+            if (tk[b * kStride + m] != 0)
+              std::printf(" %s %.2f,", kMarkNames[m], (double(tk[b * kStride + m]) - double(t0)) * 1e-3);
+          std::printf("\n");
+        }
+      }
       // The block that ends last, beside the other blocks of its cluster: every stage it reached.
       int last = 0;
       for (int b = 0; b < plan.blocks; ++b)
