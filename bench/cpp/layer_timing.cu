@@ -101,6 +101,16 @@ float time_graph_ms(cudaGraphExec_t exec, cudaStream_t stream, int iters) {
   return ms[ms.size() / 2];
 }
 
+// Pearson's r of two equally long series.
+double pearson(const std::vector<double>& x, const std::vector<double>& y) {
+  const double n = double(x.size());
+  double sx = 0, sy = 0, sxx = 0, syy = 0, sxy = 0;
+  for (std::size_t i = 0; i < x.size(); ++i)
+    sx += x[i], sy += y[i], sxx += x[i] * x[i], syy += y[i] * y[i], sxy += x[i] * y[i];
+  const double cov = sxy / n - sx * sy / n / n;
+  return cov / std::sqrt((sxx / n - sx * sx / n / n) * (syy / n - sy * sy / n / n) + 1e-30);
+}
+
 constexpr int kMarks = cf::kernels::kTimelineMarks;
 constexpr int kStride = cf::kernels::kTimelineStride;  // stamps per block: the marks, then any box stamps
 // In the order of kernels::TimelineMark (decoder_layer.cuh).
@@ -352,67 +362,59 @@ int main(int argc, char** argv) {
         }
         std::printf("  (all | other clusters)\n");
       }
+      const int launch_blocks = kernels > 1 ? plan.phase_grids[k].blocks : plan.blocks;
+      const auto us = [&](int b, int m) { return (double(tk[b * kStride + m]) - double(t0)) * 1e-3; };
       // What balancing inside each cluster without a head could take off the launch's end (bench/NOTES.md v79): if its
       // blocks shared their remaining rows, they would end near the mean of their ends.
       if (ranks > 1 && kernels > 1) {
-        double block_end = 0, pair_end = 0, head_end = 0, sx = 0, sy = 0, sxx = 0, syy = 0, sxy = 0;
-        int n = 0;
-        const auto at = [&](int b) { return (double(tk[b * kStride + kMarks - 1]) - double(t0)) * 1e-3; };
-        for (int b = 0; b < std::min(head_blocks, plan.phase_grids[k].blocks); ++b)
-          if (tk[b * kStride + kMarks - 1] != 0) head_end = std::max(head_end, at(b));
-        for (int c = head_blocks / ranks; c < plan.phase_grids[k].blocks / ranks; ++c) {
+        double block_end = 0, pair_end = 0, head_end = 0;
+        std::vector<double> rank0, rank1;
+        for (int b = 0; b < std::min(head_blocks, launch_blocks); ++b)
+          if (tk[b * kStride + kMarks - 1] != 0) head_end = std::max(head_end, us(b, kMarks - 1));
+        for (int c = head_blocks / ranks; c < launch_blocks / ranks; ++c) {
           double mean = 0;
           for (int r = 0; r < ranks; ++r) {
-            block_end = std::max(block_end, at(c * ranks + r));
-            mean += at(c * ranks + r) / ranks;
+            block_end = std::max(block_end, us(c * ranks + r, kMarks - 1));
+            mean += us(c * ranks + r, kMarks - 1) / ranks;
           }
           pair_end = std::max(pair_end, mean);
-          const double e0 = at(c * ranks), e1 = at(c * ranks + 1);
-          sx += e0, sy += e1, sxx += e0 * e0, syy += e1 * e1, sxy += e0 * e1, ++n;
+          rank0.push_back(us(c * ranks, kMarks - 1));
+          rank1.push_back(us(c * ranks + 1, kMarks - 1));
         }
-        if (n > 1) {
-          const double cov = sxy / n - sx * sy / n / n, v0 = sxx / n - sx * sx / n / n, v1 = syy / n - sy * sy / n / n;
+        if (rank0.size() > 1)
           std::printf("    clusters without a head: %d; r(rank 0, rank 1) of their ends %.2f; last end %.2f, with each "
                       "cluster's ranks ending at their mean %.2f (head clusters' last %.2f)\n",
-                      n, cov / std::sqrt(v0 * v1 + 1e-30), block_end, pair_end, head_end);
-        }
+                      int(rank0.size()), pearson(rank0, rank1), block_end, pair_end, head_end);
       }
       // The norm's latency, input loads issued to normed (bench/NOTES.md v80): its spread over the blocks, and how much
       // of a block's lateness at the end it explains (r between the two over the blocks).
       {
-        std::vector<double> norm, end;
         const auto mark = [](const char* name) {
           return int(std::find_if(std::begin(kMarkNames), std::end(kMarkNames),
                                   [&](const char* m) { return std::string(m) == name; }) - std::begin(kMarkNames));
         };
-        const int input = mark("input"), normed_at = mark("normed");
-        for (int b = 0; b < (kernels > 1 ? plan.phase_grids[k].blocks : plan.blocks); ++b) {
-          const unsigned long long in = tk[b * kStride + input], normed = tk[b * kStride + normed_at],
-                                   e = tk[b * kStride + kMarks - 1];
-          if (in != 0 && normed != 0 && e != 0) {
-            norm.push_back((double(normed) - double(in)) * 1e-3);
-            end.push_back((double(e) - double(t0)) * 1e-3);
+        const int input = mark("input"), normed = mark("normed");
+        std::vector<double> norm, end;
+        for (int b = 0; b < launch_blocks; ++b) {
+          if (tk[b * kStride + input] != 0 && tk[b * kStride + normed] != 0 && tk[b * kStride + kMarks - 1] != 0) {
+            norm.push_back(us(b, normed) - us(b, input));
+            end.push_back(us(b, kMarks - 1));
           }
         }
         if (norm.size() > 1) {
-          double sx = 0, sy = 0, sxx = 0, syy = 0, sxy = 0;
-          const double n = double(norm.size());
-          for (std::size_t i = 0; i < norm.size(); ++i)
-            sx += norm[i], sy += end[i], sxx += norm[i] * norm[i], syy += end[i] * end[i], sxy += norm[i] * end[i];
-          const double r = (sxy / n - sx * sy / n / n) / std::sqrt((sxx / n - sx * sx / n / n) * (syy / n - sy * sy / n / n) + 1e-30);
           std::vector<double> sorted = norm;
           std::sort(sorted.begin(), sorted.end());
           std::printf("    input to normed: min %.2f median %.2f p90 %.2f max %.2f us; r with the block's end %.2f\n",
-                      sorted.front(), sorted[sorted.size() / 2], sorted[sorted.size() * 9 / 10], sorted.back(), r);
+                      sorted.front(), sorted[sorted.size() / 2], sorted[sorted.size() * 9 / 10], sorted.back(),
+                      pearson(norm, end));
         }
       }
       // With CF_TIMELINE_BLOCKS set: every block's marks (bench/NOTES.md v80), one line each.
       if (std::getenv("CF_TIMELINE_BLOCKS") != nullptr) {
-        for (int b = 0; b < (kernels > 1 ? plan.phase_grids[k].blocks : plan.blocks); ++b) {
+        for (int b = 0; b < launch_blocks; ++b) {
           std::printf("      block %3d:", b);
           for (int m = 0; m < kMarks; ++m)
-            if (tk[b * kStride + m] != 0)
-              std::printf(" %s %.2f,", kMarkNames[m], (double(tk[b * kStride + m]) - double(t0)) * 1e-3);
+            if (tk[b * kStride + m] != 0) std::printf(" %s %.2f,", kMarkNames[m], us(b, m));
           std::printf("\n");
         }
       }
