@@ -325,8 +325,9 @@ int main(int argc, char** argv) {
                 "  of head clusters | of the other clusters\n", cf::layer_mode_name(mode));
     for (int k = 0; k < kernels; ++k) {
       if (kernels > 1)
-        std::printf("    %s kernel, %d clusters of %d\n", phases[k].c_str(),
-                    plan.phase_grids[k].blocks / plan.phase_grids[k].cluster_size, plan.phase_grids[k].cluster_size);
+        std::printf("    %s kernel, %d clusters of %d, %zu B of shared memory per block\n", phases[k].c_str(),
+                    plan.phase_grids[k].blocks / plan.phase_grids[k].cluster_size, plan.phase_grids[k].cluster_size,
+                    plan.phase_grids[k].smem);
       const int ranks = kernels > 1 ? plan.phase_grids[k].cluster_size : plan.cluster_size;
       const int head_blocks = config.heads * ranks;
       const unsigned long long* tk = t.data() + std::size_t(k) * plan.blocks * kStride;

@@ -71,7 +71,7 @@ LayerLaunchPlan plan_layer(const ModelConfig& c, int max_seq) {
   LayerLaunchPlan plan;
   plan.threads = kernels::kThreads;
   for (int n = kMaxClusterSize; n >= 1; --n) {
-    if (n > units) continue;
+    if (n > units || (kernels::kBlocksPerSm > 1 && n != 2)) continue;
     // Shared memory shrinks as clusters grow (fewer output rows each): bound it at the fewest admissible
     // clusters, one per head, for the occupancy query.
     const std::size_t smem_bound = kernels::layer_smem(shape, 0, phases - 1, n, c.heads, n);
@@ -96,6 +96,24 @@ LayerLaunchPlan plan_layer(const ModelConfig& c, int max_seq) {
                                   " available");
     }
     fill(plan, 1, c.heads, 1);
+    return plan;
+  }
+  if (kernels::kBlocksPerSm > 1) {
+    // v81: launches alternate between more and less than half an SM's shared memory, so that each SM holds one block
+    // of the running launch and one of the next, never two of one launch.
+    const std::size_t sm = prop.sharedMemPerMultiprocessor, reserved = prop.reservedSharedMemPerBlock;
+    const std::size_t big = sm / 2 - reserved + 16;
+    // CF_CORESIDENT=2: the same plan with every launch over half, so one block per SM (the control of the A/B).
+    const int step = CF_CORESIDENT == 2 ? 1 : 2;
+    for (int i = 0; i < phases; i += step) plan.phase_grids[i].smem = std::max(plan.phase_grids[i].smem, big);
+    for (int i = 0; i < phases && step == 2; ++i) {
+      const std::size_t pair = plan.phase_grids[i].smem + plan.phase_grids[(i + 1) % phases].smem + 2 * reserved;
+      const std::size_t three = plan.phase_grids[i & ~1].smem + 2 * plan.phase_grids[i | 1].smem + 3 * reserved;
+      if (phases % 2 != 0 || plan.phase_grids[i].cluster_size != 2 || pair > sm || three <= sm ||
+          plan.phase_grids[i | 1].smem >= big)
+        throw std::invalid_argument("CF_CORESIDENT: phase " + std::to_string(i) + " does not pair (" +
+                                    std::to_string(plan.phase_grids[i].smem) + " bytes)");
+    }
     return plan;
   }
   // A phase with no rows beyond the heads' (Llama's norm_qkv_rope_attend) leaves the other clusters idle while the

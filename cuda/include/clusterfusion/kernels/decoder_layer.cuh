@@ -709,7 +709,7 @@ namespace clusterfusion::kernels {
 
 // Phases kFirst..kLast of one decoder layer for one new token; one block per SM, clusters of cluster_size.
 template <class Model, int kHeadDim, int kFirst, int kLast>
-__global__ void __launch_bounds__(kThreads, 1) decoder_layer_kernel(const __grid_constant__ DecoderLayerParams p) {
+__global__ void __launch_bounds__(kThreads, kBlocksPerSm) decoder_layer_kernel(const __grid_constant__ DecoderLayerParams p) {
   extern __shared__ __align__(128) unsigned char smem[];
   using Block = LayerBlock<Model, kHeadDim, kFirst, kLast>;
   if constexpr (Block::kPlanned) {

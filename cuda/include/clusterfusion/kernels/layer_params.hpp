@@ -27,6 +27,12 @@ constexpr int kBoxBytes = kBoxRows * kBoxCols * 2;
 constexpr int kWarps = CF_WARPS;
 constexpr int kThreads = kWarps * 32;
 constexpr int kStages = CF_STAGES;  // boxes in flight per warp: 16 warps x 2 x 4 KB = 128 KB per SM
+// Bench knob (bench/NOTES.md v81): two blocks per SM, the running launch's and the next one's, so that the next
+// launch's blocks enter, plan and prime while the running one streams. Needs kThreads * registers <= half the file.
+#ifndef CF_CORESIDENT
+#define CF_CORESIDENT 0
+#endif
+constexpr int kBlocksPerSm = CF_CORESIDENT ? 2 : 1;
 constexpr int kLnVecs = 2;  // 16-byte vectors of the layer input per thread: hidden <= kLnVecs * 8 * kThreads
 // Cache rows in flight per thread in the attention (DecodeAttention's tile: kUnroll positions per thread): 9 puts
 // a block's chunk at ctx 512 (257 positions) in one tile at head_dim 128 (32 positions side by side); the sums do
