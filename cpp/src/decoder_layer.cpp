@@ -107,14 +107,8 @@ DecoderLayer::~DecoderLayer() {
 // Every launch whose job lists do not depend on the position gets them from a table written here once, by a planning
 // launch of its kernel on its grid, instead of building them at entry (bench/NOTES.md v55).
 void DecoderLayer::plan_job_lists() {
-  const kernels::LayerModel model = layer_model(config_.arch);
-  const int phases = static_cast<int>(plan_.phase_grids.size());
-  std::vector<std::size_t> bytes(down_residual_launch() + 1, 0);
-  for (int i = 0; i < phases; ++i) bytes[i] = kernels::planned_lists_bytes(model, i, i, plan_.phase_grids[i].blocks);
-  if (plan_.cooperative_supported)
-    bytes[cooperative_launch()] = kernels::planned_lists_bytes(model, 0, phases - 1, plan_.blocks);
-  if (model == kernels::LayerModel::GptNeoX)
-    bytes[down_residual_launch()] = kernels::down_residual_planned_lists_bytes(plan_.blocks);
+  std::vector<std::size_t> bytes(down_residual_launch() + 1);
+  for (int i = 0; i < static_cast<int>(bytes.size()); ++i) bytes[i] = planned_lists_bytes(i);
   planned_offsets_.assign(bytes.size(), SIZE_MAX);
   std::size_t total = 0;
   for (std::size_t i = 0; i < bytes.size(); ++i) {
@@ -130,25 +124,40 @@ void DecoderLayer::plan_job_lists() {
   launch_planning(p, planned_lists_);
 }
 
+DecoderLayer::PlannedLaunch DecoderLayer::planned_launch(int launch) const {
+  if (launch == down_residual_launch()) return {0, 0, true};
+  if (launch == cooperative_launch()) return {0, cooperative_launch() - 1, false};
+  return {launch, launch, false};
+}
+
+std::size_t DecoderLayer::planned_lists_bytes(int launch) const {
+  const kernels::LayerModel model = layer_model(config_.arch);
+  const PlannedLaunch l = planned_launch(launch);
+  if (l.down_residual)
+    return model == kernels::LayerModel::GptNeoX ? kernels::down_residual_planned_lists_bytes(plan_.blocks) : 0;
+  if (l.first != l.last && !plan_.cooperative_supported) return 0;
+  return kernels::planned_lists_bytes(model, l.first, l.last, layer_grid(l.first, l.last).blocks);
+}
+
 // The planning launches of p's step (its position and cache length) into `table`, laid out as planned_lists_.
 void DecoderLayer::launch_planning(kernels::DecoderLayerParams p, unsigned char* table) const {
   const kernels::LayerModel model = layer_model(config_.arch);
-  const int phases = static_cast<int>(plan_.phase_grids.size());
   const kernels::LayerShape shape = layer_shape(config_, max_seq_);
   p.write_planned_lists = 1;
   for (int i = 0; i < static_cast<int>(planned_offsets_.size()); ++i) {
     if (planned_offsets_[i] == SIZE_MAX) continue;
     p.planned_lists = table + planned_offsets_[i];
+    const PlannedLaunch l = planned_launch(i);
     std::string what = "planning launch " + std::to_string(i);
     cudaError_t launched;
-    if (i == down_residual_launch()) {
+    if (l.down_residual) {
       what += " (down_residual)";
       launched = kernels::launch_down_residual(p, down_residual_grid(), nullptr);
     } else {
-      const int first = i < phases ? i : 0, last = i < phases ? i : phases - 1;
-      what += first == last ? " (phase " + std::to_string(first) + ": " + kernels::layer_phase_name(model, first) + ")"
-                            : " (phases 0.." + std::to_string(last) + ": cooperative mode)";
-      launched = kernels::launch_decoder_layer(p, shape, first, last, layer_grid(first, last), nullptr);
+      what += l.first == l.last
+                  ? " (phase " + std::to_string(l.first) + ": " + kernels::layer_phase_name(model, l.first) + ")"
+                  : " (phases 0.." + std::to_string(l.last) + ": cooperative mode)";
+      launched = kernels::launch_decoder_layer(p, shape, l.first, l.last, layer_grid(l.first, l.last), nullptr);
     }
     // Waited for one by one: a fault is reported as the launch that made it, and launches on any stream may read
     // the table once this returns.

@@ -141,14 +141,21 @@ class DecoderLayer {
   kernels::LayerGrid layer_grid(int first, int last) const;  // phase first alone, or every phase (first < last)
   void launch(const kernels::DecoderLayerParams& p, int first, int last, cudaStream_t stream) const;
   void launch(const kernels::DecoderLayerParams& p, LayerMode mode, cudaStream_t stream) const;
+  // The launches whose job lists are planned, by index: split mode's phase i, cooperative_launch() (every phase),
+  // down_residual_launch() (GPT-NeoX's down projection alone).
+  struct PlannedLaunch {
+    int first, last;  // the layer kernel's phases, unless down_residual
+    bool down_residual;
+  };
+  PlannedLaunch planned_launch(int launch) const;
+  int cooperative_launch() const { return static_cast<int>(plan_.phase_grids.size()); }
+  int down_residual_launch() const { return cooperative_launch() + 1; }
+  std::size_t planned_lists_bytes(int launch) const;  // 0 where that launch builds its lists at entry or never runs
   void plan_job_lists();
   void launch_planning(kernels::DecoderLayerParams p, unsigned char* table) const;
   kernels::LayerGrid down_residual_grid() const;
-  // Launch i's planned job lists (split mode's phase i, cooperative_launch(), down_residual_launch()); nullptr where
-  // it builds them at entry.
+  // Launch i's planned job lists; nullptr where it builds them at entry.
   void* planned_lists(int launch) const;
-  int cooperative_launch() const { return static_cast<int>(plan_.phase_grids.size()); }
-  int down_residual_launch() const { return cooperative_launch() + 1; }
   ModelConfig config_;
   LayerWeights weights_;
   int max_seq_;
