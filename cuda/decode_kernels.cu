@@ -20,14 +20,21 @@ namespace {
 
 // A launch through the runtime call that returns the launch's own status. cudaGetLastError after <<<>>> would
 // also return, and clear, an error that other code left pending, and report it as this launch's.
+// overlap: programmatic dependent launch, the kernel starting while the previous one in the stream finishes (it
+// waits for that one before reading its results).
 template <typename... Params, typename... Args>
-cudaError_t launch(void (*kernel)(Params...), int blocks, int threads, std::size_t smem, cudaStream_t stream,
-                   Args&&... args) {
+cudaError_t launch(void (*kernel)(Params...), int blocks, int threads, std::size_t smem, bool overlap,
+                   cudaStream_t stream, Args&&... args) {
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(blocks);
   config.blockDim = dim3(threads);
   config.dynamicSmemBytes = smem;
   config.stream = stream;
+  cudaLaunchAttribute attr = {};
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = &attr;
+  config.numAttrs = overlap ? 1 : 0;
   return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
 }
 
@@ -79,28 +86,30 @@ cudaError_t launch_embedding(const __half* table, const int* tokens, const int* 
                              cudaStream_t stream) {
   constexpr int kThreads = 256;
   const int blocks = (hidden / 8 + kThreads - 1) / kThreads;
-  return launch(embedding_kernel, blocks, kThreads, 0, stream, table, tokens, position, out, hidden);
+  return launch(embedding_kernel, blocks, kThreads, 0, false, stream, table, tokens, position, out, hidden);
 }
 
-cudaError_t launch_final_norm_lm_head(const LmHeadArgs& a, const LmHeadPlan& plan, cudaStream_t stream) {
+cudaError_t launch_final_norm_lm_head(const LmHeadArgs& a, const LmHeadPlan& plan, bool overlap_previous,
+                                      cudaStream_t stream) {
   return with_norm(a.norm, [&](auto kernel) {
-    return launch(kernel, plan.blocks, kLmHeadThreads, plan.smem, stream, a.x, a.norm_weight, a.norm_bias, a.eps,
-                  a.lm_head, a.vocab, a.hidden, a.logits, a.partials);
+    return launch(kernel, plan.blocks, kLmHeadThreads, plan.smem, overlap_previous, stream, a.x, a.norm_weight,
+                  a.norm_bias, a.eps, a.lm_head, a.vocab, a.hidden, a.logits, a.partials);
   });
 }
 
 cudaError_t launch_select_token(const float* logits, int vocab, const ArgmaxPartial* partials, int num_partials,
-                                const TokenSelection& selection, int* position, int* tokens, cudaStream_t stream) {
-  return launch(select_token_kernel, 1, kSelectThreads, 0, stream, logits, vocab, partials, num_partials, selection,
-                position, tokens);
+                                const TokenSelection& selection, int* position, int* tokens, bool overlap_previous,
+                                cudaStream_t stream) {
+  return launch(select_token_kernel, 1, kSelectThreads, 0, overlap_previous, stream, logits, vocab, partials,
+                num_partials, selection, position, tokens);
 }
 
 cudaError_t launch_store_token(int* tokens, const int* position, int token, cudaStream_t stream) {
-  return launch(store_token_kernel, 1, 1, 0, stream, tokens, position, token);
+  return launch(store_token_kernel, 1, 1, 0, false, stream, tokens, position, token);
 }
 
 cudaError_t launch_store_int(int* dst, int value, cudaStream_t stream) {
-  return launch(store_int_kernel, 1, 1, 0, stream, dst, value);
+  return launch(store_int_kernel, 1, 1, 0, false, stream, dst, value);
 }
 
 }  // namespace clusterfusion::kernels

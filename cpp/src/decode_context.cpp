@@ -324,11 +324,11 @@ void DecodeContext::enqueue_kernels(cudaStream_t stream) {
                                  logits_,
                                  static_cast<kernels::ArgmaxPartial*>(partials_)};
   CF_CUDA_CHECK(
-      kernels::launch_final_norm_lm_head(head, kernels::LmHeadPlan{lm_head_blocks_, lm_head_smem_}, stream));
+      kernels::launch_final_norm_lm_head(head, kernels::LmHeadPlan{lm_head_blocks_, lm_head_smem_}, true, stream));
   // Last: it reads the step's position and then advances it.
   CF_CUDA_CHECK(kernels::launch_select_token(logits_, config_.vocab,
                                              static_cast<const kernels::ArgmaxPartial*>(partials_), lm_head_blocks_,
-                                             token_selection(sampling_), device_position_, tokens_, stream));
+                                             token_selection(sampling_), device_position_, tokens_, true, stream));
 }
 
 void DecodeContext::capture() {

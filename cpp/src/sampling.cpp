@@ -38,7 +38,7 @@ void select_token(const float* logits, int vocab, const SamplingParams& params, 
   if (logits == nullptr || position == nullptr || tokens == nullptr)
     throw std::invalid_argument("select_token: logits, position and tokens must be device pointers, got a null one");
   CF_CUDA_CHECK(kernels::launch_select_token(logits, vocab, nullptr, 0, token_selection(params), position, tokens,
-                                             stream));
+                                             false, stream));
 }
 
 }  // namespace clusterfusion

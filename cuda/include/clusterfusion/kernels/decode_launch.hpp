@@ -48,11 +48,15 @@ struct LmHeadArgs {
   float* logits;             // [vocab]
   ArgmaxPartial* partials;   // [plan.blocks]
 };
-cudaError_t launch_final_norm_lm_head(const LmHeadArgs& args, const LmHeadPlan& plan, cudaStream_t stream);
+// overlap_previous: started while the previous kernel in the stream (the last layer) finishes.
+cudaError_t launch_final_norm_lm_head(const LmHeadArgs& args, const LmHeadPlan& plan, bool overlap_previous,
+                                      cudaStream_t stream);
 
 // Reads p = *position, writes tokens[p + 1], sets *position = p + 1. partials may be null (argmax over logits).
+// overlap_previous: started while the previous kernel in the stream (the LM head) finishes.
 cudaError_t launch_select_token(const float* logits, int vocab, const ArgmaxPartial* partials, int num_partials,
-                                const TokenSelection& selection, int* position, int* tokens, cudaStream_t stream);
+                                const TokenSelection& selection, int* position, int* tokens, bool overlap_previous,
+                                cudaStream_t stream);
 
 // tokens[*position] = token.
 cudaError_t launch_store_token(int* tokens, const int* position, int token, cudaStream_t stream);

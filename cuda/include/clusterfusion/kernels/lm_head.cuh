@@ -12,6 +12,7 @@
 
 #include "clusterfusion/kernels/argmax.cuh"
 #include "clusterfusion/kernels/block_reduce.cuh"
+#include "clusterfusion/kernels/dependent_launch.cuh"
 #include "clusterfusion/kernels/dot.cuh"
 #include "clusterfusion/kernels/norm.cuh"
 
@@ -60,6 +61,7 @@ __device__ __forceinline__ float row_dot(const uint4* __restrict__ row, const fl
 
 // logits[r] = W[r] . norm(x) for every vocab row r; partials[blockIdx.x] = the argmax of this block's rows.
 // Dynamic shared memory: hidden floats. hidden must be a multiple of 8 and the grid at most vocab / warps blocks.
+// Launched to overlap the last layer, its blocks take SMs as the layer's leave and wait for it before reading x.
 template <NormKind kNorm>
 __global__ void __launch_bounds__(kLmHeadThreads)
     final_norm_lm_head_kernel(const __half* __restrict__ x, const __half* __restrict__ norm_w,
@@ -68,6 +70,8 @@ __global__ void __launch_bounds__(kLmHeadThreads)
   extern __shared__ float y[];  // [hidden]
   __shared__ float scratch[kLmHeadThreads / 32];
   __shared__ ArgmaxPartial best_scratch[kLmHeadThreads / 32];
+  allow_next_kernel_to_start();
+  wait_for_previous_kernel();
   final_norm<kNorm>(x, norm_w, norm_b, hidden, eps, y, scratch);
 
   constexpr int kWarps = kLmHeadThreads / 32;

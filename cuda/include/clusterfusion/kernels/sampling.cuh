@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "clusterfusion/kernels/argmax.cuh"
+#include "clusterfusion/kernels/dependent_launch.cuh"
 #include "clusterfusion/kernels/philox.cuh"
 #include "clusterfusion/kernels/decode_launch.hpp"
 
@@ -163,6 +164,7 @@ __global__ void __launch_bounds__(kSelectThreads)
     select_token_kernel(const float* __restrict__ logits, int vocab, const ArgmaxPartial* __restrict__ partials,
                         int num_partials, TokenSelection params, int* position, int* tokens) {
   __shared__ SelectShared s;
+  wait_for_previous_kernel();  // launched to overlap the LM head: its logits and partials
   const int p = *position;
   ArgmaxPartial best{-INFINITY, INT_MAX};
   if (partials != nullptr) {
