@@ -1,6 +1,6 @@
 // DecodeContext on the GPU: each step's logits against the double-precision host reference of the whole model,
 // the token selection against the logits it read, bitwise repeatability, the two prefill paths agreeing, both
-// layer modes agreeing, bad input; and select_token alone: greedy ties, top-k / top-p supports, and the sampled
+// layer modes agreeing, steps enqueued back to back agreeing with one at a time, bad input; and select_token alone: greedy ties, top-k / top-p supports, and the sampled
 // distribution against softmax(logits / temperature).
 #include <gtest/gtest.h>
 
@@ -199,6 +199,28 @@ TEST_P(DecodeContextModels, StepsAreBitwiseRepeatableAndModesAgree) {
   const auto other = run(coop);
   EXPECT_EQ(first.first, other.first);
   for (std::size_t i = 0; i < first.second.size(); ++i) EXPECT_TRUE(same_bits(first.second[i], other.second[i])) << i;
+}
+
+// Steps enqueued back to back, as a serving loop runs them (no host wait in between): every launch of a step
+// overlaps the one before it, so each must wait for its input; the tokens and the last logits are those of one
+// step at a time.
+TEST_P(DecodeContextModels, EnqueuedStepsMatchStepByStep) {
+  CF_REQUIRE_HOPPER();
+  const cf::ModelConfig config = cf_test::small_model_config(GetParam());
+  const RandomModel model(config, cf_test::rng());
+  const std::vector<int> prompt = random_tokens(7, config.vocab);
+  constexpr int kSteps = 40;
+  cf::DecodeContext ctx(config, model.weights, 128);
+  std::vector<int> stepped{ctx.prefill(prompt)};
+  for (int i = 0; i < kSteps; ++i) stepped.push_back(ctx.step());
+  const std::vector<float> last = context_logits(ctx);
+
+  ctx.reset();
+  EXPECT_EQ(ctx.prefill(prompt), stepped[0]);
+  for (int i = 0; i < kSteps; ++i) ctx.enqueue_step();
+  const int end = static_cast<int>(prompt.size()) + kSteps + 1;
+  EXPECT_EQ(ctx.tokens(static_cast<int>(prompt.size()), end), stepped);
+  EXPECT_TRUE(same_bits(context_logits(ctx), last));
 }
 
 TEST_P(DecodeContextModels, LoadedPrefixMatchesStandalonePrefillBitwise) {
