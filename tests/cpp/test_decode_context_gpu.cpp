@@ -1,7 +1,7 @@
 // DecodeContext on the GPU: each step's logits against the double-precision host reference of the whole model,
 // the token selection against the logits it read, bitwise repeatability, the two prefill paths agreeing, both
-// layer modes agreeing, steps enqueued back to back agreeing with one at a time, bad input; and select_token alone: greedy ties, top-k / top-p supports, and the sampled
-// distribution against softmax(logits / temperature).
+// layer modes agreeing, steps enqueued back to back agreeing with one at a time, bad input; and select_token
+// alone: greedy ties, top-k / top-p supports, and the sampled distribution against softmax(logits / temperature).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -201,9 +201,9 @@ TEST_P(DecodeContextModels, StepsAreBitwiseRepeatableAndModesAgree) {
   for (std::size_t i = 0; i < first.second.size(); ++i) EXPECT_TRUE(same_bits(first.second[i], other.second[i])) << i;
 }
 
-// Steps enqueued back to back, as a serving loop runs them (no host wait in between): every launch of a step
-// overlaps the one before it, so each must wait for its input; the tokens and the last logits are those of one
-// step at a time.
+// Steps enqueued back to back, as a serving loop runs them (no host wait in between), with launches that start
+// while the one before them finishes: each must wait for its input, so the tokens and the last logits are those
+// of one step at a time.
 TEST_P(DecodeContextModels, EnqueuedStepsMatchStepByStep) {
   CF_REQUIRE_HOPPER();
   const cf::ModelConfig config = cf_test::small_model_config(GetParam());
