@@ -178,14 +178,7 @@ std::pair<void*, std::size_t> DecoderLayer::debug_planned_lists_of_phase(int pha
                                 "), got " + std::to_string(phase));
   const std::size_t offset = planned_offsets_[phase];
   if (offset == SIZE_MAX) return {nullptr, 0};
-  std::size_t end = planned_bytes_;  // the next planned launch's table starts where this one ends
-  for (std::size_t i = phase + 1; i < planned_offsets_.size(); ++i) {
-    if (planned_offsets_[i] != SIZE_MAX) {
-      end = planned_offsets_[i];
-      break;
-    }
-  }
-  return {planned_lists_ + offset, end - offset};
+  return {planned_lists_ + offset, planned_lists_bytes(phase)};
 }
 
 void DecoderLayer::debug_plan_job_lists(const KVCache& cache, int position, void* table) const {
